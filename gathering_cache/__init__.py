@@ -1,0 +1,40 @@
+"""gathering_cache: an asyncio-native Redis cache for AI-agent systems, with graceful
+degradation.
+
+Import everything from here::
+
+    from gathering_cache import AsyncCacheManager, CacheConfig, CacheManager
+"""
+
+from __future__ import annotations
+
+from gathering_cache.backends import REDIS_AVAILABLE
+from gathering_cache.config import CacheConfig
+from gathering_cache.errors import (
+    ArgumentTypeError,
+    BackendError,
+    CacheError,
+    ConfigurationError,
+    InvalidArgumentError,
+    PatternError,
+    SerializationError,
+)
+from gathering_cache.manager import AsyncCacheManager
+from gathering_cache.sync import CacheManager
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArgumentTypeError",
+    "AsyncCacheManager",
+    "BackendError",
+    "CacheConfig",
+    "CacheError",
+    "CacheManager",
+    "ConfigurationError",
+    "InvalidArgumentError",
+    "PatternError",
+    "REDIS_AVAILABLE",
+    "SerializationError",
+    "__version__",
+]

@@ -1,0 +1,83 @@
+"""The store interface every backend implements (standalone Redis, memory; later sentinel
+and cluster). Domain code talks to this interface only and never branches on topology.
+
+A store deals in bytes. It raises freely on infrastructure faults: the manager's degradation
+policy, not the store, decides what the caller sees. ``fault_types`` names the exceptions that
+count as infrastructure faults; anything else is a bug and propagates.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["Progress", "Store"]
+
+
+class Progress:
+    """A counter a long operation updates as it goes, so a caller that gives up on it (a
+    timeout) still learns how far it got."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = 0
+
+
+class Store(ABC):
+    """Narrow async key-value interface over bytes with TTLs."""
+
+    #: Short name shown in stats: "redis", "memory", ...
+    kind: str = "abstract"
+    #: Exceptions that mean "the store is unavailable", never "the caller made a mistake".
+    fault_types: tuple[type[BaseException], ...] = ()
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Check the store answers (PING). Raises one of ``fault_types`` when it does not."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release connections the store owns."""
+
+    @abstractmethod
+    async def get(self, key: str) -> bytes | None:
+        """The bytes under ``key``, or ``None``."""
+
+    @abstractmethod
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The bytes under each key, in order, ``None`` where missing (cluster-safe)."""
+
+    @abstractmethod
+    async def set(self, key: str, value: bytes, ttl: int | None) -> None:
+        """Store ``value`` under ``key``, expiring after ``ttl`` seconds (never if None)."""
+
+    @abstractmethod
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl: int | None) -> None:
+        """Store several values with the same TTL (no cross-slot transaction)."""
+
+    @abstractmethod
+    async def delete(self, keys: Sequence[str]) -> int:
+        """Delete keys; the number that existed."""
+
+    @abstractmethod
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` exists."""
+
+    @abstractmethod
+    async def ttl(self, key: str) -> int | None:
+        """Seconds left; -1 when the key has no expiry; None when it does not exist."""
+
+    @abstractmethod
+    async def scan_delete(self, pattern: str, progress: Progress) -> int:
+        """Delete every key matching the glob ``pattern`` without blocking the server
+        (SCAN + UNLINK in batches); the number deleted, also kept in ``progress.done``."""
+
+    @abstractmethod
+    async def count(self, pattern: str) -> int:
+        """How many keys match ``pattern`` (SCAN, never KEYS or DBSIZE)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Where the store lives, for stats. Never includes secrets."""
+        return {}

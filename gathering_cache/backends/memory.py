@@ -1,0 +1,175 @@
+"""The in-process memory store: the same operations as Redis, in one process.
+
+Used by the demo when no Redis answers, by single-process applications, and as the fast unit
+test backend. Entries expire after their TTL and the least recently used entry is evicted when
+``max_entries`` is reached. Glob patterns follow Redis's rules (``*``, ``?``, ``[abc]``,
+``[^a]``, ``[a-z]``, ``\\`` escapes), not fnmatch's.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gathering_cache.backends.base import Progress, Store
+
+__all__ = ["MemoryStore", "glob_to_regex"]
+
+
+@functools.lru_cache(maxsize=256)
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a Redis glob pattern into an anchored regular expression."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif ch == "\\" and i + 1 < n:
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif ch == "[":
+            end, body = _bracket(pattern, i + 1)
+            if end < 0:  # no closing bracket: Redis matches the rest literally
+                out.append(re.escape(ch))
+            else:
+                out.append(body)
+                i = end
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _bracket(pattern: str, start: int) -> tuple[int, str]:
+    """Translate ``[...]`` starting after the ``[``; returns (index of ``]``, regex)."""
+    i, n = start, len(pattern)
+    negate = i < n and pattern[i] == "^"
+    if negate:
+        i += 1
+    items: list[str] = []
+    while i < n and pattern[i] != "]":
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < n:
+            i += 1
+            items.append(re.escape(pattern[i]))
+        elif i + 2 < n and pattern[i + 1] == "-" and pattern[i + 2] != "]":
+            lo, hi = sorted((ch, pattern[i + 2]))
+            items.append(f"{re.escape(lo)}-{re.escape(hi)}")
+            i += 2
+        else:
+            items.append(re.escape(ch))
+        i += 1
+    if i >= n:
+        return -1, ""
+    if not items:
+        return i, "[^\\s\\S]" if not negate else "[\\s\\S]"
+    return i, f"[{'^' if negate else ''}{''.join(items)}]"
+
+
+class MemoryStore(Store):
+    """A bounded LRU of bytes with per-entry expiry. Not shared between processes."""
+
+    kind = "memory"
+    fault_types = ()
+
+    def __init__(
+        self, max_entries: int = 10_000, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._data: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
+        self._max_entries = max_entries
+        self._clock = clock
+        self.evictions = 0
+
+    def _live(self, key: str) -> bytes | None:
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        value, expires = entry
+        if expires is not None and expires <= self._clock():
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return value
+
+    def _put(self, key: str, value: bytes, ttl: int | None) -> None:
+        expires = self._clock() + ttl if ttl is not None else None
+        self._data[key] = (value, expires)
+        self._data.move_to_end(key)
+        while len(self._data) > self._max_entries:
+            self._data.popitem(last=False)
+            self.evictions += 1
+
+    def _matching(self, pattern: str) -> list[str]:
+        regex = glob_to_regex(pattern)
+        now = self._clock()
+        matched = []
+        for key, (_, expires) in list(self._data.items()):
+            if expires is not None and expires <= now:
+                del self._data[key]
+            elif regex.fullmatch(key):
+                matched.append(key)
+        return matched
+
+    async def connect(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def get(self, key: str) -> bytes | None:
+        return self._live(key)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [self._live(key) for key in keys]
+
+    async def set(self, key: str, value: bytes, ttl: int | None) -> None:
+        self._put(key, value, ttl)
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl: int | None) -> None:
+        for key, value in items:
+            self._put(key, value, ttl)
+
+    async def delete(self, keys: Sequence[str]) -> int:
+        removed = 0
+        for key in keys:
+            if self._live(key) is not None:
+                del self._data[key]
+                removed += 1
+        return removed
+
+    async def exists(self, key: str) -> bool:
+        return self._live(key) is not None
+
+    async def ttl(self, key: str) -> int | None:
+        if self._live(key) is None:
+            return None
+        expires = self._data[key][1]
+        if expires is None:
+            return -1
+        # Redis rounds the remaining time to the nearest second.
+        return max(0, round(expires - self._clock()))
+
+    async def scan_delete(self, pattern: str, progress: Progress) -> int:
+        for key in self._matching(pattern):
+            del self._data[key]
+            progress.done += 1
+        return progress.done
+
+    async def count(self, pattern: str) -> int:
+        return len(self._matching(pattern))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "host": None,
+            "port": None,
+            "db": None,
+            "max_entries": self._max_entries,
+            "evictions": self.evictions,
+        }

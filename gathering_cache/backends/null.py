@@ -1,0 +1,57 @@
+"""A store that is never available: used when the cache is disabled or redis is missing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NoReturn
+
+from gathering_cache.backends.base import Progress, Store
+from gathering_cache.errors import BackendError
+
+__all__ = ["NullStore"]
+
+
+class NullStore(Store):
+    """Every operation fails with :class:`BackendError`; the policy answers degraded."""
+
+    kind = "none"
+    fault_types = (BackendError,)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def _fail(self) -> NoReturn:
+        raise BackendError(self.reason)
+
+    async def connect(self) -> None:
+        self._fail()
+
+    async def aclose(self) -> None:
+        return None
+
+    async def get(self, key: str) -> bytes | None:
+        self._fail()
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        self._fail()
+
+    async def set(self, key: str, value: bytes, ttl: int | None) -> None:
+        self._fail()
+
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl: int | None) -> None:
+        self._fail()
+
+    async def delete(self, keys: Sequence[str]) -> int:
+        self._fail()
+
+    async def exists(self, key: str) -> bool:
+        self._fail()
+
+    async def ttl(self, key: str) -> int | None:
+        self._fail()
+
+    async def scan_delete(self, pattern: str, progress: Progress) -> int:
+        self._fail()
+
+    async def count(self, pattern: str) -> int:
+        self._fail()

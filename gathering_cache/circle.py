@@ -1,0 +1,41 @@
+"""Circle context cache: circle id -> multi-agent coordination state, 10 min by default.
+
+Key: ``<prefix>circle:<circle_id>``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gathering_cache.core import CacheCore
+from gathering_cache.errors import ArgumentTypeError
+from gathering_cache.keys import CIRCLE, check_id, check_ttl
+
+__all__ = ["CircleCache"]
+
+
+def _is_dict(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+class CircleCache:
+    """Get, set and invalidate circle context through the core."""
+
+    def __init__(self, core: CacheCore) -> None:
+        self._core = core
+
+    async def get(self, circle_id: int) -> dict[str, Any] | None:
+        key = self._core.keys.circle(check_id(circle_id, "circle_id"))
+        value: dict[str, Any] | None = await self._core.get(key, CIRCLE, _is_dict)
+        return value
+
+    async def set(self, circle_id: int, context: dict[str, Any], ttl: int | None) -> bool:
+        key = self._core.keys.circle(check_id(circle_id, "circle_id"))
+        if not isinstance(context, dict):
+            raise ArgumentTypeError(f"context must be a dict, not {type(context).__name__}")
+        expiry = check_ttl(ttl) or self._core.config.circle_context_ttl
+        return await self._core.set(key, context, expiry)
+
+    async def invalidate(self, circle_id: int) -> bool:
+        key = self._core.keys.circle(check_id(circle_id, "circle_id"))
+        return await self._core.delete([key]) > 0

@@ -1,0 +1,294 @@
+"""Configuration: :class:`CacheConfig`, built on pydantic-settings.
+
+``CacheConfig(...)`` uses only what it is given and the defaults. The environment and a
+``.env`` file are read by :meth:`CacheConfig.from_env` alone, under the seed's variable names
+(``REDIS_HOST``, ``REDIS_PORT``, ``REDIS_DB``, ``REDIS_PASSWORD``, ``CACHE_ENABLED``), plus
+``REDIS_URL``, ``REDIS_USERNAME`` and ``CACHE_<FIELD>`` for every other field
+(``CACHE_EMBEDDING_TTL``, ``CACHE_KEY_PREFIX``, ``CACHE_BACKEND`` ...).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from gathering_cache.errors import ConfigurationError
+
+__all__ = ["CacheConfig"]
+
+_GLOB_CHARS = frozenset("*?[]\\")
+_URL_SCHEMES = ("redis", "rediss", "unix")
+
+# Set only while from_env() builds a config: plain construction never reads the environment.
+_READ_ENVIRONMENT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "gathering_cache_read_environment", default=False
+)
+
+
+def _env(default: Any, *names: str) -> Any:
+    """A field read from the given environment variables (by ``from_env`` only)."""
+    return Field(default, validation_alias=AliasChoices(*names))
+
+
+class CacheConfig(BaseSettings):
+    """Cache configuration (the seed's ``CacheConfig``, with connection and policy knobs).
+
+    Construct it with keywords like the seed's dataclass
+    (``CacheConfig(host="redis.example.com", port=6380, enabled=False)``) or from the
+    environment with :meth:`from_env`. Instances are immutable; use
+    ``config.model_copy(update={...})`` for a variant. Invalid values raise
+    :class:`~gathering_cache.ConfigurationError` naming the field.
+
+    The password (and any password inside ``url``) never appears in ``repr``/``str``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="CACHE_",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        case_sensitive=False,
+        hide_input_in_errors=True,
+    )
+
+    # Connection (the seed's fields and defaults)
+    host: str = _env("localhost", "REDIS_HOST", "CACHE_HOST")
+    port: int = _env(6379, "REDIS_PORT", "CACHE_PORT")
+    db: int = _env(0, "REDIS_DB", "CACHE_DB")
+    password: SecretStr | None = _env(None, "REDIS_PASSWORD", "CACHE_PASSWORD")
+
+    # TTL defaults in seconds (the seed's)
+    embedding_ttl: int = 86400
+    rag_results_ttl: int = 300
+    circle_context_ttl: int = 600
+    llm_response_ttl: int = 3600
+
+    # Behaviour (the seed's)
+    enabled: bool = _env(True, "CACHE_ENABLED")
+    key_prefix: str = "gathering:"
+
+    # Connection, beyond the seed
+    url: str | None = _env(None, "REDIS_URL", "CACHE_URL")
+    """redis://, rediss:// or unix:// URL; wins over host/port/db/password when set."""
+    username: str | None = _env(None, "REDIS_USERNAME", "CACHE_USERNAME")
+    ssl: bool = False
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_cert_reqs: Literal["none", "optional", "required"] = "required"
+    ssl_check_hostname: bool = True
+    backend: Literal["redis", "memory"] = "redis"
+
+    # Timeouts and pool: sub-second, because a slow cache is worse than no cache.
+    socket_timeout: float = 0.25
+    connect_timeout: float = 0.25
+    operation_timeout: float = 0.5
+    """Upper bound on any single cache call, whatever Redis does."""
+    bulk_timeout: float = 10.0
+    """Upper bound on SCAN-based calls (delete_pattern, clear_all, total_keys in get_stats)."""
+    max_connections: int = 32
+    retry_attempts: int = 2
+    health_check_interval: float = 30.0
+
+    # Degradation policy
+    failure_threshold: int = 3
+    """Consecutive failures after which the cache stops touching Redis for a while."""
+    recovery_interval: float = 1.0
+    """Seconds to wait, once degraded, before probing Redis again."""
+
+    # In-process memory backend
+    memory_max_entries: int = 10_000
+
+    if not TYPE_CHECKING:
+        # Hidden from type checkers so that the pydantic plugin keeps typed keyword arguments.
+        def __init__(self, **values: Any) -> None:
+            try:
+                super().__init__(**values)
+            except ValidationError as exc:
+                # ``from None``: the chained ValidationError could echo a secret input.
+                raise _configuration_error(exc) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        if _READ_ENVIRONMENT.get():
+            return (init_settings, env_settings, dotenv_settings)
+        return (init_settings,)
+
+    @classmethod
+    def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> CacheConfig:
+        """Build a config from the environment and a ``.env`` file.
+
+        Args:
+            dotenv_path: the ``.env`` file to read. ``None`` reads ``./.env`` when it exists.
+                Variables already in the environment win over the file.
+
+        Raises:
+            ConfigurationError: a value is invalid, or ``dotenv_path`` does not exist.
+        """
+        if dotenv_path is not None and not Path(dotenv_path).is_file():
+            raise ConfigurationError("dotenv_path", f"no such file: {os.fspath(dotenv_path)!r}")
+        env_file = Path(dotenv_path) if dotenv_path is not None else Path(".env")
+        token = _READ_ENVIRONMENT.set(True)
+        try:
+            return cls(_env_file=env_file if env_file.is_file() else None)
+        finally:
+            _READ_ENVIRONMENT.reset(token)
+
+    # -- validation ---------------------------------------------------------------------------
+
+    @field_validator("password", "url", "username", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and value == "":
+            return None
+        return value
+
+    @field_validator("port")
+    @classmethod
+    def _check_port(cls, value: int) -> int:
+        if not 1 <= value <= 65535:
+            raise ValueError("must be between 1 and 65535")
+        return value
+
+    @field_validator("db", "retry_attempts")
+    @classmethod
+    def _check_non_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be >= 0")
+        return value
+
+    @field_validator(
+        "embedding_ttl",
+        "rag_results_ttl",
+        "circle_context_ttl",
+        "llm_response_ttl",
+        "max_connections",
+        "failure_threshold",
+        "memory_max_entries",
+    )
+    @classmethod
+    def _check_positive_int(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be > 0")
+        return value
+
+    @field_validator(
+        "socket_timeout",
+        "connect_timeout",
+        "operation_timeout",
+        "bulk_timeout",
+        "recovery_interval",
+    )
+    @classmethod
+    def _check_positive_float(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError("must be > 0")
+        return value
+
+    @field_validator("health_check_interval")
+    @classmethod
+    def _check_health_interval(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be >= 0")
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        bad = sorted(_GLOB_CHARS.intersection(value))
+        if bad:
+            raise ValueError(f"must not contain glob metacharacters {''.join(bad)!r}")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 -- raises ValueError on a malformed port
+        except ValueError:
+            raise ValueError("malformed URL") from None
+        if parts.scheme not in _URL_SCHEMES:
+            raise ValueError(f"scheme must be one of {', '.join(_URL_SCHEMES)}")
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise ValueError("unix:// URL needs a socket path")
+        elif not parts.hostname:
+            raise ValueError(f"{parts.scheme}:// URL needs a host")
+        return value
+
+    # -- derived values -----------------------------------------------------------------------
+
+    @property
+    def redacted_url(self) -> str | None:
+        """``url`` with any password replaced by ``***``; safe to log or show."""
+        return _redact_url(self.url) if self.url else None
+
+    def endpoint(self) -> dict[str, Any]:
+        """Where the cache connects, without secrets: host, port, db (and url if set)."""
+        if self.url:
+            parts = urlsplit(self.url)
+            db = self.db
+            if parts.scheme == "unix":
+                return {"host": parts.path, "port": None, "db": db, "url": self.redacted_url}
+            path_db = parts.path.strip("/")
+            if path_db.isdigit():
+                db = int(path_db)
+            return {
+                "host": parts.hostname,
+                "port": parts.port or 6379,
+                "db": db,
+                "url": self.redacted_url,
+            }
+        return {"host": self.host, "port": self.port, "db": self.db}
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            if name == "url" and isinstance(value, str):
+                yield name, _redact_url(value)
+            else:
+                yield name, value
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}:***@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _configuration_error(exc: ValidationError) -> ConfigurationError:
+    errors = exc.errors(include_input=False, include_url=False)
+    first = errors[0]
+    field = ".".join(str(part) for part in first["loc"]) or "config"
+    message = str(first["msg"])
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if len(errors) > 1:
+        others = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors[1:])
+        message += f" (also invalid: {others})"
+    return ConfigurationError(field, message)

@@ -1,0 +1,194 @@
+"""The cache core shared by the manager and every domain cache: encoding, key checks, stats
+and the degradation policy around one store. Domain modules (embeddings, rag, circle) build
+their keys and call these methods; none of them touches the store directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from gathering_cache import encoding
+from gathering_cache.backends import Progress, Store, create_store
+from gathering_cache.config import CacheConfig
+from gathering_cache.errors import ArgumentTypeError
+from gathering_cache.keys import KeySpace, check_key, check_ttl
+from gathering_cache.policy import BreakerState, DegradationPolicy
+from gathering_cache.stats import CacheStats
+
+__all__ = ["CacheCore"]
+
+logger = logging.getLogger("gathering_cache")
+
+_MISSING: Any = object()
+
+
+class CacheCore:
+    """Encoded, counted, fault-tolerant operations on one store."""
+
+    def __init__(self, config: CacheConfig, client: Any = None) -> None:
+        self.config = config
+        self.keys = KeySpace(config.key_prefix)
+        self.stats = CacheStats()
+        self.store: Store = create_store(config, client)
+        self.policy = DegradationPolicy(
+            fault_types=self.store.fault_types,
+            operation_timeout=config.operation_timeout,
+            failure_threshold=config.failure_threshold,
+            recovery_interval=config.recovery_interval,
+        )
+        reason = getattr(self.store, "reason", None)
+        if isinstance(reason, str):  # NullStore: disabled, or redis missing
+            self.policy.disable(reason)
+            if config.enabled:
+                logger.warning("gathering_cache: %s; running without cache (degraded mode)", reason)
+        self._connected = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def connect(self) -> bool:
+        """PING the store once; on failure the policy opens (degraded) and retries later."""
+        if self._connected:
+            return self.policy.available
+        self._connected = True
+        if self.policy.state is BreakerState.DISABLED:
+            return False
+        ok = await self.policy.run(self._ping, False)
+        if not ok:
+            # The first contact failed: degrade at once rather than after `failure_threshold`.
+            self.policy.trip()
+        return self.policy.available
+
+    async def _ping(self) -> bool:
+        await self.store.connect()
+        return True
+
+    async def aclose(self) -> None:
+        self.policy.disable("closed")
+        self._connected = True
+        await self.store.aclose()
+
+    async def _ready(self) -> None:
+        if not self._connected:
+            await self.connect()
+
+    # -- generic operations -------------------------------------------------------------------
+
+    def _decode(self, raw: bytes, accept: Callable[[Any], bool] | None = None) -> Any:
+        try:
+            value = encoding.decode(raw)
+        except encoding.DecodeError as exc:
+            self.stats.errors += 1
+            logger.debug("gathering_cache: undecodable entry treated as a miss: %s", exc)
+            return _MISSING
+        if accept is not None and not accept(value):
+            self.stats.errors += 1
+            logger.debug("gathering_cache: entry of unexpected shape treated as a miss")
+            return _MISSING
+        return value
+
+    async def get(
+        self, key: str, namespace: str, accept: Callable[[Any], bool] | None = None
+    ) -> Any:
+        """The decoded value under ``key`` or ``None``; counted as a hit or a miss.
+
+        ``accept`` checks the decoded value's shape (a domain's own type): a value it
+        refuses is a miss, counted as an error, like bytes that do not decode.
+        """
+        await self._ready()
+        raw = await self.policy.run(lambda: self.store.get(key), None)
+        value = _MISSING if raw is None else self._decode(raw, accept)
+        if value is _MISSING:
+            self.stats.miss(namespace)
+            return None
+        self.stats.hit(namespace)
+        return value
+
+    async def get_many(self, keys: Sequence[str], namespace: str) -> list[Any]:
+        await self._ready()
+        if not keys:
+            return []
+        raws = await self.policy.run(lambda: self.store.get_many(keys), None)
+        if raws is None:
+            self.stats.miss(namespace, len(keys))
+            return [None] * len(keys)
+        values: list[Any] = []
+        hits = 0
+        for raw in raws:
+            value = _MISSING if raw is None else self._decode(raw)
+            if value is _MISSING:
+                values.append(None)
+            else:
+                hits += 1
+                values.append(value)
+        self.stats.hit(namespace, hits)
+        self.stats.miss(namespace, len(keys) - hits)
+        return values
+
+    async def set(self, key: str, value: Any, ttl: int | None) -> bool:
+        data = encoding.encode(value)  # raises before anything is written
+        await self._ready()
+        ok = await self.policy.run(lambda: self._store_set(key, data, ttl), False)
+        self._count_write(ok)
+        return ok
+
+    async def _store_set(self, key: str, data: bytes, ttl: int | None) -> bool:
+        await self.store.set(key, data, ttl)
+        return True
+
+    async def set_many(self, mapping: Mapping[str, Any], ttl: int | None) -> bool:
+        items = [(key, encoding.encode(value)) for key, value in mapping.items()]
+        await self._ready()
+        if not items:
+            return True
+        ok = await self.policy.run(lambda: self._store_set_many(items, ttl), False)
+        self._count_write(ok, len(items))
+        return ok
+
+    async def _store_set_many(self, items: list[tuple[str, bytes]], ttl: int | None) -> bool:
+        await self.store.set_many(items, ttl)
+        return True
+
+    def _count_write(self, ok: bool, count: int = 1) -> None:
+        if ok:
+            self.stats.writes += count
+        else:
+            self.stats.write_failures += count
+
+    async def delete(self, keys: Sequence[str]) -> int:
+        await self._ready()
+        return await self.policy.run(lambda: self.store.delete(keys), 0)
+
+    async def exists(self, key: str) -> bool:
+        await self._ready()
+        return await self.policy.run(lambda: self.store.exists(key), False)
+
+    async def ttl(self, key: str) -> int | None:
+        await self._ready()
+        return await self.policy.run(lambda: self.store.ttl(key), None)
+
+    async def delete_pattern(self, pattern: str) -> int:
+        """Delete keys matching a pattern already checked to lie under the prefix."""
+        await self._ready()
+        progress = Progress()
+        await self.policy.run(
+            lambda: self.store.scan_delete(pattern, progress), 0, timeout=self.config.bulk_timeout
+        )
+        # On a fault part-way, report what was deleted before it.
+        return progress.done
+
+    async def count(self, pattern: str) -> int | None:
+        await self._ready()
+        return await self.policy.run(
+            lambda: self.store.count(pattern), None, timeout=self.config.bulk_timeout
+        )
+
+
+def checked_items(mapping: object, ttl: object) -> tuple[Mapping[str, Any], int | None]:
+    """Check ``set_many`` arguments: a mapping of str keys, and a ttl."""
+    if not isinstance(mapping, Mapping):
+        raise ArgumentTypeError(f"mapping must be a Mapping, not {type(mapping).__name__}")
+    for key in mapping:
+        check_key(key)
+    return mapping, check_ttl(ttl)

@@ -1,0 +1,114 @@
+"""Key layout: how every cached entry is named in the store. Pure: no I/O.
+
+All keys live under the configured ``key_prefix`` (``gathering:`` by default)::
+
+    <prefix>embedding:<16 hex of sha256(text)>
+    <prefix>rag:agent:<agent_id>:<16 hex of sha256(query)>
+    <prefix>circle:<circle_id>
+
+User text is hashed, never embedded in a key, so glob metacharacters in a query cannot turn
+into a pattern. The argument checks used by every public operation live here too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+from gathering_cache.errors import ArgumentTypeError, InvalidArgumentError, PatternError
+
+__all__ = [
+    "GENERIC",
+    "NAMESPACES",
+    "KeySpace",
+    "check_id",
+    "check_key",
+    "check_text",
+    "check_ttl",
+    "text_hash",
+]
+
+EMBEDDING: Final = "embedding"
+RAG: Final = "rag"
+CIRCLE: Final = "circle"
+LLM: Final = "llm"
+GENERIC: Final = "generic"
+NAMESPACES: Final = (EMBEDDING, RAG, CIRCLE, LLM, GENERIC)
+"""The namespaces hits and misses are counted under."""
+
+
+def text_hash(text: str) -> str:
+    """The seed's text digest: the first 16 hex characters of SHA-256 of the UTF-8 text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def check_key(key: object) -> str:
+    """Return ``key`` if it is a non-empty str, else raise naming the value."""
+    if not isinstance(key, str):
+        raise ArgumentTypeError(f"cache key must be a str, not {type(key).__name__}: {key!r}")
+    if not key:
+        raise InvalidArgumentError("cache key must not be empty")
+    return key
+
+
+def check_text(text: object, what: str = "text") -> str:
+    """Return ``text`` if it is a str (empty allowed: it hashes like any other)."""
+    if not isinstance(text, str):
+        raise ArgumentTypeError(f"{what} must be a str, not {type(text).__name__}")
+    return text
+
+
+def check_id(value: object, name: str) -> int:
+    """Return ``value`` if it is an int (bool excluded), else raise ArgumentTypeError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgumentTypeError(f"{name} must be an int, not {type(value).__name__}: {value!r}")
+    return value
+
+
+def check_ttl(ttl: object) -> int | None:
+    """Return ``ttl`` if it is ``None`` or a positive int, else raise InvalidArgumentError."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
+        raise InvalidArgumentError(f"ttl must be a positive int (seconds) or None, not {ttl!r}")
+    return ttl
+
+
+class KeySpace:
+    """Builds the keys and patterns of every domain under one prefix."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def embedding(self, text: str) -> str:
+        return f"{self.prefix}{EMBEDDING}:{text_hash(text)}"
+
+    def rag(self, agent_id: int, query: str) -> str:
+        return f"{self.prefix}{RAG}:agent:{agent_id}:{text_hash(query)}"
+
+    def rag_agent_pattern(self, agent_id: int) -> str:
+        return f"{self.prefix}{RAG}:agent:{agent_id}:*"
+
+    def circle(self, circle_id: int) -> str:
+        return f"{self.prefix}{CIRCLE}:{circle_id}"
+
+    def everything(self) -> str:
+        """The pattern that matches every key under the prefix."""
+        return f"{self.prefix}*"
+
+    def check_pattern(self, pattern: object) -> str:
+        """Return ``pattern`` if it is confined to the prefix, else raise.
+
+        The prefix holds no glob metacharacters (the config refuses them), so a pattern that
+        starts with the literal prefix can only match keys under it.
+        """
+        if not isinstance(pattern, str):
+            raise ArgumentTypeError(f"pattern must be a str, not {type(pattern).__name__}")
+        if not pattern.startswith(self.prefix):
+            raise PatternError(
+                f"pattern {pattern!r} is outside the key prefix {self.prefix!r}; "
+                "delete_pattern only deletes keys under the prefix"
+            )
+        return pattern

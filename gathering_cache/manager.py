@@ -1,0 +1,275 @@
+"""``AsyncCacheManager``: the asyncio cache manager, the library's only implementation.
+
+It exposes the seed's whole API as coroutines (generic operations, embeddings, RAG results,
+circle context, stats, clear_all, close) over one store. The sync :class:`CacheManager`
+facade drives an instance of this class on a private event loop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from gathering_cache.circle import CircleCache
+from gathering_cache.config import CacheConfig
+from gathering_cache.core import CacheCore, checked_items
+from gathering_cache.embeddings import EmbeddingCache
+from gathering_cache.errors import ArgumentTypeError
+from gathering_cache.keys import GENERIC, check_key, check_ttl
+from gathering_cache.rag import RagCache
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["AsyncCacheManager"]
+
+
+class AsyncCacheManager:
+    """Redis cache with graceful degradation, for asyncio code.
+
+    Every operation returns promptly whatever Redis does: when Redis is missing, down, slow
+    or the cache is disabled, reads return ``None``, writes ``False`` and deletions ``0``,
+    and the application keeps working. Bad arguments raise (see :mod:`gathering_cache.errors`)
+    before anything is written.
+
+    Use one manager per event loop (its connections belong to the loop that opened them)::
+
+        async with AsyncCacheManager.from_env() as cache:
+            await cache.set_embedding("Hello world", [0.1, 0.2, 0.3])
+            await cache.get_embedding("Hello world")
+
+    Args:
+        config: the configuration; ``CacheConfig()`` (the defaults) when omitted.
+        client: an existing ``redis.asyncio`` client to use instead of building one from
+            ``config`` (a ``Redis``, a ``RedisCluster`` or a fakeredis ``FakeAsyncRedis``). The
+            manager does not close an injected client.
+    """
+
+    def __init__(self, config: CacheConfig | None = None, *, client: Any = None) -> None:
+        if config is None:
+            config = CacheConfig()
+        elif not isinstance(config, CacheConfig):
+            raise ArgumentTypeError(f"config must be a CacheConfig, not {type(config).__name__}")
+        self._core = CacheCore(config, client)
+        self._embeddings = EmbeddingCache(self._core)
+        self._rag = RagCache(self._core)
+        self._circles = CircleCache(self._core)
+
+    @classmethod
+    def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> AsyncCacheManager:
+        """Create a manager configured from the environment (see ``CacheConfig.from_env``)."""
+        return cls(CacheConfig.from_env(dotenv_path))
+
+    @property
+    def config(self) -> CacheConfig:
+        """The (immutable) configuration in use."""
+        return self._core.config
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def connect(self) -> bool:
+        """Contact the store once. Never raises.
+
+        Called by ``async with`` and lazily by the first operation. When Redis does not answer
+        the manager runs degraded and probes again every ``recovery_interval`` seconds.
+
+        Returns:
+            Whether the cache is enabled (the same as :meth:`is_enabled` afterwards).
+        """
+        return await self._core.connect()
+
+    async def aclose(self) -> None:
+        """Close the connections this manager opened; later calls answer degraded."""
+        await self._core.aclose()
+
+    async def close(self) -> None:
+        """Alias of :meth:`aclose` (the seed's ``close``), awaitable."""
+        await self._core.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def is_enabled(self) -> bool:
+        """Whether the cache is working: enabled in config and the store reachable.
+
+        ``False`` while disabled, closed, or degraded after failures; it turns ``True`` again
+        by itself once Redis answers. Before the first contact it reflects the config alone.
+        """
+        return self._core.policy.available
+
+    # -- generic operations -------------------------------------------------------------------
+
+    async def get(self, key: str) -> Any | None:
+        """Get the value stored under ``key`` (a full key, used as given).
+
+        Returns:
+            The value, or ``None`` on a miss, an undecodable entry, or when unavailable.
+
+        Raises:
+            ArgumentTypeError: ``key`` is not a str. InvalidArgumentError: it is empty.
+        """
+        return await self._core.get(check_key(key), GENERIC)
+
+    async def set(self, key: str, value: Any, ttl: int | None = None) -> bool:
+        """Store a JSON-like value under ``key``, expiring after ``ttl`` seconds.
+
+        ``ttl=None`` stores without expiry. Tuples come back as lists.
+
+        Returns:
+            ``True`` when stored; ``False`` when the cache is unavailable.
+
+        Raises:
+            ArgumentTypeError / InvalidArgumentError: bad key or ttl.
+            SerializationError: the value cannot be encoded (nothing is written).
+        """
+        return await self._core.set(check_key(key), value, check_ttl(ttl))
+
+    async def delete(self, key: str) -> bool:
+        """Delete one key. Returns ``True`` when an entry was removed."""
+        return await self._core.delete([check_key(key)]) > 0
+
+    async def delete_pattern(self, pattern: str) -> int:
+        """Delete every key matching a glob pattern that starts with ``key_prefix``.
+
+        Uses SCAN (COUNT 1000) and UNLINK in batches, never KEYS, so the server is never
+        blocked; bounded by ``bulk_timeout``.
+
+        Returns:
+            The number of keys deleted (those deleted before a fault, on a fault).
+
+        Raises:
+            PatternError: the pattern does not start with ``key_prefix``; nothing is deleted.
+        """
+        return await self._core.delete_pattern(self._core.keys.check_pattern(pattern))
+
+    async def get_many(self, keys: Sequence[str]) -> list[Any | None]:
+        """Get several keys in one round trip; ``None`` where missing, in input order."""
+        if isinstance(keys, (str, bytes)):
+            raise ArgumentTypeError("keys must be a sequence of str, not a single str")
+        return await self._core.get_many([check_key(key) for key in keys], GENERIC)
+
+    async def set_many(self, mapping: Mapping[str, Any], ttl: int | None = None) -> bool:
+        """Store several values with one TTL in one pipeline (not atomic across keys).
+
+        Every value is encoded first: one unencodable value raises and nothing is written.
+        """
+        items, expiry = checked_items(mapping, ttl)
+        return await self._core.set_many(items, expiry)
+
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` exists (``False`` when unavailable)."""
+        return await self._core.exists(check_key(key))
+
+    async def ttl(self, key: str) -> int | None:
+        """Seconds until ``key`` expires: -1 without expiry, ``None`` if absent or unavailable."""
+        return await self._core.ttl(check_key(key))
+
+    # -- embeddings ---------------------------------------------------------------------------
+
+    async def get_embedding(self, text: str) -> list[float] | None:
+        """Get the cached embedding of ``text``."""
+        return await self._embeddings.get(text)
+
+    async def set_embedding(
+        self, text: str, embedding: Sequence[float], ttl: int | None = None
+    ) -> bool:
+        """Cache the embedding of ``text`` (default TTL ``embedding_ttl``, 24 h).
+
+        Raises:
+            ArgumentTypeError: text not a str, or the embedding not a sequence of numbers.
+            InvalidArgumentError: empty embedding, NaN or infinity in it, or a bad ttl.
+        """
+        return await self._embeddings.set(text, embedding, ttl)
+
+    # -- RAG results --------------------------------------------------------------------------
+
+    async def get_rag_results(self, agent_id: int, query: str) -> list[dict[str, Any]] | None:
+        """Get cached RAG results of an unfiltered ``query`` by ``agent_id``."""
+        return await self._rag.get(agent_id, query)
+
+    async def set_rag_results(
+        self,
+        agent_id: int,
+        query: str,
+        results: list[dict[str, Any]],
+        ttl: int | None = None,
+    ) -> bool:
+        """Cache RAG results (default TTL ``rag_results_ttl``, 5 min).
+
+        Raises:
+            ArgumentTypeError: agent_id not an int (bool included), query not a str, results
+                not a list.
+            SerializationError: results cannot be encoded (nothing is written).
+        """
+        return await self._rag.set(agent_id, query, results, ttl)
+
+    async def invalidate_rag_results(self, agent_id: int) -> int:
+        """Clear all cached RAG results of ``agent_id``; the number of entries removed."""
+        return await self._rag.invalidate(agent_id)
+
+    # -- circle context -----------------------------------------------------------------------
+
+    async def get_circle_context(self, circle_id: int) -> dict[str, Any] | None:
+        """Get the cached context of a circle."""
+        return await self._circles.get(circle_id)
+
+    async def set_circle_context(
+        self, circle_id: int, context: dict[str, Any], ttl: int | None = None
+    ) -> bool:
+        """Cache a circle's context (default TTL ``circle_context_ttl``, 10 min)."""
+        return await self._circles.set(circle_id, context, ttl)
+
+    async def invalidate_circle_context(self, circle_id: int) -> bool:
+        """Clear a circle's cached context; ``True`` when an entry was removed."""
+        return await self._circles.invalidate(circle_id)
+
+    # -- utilities ----------------------------------------------------------------------------
+
+    async def get_stats(self) -> dict[str, Any]:
+        """Statistics of this cache.
+
+        Keys: ``enabled``; ``reason`` (when not enabled); ``backend``; ``host``, ``port``,
+        ``db``; ``key_prefix``; ``total_keys`` (keys under the prefix, counted with SCAN;
+        ``None`` when unavailable); ``hits``, ``misses``, ``hit_rate`` (percent, 2 decimals)
+        of this process's own lookups; ``errors`` (undecodable entries read);
+        ``writes`` / ``write_failures``; ``namespaces`` (the same per embedding / rag /
+        circle / llm / generic); ``breaker`` (state, failures, last error, time degraded).
+        Never includes the password.
+        """
+        core = self._core
+        await core._ready()
+        policy = core.policy
+        total_keys = await core.count(core.keys.everything())
+        stats: dict[str, Any] = {"enabled": policy.available}
+        if not policy.available:
+            stats["reason"] = policy.reason or "degraded"
+        stats["backend"] = core.config.backend if core.store.kind == "none" else core.store.kind
+        location: dict[str, Any] = {"host": None, "port": None, "db": None}
+        if core.config.backend == "redis":
+            location.update(core.config.endpoint())
+        location.update(core.store.describe())
+        stats.update(location)
+        stats["key_prefix"] = core.config.key_prefix
+        stats["total_keys"] = total_keys
+        stats.update(core.stats.snapshot())
+        stats["breaker"] = policy.snapshot()
+        return stats
+
+    def reset_stats(self) -> None:
+        """Zero the hit / miss / error counters."""
+        self._core.stats.reset()
+
+    async def clear_all(self) -> int:
+        """Delete every key under ``key_prefix`` (and nothing else); the number deleted."""
+        return await self._core.delete_pattern(self._core.keys.everything())

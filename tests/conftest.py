@@ -1,0 +1,125 @@
+"""Fixtures: backends (memory, fakeredis, real redis-server) and the CI skip guard.
+
+Tests that take the ``cache`` fixture run once per backend. The real-server runs carry the
+``integration`` marker; with ``CI=true`` a missing redis-server fails them instead of
+skipping, and any skipped integration test fails the session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as redis_asyncio
+from fakeredis import FakeAsyncRedis, FakeServer
+
+from gathering_cache import AsyncCacheManager, CacheConfig
+from tests.servers import REDIS_SERVER, RedisServer, in_ci
+
+BACKENDS = [
+    "memory",
+    "fakeredis",
+    pytest.param("redis", marks=pytest.mark.integration),
+]
+
+_skipped_integration: list[str] = []
+
+
+def require_redis_server() -> None:
+    """Skip (or, in CI, fail) when redis-server is not installed."""
+    if REDIS_SERVER is None:
+        message = "redis-server is not installed (apt-get install -y redis-server)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the whole session (flushed before each test using it)."""
+    require_redis_server()
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def redis_url(redis_server: RedisServer) -> AsyncIterator[str]:
+    """The session server's URL, with the database flushed before the test."""
+    await _flush(redis_server.url)
+    yield redis_server.url
+
+
+async def _flush(url: str) -> None:
+    client = redis_asyncio.Redis.from_url(url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def raw_redis(redis_url: str) -> AsyncIterator[redis_asyncio.Redis]:
+    """A plain redis.asyncio client on the test server, to look behind the cache's back."""
+    client = redis_asyncio.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+Factory = Callable[..., Awaitable[AsyncCacheManager]]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+async def make_cache(
+    backend: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Factory]:
+    """A factory of connected managers on the current backend: ``await make_cache(**config)``."""
+    managers: list[AsyncCacheManager] = []
+    fake_server = FakeServer()
+    url = None
+    if backend == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        url = server.url
+        await _flush(url)
+
+    async def factory(**overrides: Any) -> AsyncCacheManager:
+        client = None
+        settings: dict[str, Any] = {}
+        if backend == "memory":
+            settings["backend"] = "memory"
+        elif backend == "fakeredis":
+            client = FakeAsyncRedis(server=fake_server)
+        else:
+            settings["url"] = url
+        settings.update(overrides)
+        manager = AsyncCacheManager(CacheConfig(**settings), client=client)
+        await manager.connect()
+        managers.append(manager)
+        return manager
+
+    yield factory
+    for manager in managers:
+        await manager.aclose()
+
+
+@pytest.fixture
+async def cache(make_cache: Factory) -> AsyncCacheManager:
+    """A connected manager with the default config on the current backend."""
+    return await make_cache()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and "integration" in report.keywords:
+        _skipped_integration.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if in_ci() and _skipped_integration:
+        print(f"\nCI: {len(_skipped_integration)} integration test(s) were skipped; failing.")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
