@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -281,13 +282,30 @@ def _redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+@functools.cache
+def _field_of_alias() -> dict[str, str]:
+    """Environment variable name (upper case) -> field name."""
+    mapping: dict[str, str] = {}
+    for name, info in CacheConfig.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            for choice in alias.choices:
+                if isinstance(choice, str):
+                    mapping[choice.upper()] = name
+        mapping[f"CACHE_{name.upper()}"] = name
+    return mapping
+
+
 def _configuration_error(exc: ValidationError) -> ConfigurationError:
     errors = exc.errors(include_input=False, include_url=False)
     first = errors[0]
-    field = ".".join(str(part) for part in first["loc"]) or "config"
+    loc = ".".join(str(part) for part in first["loc"]) or "config"
+    field = _field_of_alias().get(loc.upper(), loc)
     message = str(first["msg"])
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
+    if field != loc:
+        message += f" (from {loc})"
     if len(errors) > 1:
         others = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors[1:])
         message += f" (also invalid: {others})"

@@ -44,10 +44,10 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-async def redis_url(redis_server: RedisServer) -> AsyncIterator[str]:
+async def redis_url(redis_server: RedisServer) -> str:
     """The session server's URL, with the database flushed before the test."""
     await _flush(redis_server.url)
-    yield redis_server.url
+    return redis_server.url
 
 
 async def _flush(url: str) -> None:
@@ -76,9 +76,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def make_cache(
-    backend: str, request: pytest.FixtureRequest
-) -> AsyncIterator[Factory]:
+async def make_cache(backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
     """A factory of connected managers on the current backend: ``await make_cache(**config)``."""
     managers: list[AsyncCacheManager] = []
     fake_server = FakeServer()

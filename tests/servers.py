@@ -39,10 +39,12 @@ def _ping(port: int, password: str | None = None) -> bool:
 class RedisServer:
     """One redis-server process bound to 127.0.0.1 on a free port."""
 
-    def __init__(self, *extra_args: str, password: str | None = None) -> None:
+    def __init__(
+        self, *extra_args: str, password: str | None = None, port: int | None = None
+    ) -> None:
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not installed")
-        self.port = free_port()
+        self.port = port or free_port()
         self.password = password
         self.extra_args = list(extra_args)
         self._dir = tempfile.mkdtemp(prefix="gathering-cache-redis-")
@@ -91,6 +93,15 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets open but answers nothing (a hung server)."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """kill -9, as a crash would."""

@@ -1,0 +1,134 @@
+"""Pure modules, no event loop: key layout, encoding, stats, glob matching."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+
+import pytest
+
+from gathering_cache import PatternError, SerializationError
+from gathering_cache.backends.memory import glob_to_regex
+from gathering_cache.encoding import DecodeError, decode, encode
+from gathering_cache.keys import KeySpace, check_id, check_key, check_ttl, text_hash
+from gathering_cache.stats import CacheStats, hit_rate
+
+
+def test_text_hash_is_the_seeds() -> None:
+    assert text_hash("Hello world") == hashlib.sha256(b"Hello world").hexdigest()[:16]
+    assert len(text_hash("")) == 16
+    assert text_hash("é") == hashlib.sha256("é".encode()).hexdigest()[:16]
+
+
+def test_key_layout() -> None:
+    keys = KeySpace("gathering:")
+    assert keys.embedding("hi") == f"gathering:embedding:{text_hash('hi')}"
+    assert keys.rag(7, "q") == f"gathering:rag:agent:7:{text_hash('q')}"
+    assert keys.rag_agent_pattern(7) == "gathering:rag:agent:7:*"
+    assert keys.circle(5) == "gathering:circle:5"
+    assert keys.everything() == "gathering:*"
+
+
+def test_pattern_check() -> None:
+    keys = KeySpace("gathering:")
+    assert keys.check_pattern("gathering:rag:*") == "gathering:rag:*"
+    for bad in ("*", "gathering*", "other:gathering:*", "?athering:*", "[g]athering:*"):
+        with pytest.raises(PatternError):
+            keys.check_pattern(bad)
+
+
+def test_argument_checks() -> None:
+    assert check_key("k") == "k"
+    assert check_id(0, "agent_id") == 0
+    assert check_id(-3, "agent_id") == -3
+    assert check_ttl(None) is None
+    assert check_ttl(1) == 1
+    with pytest.raises(TypeError, match="agent_id must be an int, not bool"):
+        check_id(False, "agent_id")
+
+
+@pytest.mark.parametrize(
+    "value", [None, True, 0, -1.5, "s", [1, [2, {"a": None}]], {"k": "v"}, 2**63 - 1]
+)
+def test_encode_round_trip(value: object) -> None:
+    assert decode(encode(value)) == value
+
+
+def test_encode_numpy_arrays() -> None:
+    np = pytest.importorskip("numpy")
+    assert decode(encode(np.array([1.5, 2.5], dtype=np.float32))) == [1.5, 2.5]
+    assert decode(encode({"v": np.arange(3)})) == {"v": [0, 1, 2]}
+
+
+def test_envelope_is_versioned() -> None:
+    data = encode({"a": 1})
+    assert data[:2] == b"\x01j"
+    with pytest.raises(DecodeError):
+        decode(b"\x02j" + data[2:])
+    with pytest.raises(DecodeError):
+        decode(pickle.dumps({"a": 1}))
+    with pytest.raises(DecodeError):
+        decode(data[:-1])
+
+
+def test_unencodable_value_names_the_type() -> None:
+    class Custom:
+        pass
+
+    with pytest.raises(SerializationError, match="Custom"):
+        encode(Custom())
+    with pytest.raises(TypeError):
+        encode({1, 2})
+
+
+def test_hit_rate() -> None:
+    assert hit_rate(0, 0) == 0.0
+    assert hit_rate(1, 2) == 33.33
+    assert hit_rate(8543, 1234) == 87.38  # the seed's example
+
+
+def test_stats_snapshot() -> None:
+    stats = CacheStats()
+    stats.hit("embedding", 3)
+    stats.miss("rag")
+    snap = stats.snapshot()
+    assert (snap["hits"], snap["misses"], snap["hit_rate"]) == (3, 1, 75.0)
+    assert snap["namespaces"]["embedding"]["hit_rate"] == 100.0
+    assert set(snap["namespaces"]) == {"embedding", "rag", "circle", "llm", "generic"}
+    stats.reset()
+    assert stats.snapshot()["hits"] == 0
+
+
+GLOB_CASES = [
+    ("gathering:*", ["gathering:", "gathering:a:b"], ["gatherin", "x:gathering:"]),
+    ("a?c", ["abc", "a.c"], ["ac", "abbc"]),
+    ("a[bc]d", ["abd", "acd"], ["aad", "abcd"]),
+    ("a[^b]d", ["aad", "acd"], ["abd"]),
+    ("a[b-d]e", ["abe", "ace", "ade"], ["aee", "a-e"]),
+    ("a\\*b", ["a*b"], ["axb"]),
+    ("a[\\]]b", ["a]b"], ["a\\b"]),
+    ("a.b+c", ["a.b+c"], ["axbbc"]),
+    ("rag:agent:1:*", ["rag:agent:1:abc"], ["rag:agent:10:abc"]),
+]
+
+
+@pytest.mark.parametrize(("pattern", "matching", "other"), GLOB_CASES)
+def test_memory_glob_follows_redis_rules(
+    pattern: str, matching: list[str], other: list[str]
+) -> None:
+    regex = glob_to_regex(pattern)
+    for key in matching:
+        assert regex.fullmatch(key), (pattern, key)
+    for key in other:
+        assert not regex.fullmatch(key), (pattern, key)
+
+
+@pytest.mark.integration
+async def test_memory_glob_agrees_with_real_redis(raw_redis) -> None:  # type: ignore[no-untyped-def]
+    keys = sorted({k for _, matching, other in GLOB_CASES for k in matching + other})
+    for key in keys:
+        await raw_redis.set(key, 1)
+    for pattern, _, _ in GLOB_CASES:
+        found = sorted([k.decode() async for k in raw_redis.scan_iter(match=pattern, count=1000)])
+        expected = [k for k in keys if glob_to_regex(pattern).fullmatch(k)]
+        assert found == expected, pattern
