@@ -10,6 +10,7 @@ A value written by another format version, by another program, or planted by som
 
 from __future__ import annotations
 
+import math
 from typing import Any, Final
 
 import orjson
@@ -37,11 +38,37 @@ def encode(value: Any) -> bytes:
             names the type.
     """
     try:
-        return _JSON + orjson.dumps(value, option=_OPTIONS)
+        payload = orjson.dumps(value, option=_OPTIONS)
     except orjson.JSONEncodeError as exc:
         raise SerializationError(
             f"cannot encode value of type {type(value).__name__} for the cache: {exc}"
         ) from None
+    # orjson writes NaN and infinity as null: the value read back would differ from the one
+    # stored. Only a payload holding "null" can hide one, so only then is the value walked.
+    if b"null" in payload:
+        where = _non_finite(value, "value")
+        if where is not None:
+            raise SerializationError(f"{where} is not a finite number; JSON cannot hold it")
+    return _JSON + payload
+
+
+def _non_finite(value: Any, path: str) -> str | None:
+    """The path of the first NaN or infinity inside ``value``, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path} ({value!r})"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _non_finite(item, f"{path}[{key!r}]")
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = _non_finite(item, f"{path}[{index}]")
+            if found:
+                return found
+    elif hasattr(value, "dtype") and hasattr(value, "tolist"):  # numpy array or scalar
+        return _non_finite(value.tolist(), path)
+    return None
 
 
 def decode(data: bytes) -> Any:

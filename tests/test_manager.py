@@ -284,6 +284,8 @@ async def test_wrong_shape_under_domain_key_is_a_miss(cache: AsyncCacheManager) 
         (lambda c: c.set("k", object()), TypeError, "object"),
         (lambda c: c.set("k", {1: "non-str key"}), SerializationError, "dict"),
         (lambda c: c.set("k", 2**70), SerializationError, "int"),
+        (lambda c: c.set("k", {"score": float("nan")}), SerializationError, "finite"),
+        (lambda c: c.set_many({"k": [float("inf")]}), SerializationError, "finite"),
         (lambda c: c.set_many([("k", 1)]), ArgumentTypeError, "Mapping"),
         (lambda c: c.set_many({"k": 1, 5: 2}), ArgumentTypeError, "int"),
         (lambda c: c.get_many("k"), ArgumentTypeError, "single str"),

@@ -81,6 +81,27 @@ def test_unencodable_value_names_the_type() -> None:
         encode({1, 2})
 
 
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        (float("nan"), "value"),
+        ([1.0, None, float("inf")], r"value\[2\]"),
+        ({"a": {"b": [float("-inf")]}}, r"value\['a'\]\['b'\]\[0\]"),
+        ((None, float("nan")), r"value\[1\]"),
+    ],
+)
+def test_non_finite_floats_are_refused_not_turned_into_null(value: object, where: str) -> None:
+    with pytest.raises(SerializationError, match=where):
+        encode(value)
+
+
+def test_non_finite_numpy_values_are_refused() -> None:
+    np = pytest.importorskip("numpy")
+    with pytest.raises(SerializationError, match="finite"):
+        encode({"v": np.array([1.0, np.nan])})
+    assert decode(encode([None, np.float64(1.5)])) == [None, 1.5]
+
+
 def test_hit_rate() -> None:
     assert hit_rate(0, 0) == 0.0
     assert hit_rate(1, 2) == 33.33
