@@ -107,6 +107,14 @@ class CacheConfig(BaseSettings):
     # In-process memory backend
     memory_max_entries: int = 10_000
 
+    # Embeddings
+    embedding_lru_size: int = 1000
+    """Entries of the in-process embedding LRU that answers while Redis is unavailable
+    (0 turns it off)."""
+    embedding_precision: Literal["lossless", "float32"] = "lossless"
+    """``lossless``: float32 when exact, else float64. ``float32``: always float32 (lossy for
+    models that return float64 values)."""
+
     if not TYPE_CHECKING:
         # Hidden from type checkers so that the pydantic plugin keeps typed keyword arguments.
         def __init__(self, **values: Any) -> None:
@@ -198,6 +206,13 @@ class CacheConfig(BaseSettings):
     def _check_positive_float(cls, value: float) -> float:
         if not value > 0:
             raise ValueError("must be > 0")
+        return value
+
+    @field_validator("embedding_lru_size")
+    @classmethod
+    def _check_lru_size(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be >= 0")
         return value
 
     @field_validator("health_check_interval")

@@ -17,11 +17,27 @@ from gathering_cache.keys import KeySpace, check_key, check_ttl
 from gathering_cache.policy import BreakerState, DegradationPolicy
 from gathering_cache.stats import CacheStats
 
-__all__ = ["CacheCore"]
+__all__ = ["UNAVAILABLE", "CacheCore"]
 
 logger = logging.getLogger("gathering_cache")
 
 _MISSING: Any = object()
+
+
+class _Unavailable:
+    """The store could not answer (a fault, the breaker open, the cache disabled)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNAVAILABLE"
+
+
+UNAVAILABLE: Any = _Unavailable()
+"""Returned by the ``*_raw`` reads when the store could not answer, unlike ``None`` (a miss)."""
+
+DeletionListener = Callable[[Sequence[str] | None], None]
+"""Told which keys this process deletes (``None``: a pattern, anything may be gone)."""
 
 
 class CacheCore:
@@ -44,6 +60,15 @@ class CacheCore:
             if config.enabled:
                 logger.warning("gathering_cache: %s; running without cache (degraded mode)", reason)
         self._connected = False
+        self._deletion_listeners: list[DeletionListener] = []
+
+    def on_delete(self, listener: DeletionListener) -> None:
+        """Register an in-process layer (an LRU) to forget what this process deletes."""
+        self._deletion_listeners.append(listener)
+
+    def _notify_deleted(self, keys: Sequence[str] | None) -> None:
+        for listener in self._deletion_listeners:
+            listener(keys)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -88,6 +113,20 @@ class CacheCore:
             return _MISSING
         return value
 
+    async def get_raw(self, key: str) -> bytes | None:
+        """The bytes under ``key``; ``None`` on a miss; :data:`UNAVAILABLE` on a fault."""
+        await self._ready()
+        result: bytes | None = await self.policy.run(lambda: self.store.get(key), UNAVAILABLE)
+        return result
+
+    async def get_many_raw(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The bytes under each key (one round trip); :data:`UNAVAILABLE` on a fault."""
+        await self._ready()
+        result: list[bytes | None] = await self.policy.run(
+            lambda: self.store.get_many(keys), UNAVAILABLE
+        )
+        return result
+
     async def get(
         self, key: str, namespace: str, accept: Callable[[Any], bool] | None = None
     ) -> Any:
@@ -96,9 +135,8 @@ class CacheCore:
         ``accept`` checks the decoded value's shape (a domain's own type): a value it
         refuses is a miss, counted as an error, like bytes that do not decode.
         """
-        await self._ready()
-        raw = await self.policy.run(lambda: self.store.get(key), None)
-        value = _MISSING if raw is None else self._decode(raw, accept)
+        raw = await self.get_raw(key)
+        value = _MISSING if raw is None or raw is UNAVAILABLE else self._decode(raw, accept)
         if value is _MISSING:
             self.stats.miss(namespace)
             return None
@@ -106,11 +144,10 @@ class CacheCore:
         return value
 
     async def get_many(self, keys: Sequence[str], namespace: str) -> list[Any]:
-        await self._ready()
         if not keys:
             return []
-        raws = await self.policy.run(lambda: self.store.get_many(keys), None)
-        if raws is None:
+        raws = await self.get_many_raw(keys)
+        if raws is UNAVAILABLE:
             self.stats.miss(namespace, len(keys))
             return [None] * len(keys)
         values: list[Any] = []
@@ -127,7 +164,9 @@ class CacheCore:
         return values
 
     async def set(self, key: str, value: Any, ttl: int | None) -> bool:
-        data = encoding.encode(value)  # raises before anything is written
+        return await self.set_raw(key, encoding.encode(value), ttl)  # encode raises first
+
+    async def set_raw(self, key: str, data: bytes, ttl: int | None) -> bool:
         await self._ready()
         ok = await self.policy.run(lambda: self._store_set(key, data, ttl), False)
         self._count_write(ok)
@@ -139,6 +178,9 @@ class CacheCore:
 
     async def set_many(self, mapping: Mapping[str, Any], ttl: int | None) -> bool:
         items = [(key, encoding.encode(value)) for key, value in mapping.items()]
+        return await self.set_many_raw(items, ttl)
+
+    async def set_many_raw(self, items: list[tuple[str, bytes]], ttl: int | None) -> bool:
         await self._ready()
         if not items:
             return True
@@ -158,6 +200,7 @@ class CacheCore:
 
     async def delete(self, keys: Sequence[str]) -> int:
         await self._ready()
+        self._notify_deleted(keys)
         return await self.policy.run(lambda: self.store.delete(keys), 0)
 
     async def exists(self, key: str) -> bool:
@@ -171,6 +214,7 @@ class CacheCore:
     async def delete_pattern(self, pattern: str) -> int:
         """Delete keys matching a pattern already checked to lie under the prefix."""
         await self._ready()
+        self._notify_deleted(None)
         progress = Progress()
         await self.policy.run(
             lambda: self.store.scan_delete(pattern, progress), 0, timeout=self.config.bulk_timeout
@@ -183,6 +227,20 @@ class CacheCore:
         return await self.policy.run(
             lambda: self.store.count(pattern), None, timeout=self.config.bulk_timeout
         )
+
+    async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
+        """Take what locks can be taken; :data:`UNAVAILABLE` when the store cannot answer."""
+        await self._ready()
+        result: list[bool] = await self.policy.run(
+            lambda: self.store.acquire_locks(keys, token, ttl_ms), UNAVAILABLE
+        )
+        return result
+
+    async def release_locks(self, keys: Sequence[str], token: str) -> int:
+        if not keys:
+            return 0
+        await self._ready()
+        return await self.policy.run(lambda: self.store.release_locks(keys, token), 0)
 
 
 def checked_items(mapping: object, ttl: object) -> tuple[Mapping[str, Any], int | None]:

@@ -1,29 +1,47 @@
-"""Embedding cache: text -> vector, 24 h by default (embeddings are deterministic).
+"""Embedding cache: (model, dimensions, text) -> vector, 24 h by default.
 
-Key: ``<prefix>embedding:<16 hex of sha256(text)>``. Vectors are checked before anything is
-written: a non-empty sequence of finite real numbers. A value read back that is not such a
-vector (written by someone else under our key) is a miss.
+Keys: ``<prefix>embedding:<16 hex of sha256(text)>`` with no model (the seed's), else
+``<prefix>embedding:<model>[:<dimensions>]:<hash>`` so two models never share an entry.
+
+Vectors are packed floats (see :mod:`gathering_cache.encoding`): float32 when every value is
+exact in float32, float64 otherwise, so what is read back is exactly what was stored. A
+1536-value float32 vector takes 6,146 bytes instead of ~32.6 KB of JSON text. A stored value
+that is not a packed vector, or whose length differs from the dimensions the key promises, is
+a miss.
+
+The seed's in-process LRU (``embedding_lru_size`` entries) is filled on Redis hits and sets and
+answers while Redis is unavailable; a Redis miss evicts the entry, so data that Redis lost
+(a restart, a flush) is never served from the LRU once Redis answers again.
 """
 
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gathering_cache.core import CacheCore
+from gathering_cache import encoding
+from gathering_cache.core import UNAVAILABLE, CacheCore
 from gathering_cache.errors import ArgumentTypeError, InvalidArgumentError
-from gathering_cache.keys import EMBEDDING, check_text, check_ttl
+from gathering_cache.keys import EMBEDDING, check_dimensions, check_model, check_text, check_ttl
+from gathering_cache.lru import LRU
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = ["EmbeddingCache", "check_vector"]
 
+Vector = Sequence[float]
 
-def check_vector(embedding: object) -> list[float]:
+
+def check_vector(embedding: object, dimensions: int | None = None) -> list[float]:
     """Return the embedding as a list of floats, or raise naming the problem.
 
     Raises:
         ArgumentTypeError: not a sequence of real numbers (a str, a dict, a bool item, ...).
-        InvalidArgumentError: empty, or holds NaN or infinity.
+        InvalidArgumentError: empty, NaN or infinity in it, or not ``dimensions`` long.
     """
     if isinstance(embedding, (str, bytes, bytearray, dict)) or not hasattr(embedding, "__len__"):
         raise ArgumentTypeError(
@@ -33,40 +51,165 @@ def check_vector(embedding: object) -> list[float]:
     items: Sequence[Any] = tolist() if callable(tolist) else embedding  # type: ignore[assignment]
     if len(items) == 0:
         raise InvalidArgumentError("embedding must not be empty")
-    vector: list[float] = []
-    for index, item in enumerate(items):
-        if isinstance(item, bool) or not isinstance(item, (int, float)):
-            raise ArgumentTypeError(
-                f"embedding[{index}] must be a real number, not {type(item).__name__}"
-            )
-        value = float(item)
-        if not math.isfinite(value):
-            raise InvalidArgumentError(f"embedding[{index}] is {value!r}; vectors must be finite")
-        vector.append(value)
-    return vector
+    try:
+        # Fast path: array() refuses non-numbers; one pass for bools; the sum of finite floats
+        # is finite unless it overflows, in which case the slow path below decides.
+        packed = array("d", items)
+        fast = not any(item is True or item is False for item in items) and math.isfinite(
+            sum(packed)
+        )
+    except TypeError:
+        fast = False
+    if not fast:
+        for index, item in enumerate(items):
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                raise ArgumentTypeError(
+                    f"embedding[{index}] must be a real number, not {type(item).__name__}"
+                )
+            if not math.isfinite(item):
+                raise InvalidArgumentError(
+                    f"embedding[{index}] is {float(item)!r}; vectors must be finite"
+                )
+        packed = array("d", items)
+    if dimensions is not None and len(packed) != dimensions:
+        raise InvalidArgumentError(
+            f"embedding has {len(packed)} values but dimensions={dimensions} was given"
+        )
+    return packed.tolist()
 
 
-def _is_vector(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) > 0
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    )
+def _numpy() -> Any:
+    try:
+        import numpy
+    except ImportError:  # pragma: no cover - numpy is an optional extra
+        raise InvalidArgumentError("as_numpy=True needs numpy (pip install numpy)") from None
+    return numpy
 
 
 class EmbeddingCache:
-    """Get and set embeddings through the core."""
+    """Get and set embeddings through the core, with the in-process fallback LRU."""
 
     def __init__(self, core: CacheCore) -> None:
         self._core = core
+        # The memory backend is in-process already: an LRU in front of it would only copy.
+        size = core.config.embedding_lru_size if core.store.kind != "memory" else 0
+        self.lru = LRU(size)
+        core.on_delete(self.lru.forget)
 
-    async def get(self, text: str) -> list[float] | None:
-        key = self._core.keys.embedding(check_text(text))
-        value = await self._core.get(key, EMBEDDING, _is_vector)
-        return None if value is None else [float(v) for v in value]
+    def key(self, text: str, model: str | None, dimensions: int | None) -> str:
+        return self._core.keys.embedding(
+            check_text(text), check_model(model), check_dimensions(dimensions)
+        )
 
-    async def set(self, text: str, embedding: Sequence[float], ttl: int | None) -> bool:
-        key = self._core.keys.embedding(check_text(text))
-        vector = check_vector(embedding)
+    def _unpack(self, raw: bytes, dimensions: int | None) -> array[float] | None:
+        try:
+            vector = encoding.decode_vector(raw)
+        except encoding.DecodeError:
+            self._core.stats.errors += 1
+            return None
+        if dimensions is not None and len(vector) != dimensions:
+            self._core.stats.errors += 1
+            return None
+        return vector
+
+    @staticmethod
+    def _output(vector: array[float], as_numpy: bool) -> Any:
+        if as_numpy:
+            return _numpy().array(vector, dtype=vector.typecode)
+        return vector.tolist()
+
+    def _resolve(self, key: str, raw: bytes | None, dimensions: int | None) -> Any:
+        """The vector for one key given what Redis answered (or UNAVAILABLE)."""
+        if raw is UNAVAILABLE:
+            cached = self.lru.get(key)
+            return None if cached is None else self._unpack(cached, dimensions)
+        if raw is None:
+            self.lru.discard(key)  # Redis lost or expired it: so must we
+            return None
+        vector = self._unpack(raw, dimensions)
+        if vector is not None:
+            self.lru.put(key, raw)
+        return vector
+
+    async def get(
+        self,
+        text: str,
+        model: str | None = None,
+        dimensions: int | None = None,
+        as_numpy: bool = False,
+    ) -> list[float] | npt.NDArray[np.floating[Any]] | None:
+        key = self.key(text, model, dimensions)
+        vector = self._resolve(key, await self._core.get_raw(key), dimensions)
+        if vector is None:
+            self._core.stats.miss(EMBEDDING)
+            return None
+        self._core.stats.hit(EMBEDDING)
+        return self._output(vector, as_numpy)  # type: ignore[no-any-return]
+
+    async def get_many(
+        self,
+        texts: Sequence[str],
+        model: str | None = None,
+        dimensions: int | None = None,
+        as_numpy: bool = False,
+    ) -> list[Any]:
+        if isinstance(texts, str):
+            raise ArgumentTypeError("texts must be a sequence of str, not a single str")
+        keys = [self.key(text, model, dimensions) for text in texts]
+        if not keys:
+            return []
+        raws: list[Any] = await self._core.get_many_raw(keys)
+        if raws is UNAVAILABLE:
+            raws = [UNAVAILABLE] * len(keys)
+        out: list[Any] = []
+        for key, raw in zip(keys, raws):
+            vector = self._resolve(key, raw, dimensions)
+            out.append(None if vector is None else self._output(vector, as_numpy))
+        hits = sum(v is not None for v in out)
+        self._core.stats.hit(EMBEDDING, hits)
+        self._core.stats.miss(EMBEDDING, len(out) - hits)
+        return out
+
+    def _pack(self, embedding: object, dimensions: int | None) -> bytes:
+        return encoding.encode_vector(
+            check_vector(embedding, dimensions), self._core.config.embedding_precision
+        )
+
+    async def set(
+        self,
+        text: str,
+        embedding: Vector,
+        ttl: int | None = None,
+        model: str | None = None,
+        dimensions: int | None = None,
+    ) -> bool:
+        key = self.key(text, model, dimensions)
+        data = self._pack(embedding, dimensions)
         expiry = check_ttl(ttl) or self._core.config.embedding_ttl
-        return await self._core.set(key, vector, expiry)
+        self.lru.put(key, data)
+        return await self._core.set_raw(key, data, expiry)
+
+    async def set_many(
+        self,
+        texts: Sequence[str],
+        embeddings: Sequence[Vector],
+        ttl: int | None = None,
+        model: str | None = None,
+        dimensions: int | None = None,
+    ) -> bool:
+        if isinstance(texts, str):
+            raise ArgumentTypeError("texts must be a sequence of str, not a single str")
+        if len(texts) != len(embeddings):
+            raise InvalidArgumentError(
+                f"{len(texts)} texts but {len(embeddings)} embeddings were given"
+            )
+        items = [
+            (self.key(text, model, dimensions), self._pack(vector, dimensions))
+            for text, vector in zip(texts, embeddings)
+        ]
+        expiry = check_ttl(ttl) or self._core.config.embedding_ttl
+        for key, data in items:
+            self.lru.put(key, data)
+        if not items:
+            return True
+        return await self._core.set_many_raw(items, expiry)

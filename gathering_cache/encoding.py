@@ -2,7 +2,9 @@
 
 Every stored value starts with two bytes: the envelope version and the payload kind::
 
-    b"\\x01j" + orjson bytes
+    b"\\x01j" + orjson bytes                 a JSON-like value
+    b"\\x01f" + little-endian float32 array  a vector whose values are exact in float32
+    b"\\x01d" + little-endian float64 array  any other vector (lossless)
 
 A value written by another format version, by another program, or planted by someone else
 (a pickle stream starts with ``\\x80``) does not carry this header and decodes as a miss.
@@ -11,18 +13,34 @@ A value written by another format version, by another program, or planted by som
 from __future__ import annotations
 
 import math
-from typing import Any, Final
+import sys
+from array import array
+from typing import Any, Final, Literal
 
 import orjson
 
 from gathering_cache.errors import SerializationError
 
-__all__ = ["DecodeError", "decode", "encode"]
+__all__ = [
+    "DecodeError",
+    "Precision",
+    "decode",
+    "decode_vector",
+    "encode",
+    "encode_vector",
+]
+
+Precision = Literal["lossless", "float32"]
+"""How vectors are packed: ``lossless`` picks float32 when every value survives it exactly,
+float64 otherwise; ``float32`` always packs float32 (rounding float64 values)."""
 
 VERSION: Final = 1
 _JSON: Final = bytes((VERSION,)) + b"j"
 _JSON_LEN: Final = len(_JSON)
 _OPTIONS: Final = orjson.OPT_SERIALIZE_NUMPY
+_F32: Final = bytes((VERSION,)) + b"f"
+_F64: Final = bytes((VERSION,)) + b"d"
+_BIG_ENDIAN: Final = sys.byteorder == "big"
 
 
 class DecodeError(ValueError):
@@ -83,3 +101,42 @@ def decode(data: bytes) -> Any:
         return orjson.loads(memoryview(data)[_JSON_LEN:])
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"corrupt payload: {exc}") from None
+
+
+def encode_vector(vector: list[float], precision: Precision = "lossless") -> bytes:
+    """Pack a checked vector (finite floats) as float32 or float64 bytes in the envelope.
+
+    ``lossless``: float32 when every value is exactly representable in float32 (as the
+    vectors of APIs that ship float32, such as OpenAI's), else float64. ``float32``: always
+    float32, rounding values that need more precision.
+    """
+    packed = array("f", vector)
+    if precision == "lossless" and packed.tolist() != vector:
+        packed = array("d", vector)
+    if _BIG_ENDIAN:  # pragma: no cover - stored little-endian on every machine
+        packed.byteswap()
+    return (_F32 if packed.typecode == "f" else _F64) + packed.tobytes()
+
+
+def decode_vector(data: bytes) -> array[float]:
+    """Unpack bytes written by :func:`encode_vector`.
+
+    Raises:
+        DecodeError: not a packed vector of ours (a JSON value, foreign bytes, a payload whose
+            length is not a whole number of floats, or an empty vector).
+    """
+    header = data[:_JSON_LEN]
+    if header == _F32:
+        typecode, size = "f", 4
+    elif header == _F64:
+        typecode, size = "d", 8
+    else:
+        raise DecodeError("not a packed vector")
+    body = memoryview(data)[_JSON_LEN:]
+    if not body or len(body) % size:
+        raise DecodeError("truncated vector")
+    vector: array[float] = array(typecode)
+    vector.frombytes(body)
+    if _BIG_ENDIAN:  # pragma: no cover
+        vector.byteswap()
+    return vector

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from typing import Final
+from urllib.parse import quote
 
 from gathering_cache.errors import ArgumentTypeError, InvalidArgumentError, PatternError
 
@@ -21,8 +22,10 @@ __all__ = [
     "GENERIC",
     "NAMESPACES",
     "KeySpace",
+    "check_dimensions",
     "check_id",
     "check_key",
+    "check_model",
     "check_text",
     "check_ttl",
     "text_hash",
@@ -65,6 +68,28 @@ def check_id(value: object, name: str) -> int:
     return value
 
 
+def check_model(model: object) -> str | None:
+    """Return ``model`` if it is ``None`` or a non-empty str."""
+    if model is None:
+        return None
+    if not isinstance(model, str):
+        raise ArgumentTypeError(f"model must be a str, not {type(model).__name__}")
+    if not model:
+        raise InvalidArgumentError("model must not be empty")
+    return model
+
+
+def check_dimensions(dimensions: object) -> int | None:
+    """Return ``dimensions`` if it is ``None`` or a positive int."""
+    if dimensions is None:
+        return None
+    if isinstance(dimensions, bool) or not isinstance(dimensions, int):
+        raise ArgumentTypeError(f"dimensions must be an int, not {type(dimensions).__name__}")
+    if dimensions <= 0:
+        raise InvalidArgumentError(f"dimensions must be > 0, not {dimensions}")
+    return dimensions
+
+
 def check_ttl(ttl: object) -> int | None:
     """Return ``ttl`` if it is ``None`` or a positive int, else raise InvalidArgumentError."""
     if ttl is None:
@@ -82,8 +107,19 @@ class KeySpace:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
 
-    def embedding(self, text: str) -> str:
-        return f"{self.prefix}{EMBEDDING}:{text_hash(text)}"
+    def embedding(self, text: str, model: str | None = None, dimensions: int | None = None) -> str:
+        """``<prefix>embedding:<hash>`` (the seed's) with no model, else
+        ``<prefix>embedding:<model>:<hash>`` or ``<prefix>embedding:<model>:<dims>:<hash>``.
+
+        The model is percent-encoded (``:`` and glob metacharacters included), so two models,
+        or one model at two sizes, never share an entry.
+        """
+        if model is None:
+            return f"{self.prefix}{EMBEDDING}:{text_hash(text)}"
+        name = quote(model, safe="/")
+        if dimensions is None:
+            return f"{self.prefix}{EMBEDDING}:{name}:{text_hash(text)}"
+        return f"{self.prefix}{EMBEDDING}:{name}:{dimensions}:{text_hash(text)}"
 
     def rag(self, agent_id: int, query: str) -> str:
         return f"{self.prefix}{RAG}:agent:{agent_id}:{text_hash(query)}"

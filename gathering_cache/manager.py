@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from gathering_cache.circle import CircleCache
 from gathering_cache.config import CacheConfig
@@ -21,6 +21,8 @@ from gathering_cache.keys import GENERIC, check_key, check_ttl
 from gathering_cache.rag import RagCache
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
     from typing_extensions import Self
 
 __all__ = ["AsyncCacheManager"]
@@ -177,20 +179,117 @@ class AsyncCacheManager:
 
     # -- embeddings ---------------------------------------------------------------------------
 
-    async def get_embedding(self, text: str) -> list[float] | None:
-        """Get the cached embedding of ``text``."""
-        return await self._embeddings.get(text)
+    @overload
+    async def get_embedding(
+        self,
+        text: str,
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+        as_numpy: Literal[False] = False,
+    ) -> list[float] | None: ...
+
+    @overload
+    async def get_embedding(
+        self,
+        text: str,
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+        as_numpy: Literal[True],
+    ) -> npt.NDArray[np.floating[Any]] | None: ...
+
+    async def get_embedding(
+        self,
+        text: str,
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+        as_numpy: bool = False,
+    ) -> list[float] | npt.NDArray[np.floating[Any]] | None:
+        """Get the cached embedding of ``text``.
+
+        Args:
+            text: the embedded text.
+            model: the embedding model; with one, the entry is the model's own (pass it
+                whenever you know it). Without, the seed's model-less key is used.
+            dimensions: the vector size the model was asked for, when the model has several.
+                A stored vector of another length is a miss.
+            as_numpy: return a numpy array (float32 or float64, as stored) instead of a list.
+
+        Returns:
+            The vector exactly as stored, or ``None``. While Redis is unavailable the
+            in-process LRU answers for vectors this process has seen.
+        """
+        return await self._embeddings.get(text, model, dimensions, as_numpy)
 
     async def set_embedding(
-        self, text: str, embedding: Sequence[float], ttl: int | None = None
+        self,
+        text: str,
+        embedding: Sequence[float],
+        ttl: int | None = None,
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
     ) -> bool:
         """Cache the embedding of ``text`` (default TTL ``embedding_ttl``, 24 h).
 
+        The vector is stored as packed float32 when that is exact, else float64 (or always
+        float32 with ``embedding_precision="float32"``).
+
         Raises:
             ArgumentTypeError: text not a str, or the embedding not a sequence of numbers.
-            InvalidArgumentError: empty embedding, NaN or infinity in it, or a bad ttl.
+            InvalidArgumentError: empty embedding, NaN or infinity in it, a length other than
+                ``dimensions``, or a bad ttl.
         """
-        return await self._embeddings.set(text, embedding, ttl)
+        return await self._embeddings.set(text, embedding, ttl, model, dimensions)
+
+    @overload
+    async def get_embeddings(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+        as_numpy: Literal[False] = False,
+    ) -> list[list[float] | None]: ...
+
+    @overload
+    async def get_embeddings(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+        as_numpy: Literal[True],
+    ) -> list[npt.NDArray[np.floating[Any]] | None]: ...
+
+    async def get_embeddings(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+        as_numpy: bool = False,
+    ) -> list[Any]:
+        """Get the cached embeddings of several texts in one round trip (MGET; per-slot on a
+        cluster). ``None`` where missing, in input order."""
+        return await self._embeddings.get_many(texts, model, dimensions, as_numpy)
+
+    async def set_embeddings(
+        self,
+        texts: Sequence[str],
+        embeddings: Sequence[Sequence[float]],
+        ttl: int | None = None,
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+    ) -> bool:
+        """Cache several embeddings in one pipeline (no transaction, cluster-safe).
+
+        Every vector is checked first: one bad vector raises and nothing is written.
+        """
+        return await self._embeddings.set_many(texts, embeddings, ttl, model, dimensions)
 
     # -- RAG results --------------------------------------------------------------------------
 

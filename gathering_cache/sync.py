@@ -17,12 +17,14 @@ import threading
 import weakref
 from collections.abc import Coroutine, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from gathering_cache.config import CacheConfig
 from gathering_cache.manager import AsyncCacheManager
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
     from typing_extensions import Self
 
 __all__ = ["CacheManager"]
@@ -217,13 +219,89 @@ class CacheManager:
 
     # -- domain caches ------------------------------------------------------------------------
 
-    def get_embedding(self, text: str) -> list[float] | None:
-        """Get cached embedding."""
-        return self._run(self._async.get_embedding(text), None)
+    @overload
+    def get_embedding(
+        self,
+        text: str,
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+        as_numpy: Literal[False] = False,
+    ) -> list[float] | None: ...
 
-    def set_embedding(self, text: str, embedding: Sequence[float], ttl: int | None = None) -> bool:
+    @overload
+    def get_embedding(
+        self,
+        text: str,
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+        as_numpy: Literal[True],
+    ) -> npt.NDArray[np.floating[Any]] | None: ...
+
+    def get_embedding(
+        self,
+        text: str,
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+        as_numpy: bool = False,
+    ) -> list[float] | npt.NDArray[np.floating[Any]] | None:
+        """Get cached embedding (see ``AsyncCacheManager.get_embedding``)."""
+        coro = self._async.get_embedding(
+            text,
+            model=model,
+            dimensions=dimensions,
+            as_numpy=as_numpy,  # type: ignore[call-overload]
+        )
+        result: list[float] | npt.NDArray[np.floating[Any]] | None = self._run(coro, None)
+        return result
+
+    def set_embedding(
+        self,
+        text: str,
+        embedding: Sequence[float],
+        ttl: int | None = None,
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+    ) -> bool:
         """Cache embedding (default TTL: 24h)."""
-        return self._run(self._async.set_embedding(text, embedding, ttl), False)
+        coro = self._async.set_embedding(text, embedding, ttl, model=model, dimensions=dimensions)
+        return self._run(coro, False)
+
+    def get_embeddings(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+        as_numpy: bool = False,
+    ) -> list[Any]:
+        """Get several cached embeddings in one round trip; ``None`` where missing."""
+        coro = self._async.get_embeddings(
+            texts,
+            model=model,
+            dimensions=dimensions,
+            as_numpy=as_numpy,  # type: ignore[call-overload]
+        )
+        result: list[Any] = self._run(coro, [None] * len(texts))
+        return result
+
+    def set_embeddings(
+        self,
+        texts: Sequence[str],
+        embeddings: Sequence[Sequence[float]],
+        ttl: int | None = None,
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+    ) -> bool:
+        """Cache several embeddings in one pipeline."""
+        coro = self._async.set_embeddings(
+            texts, embeddings, ttl, model=model, dimensions=dimensions
+        )
+        return self._run(coro, False)
 
     def get_rag_results(self, agent_id: int, query: str) -> list[dict[str, Any]] | None:
         """Get cached RAG results."""

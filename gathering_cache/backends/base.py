@@ -78,6 +78,15 @@ class Store(ABC):
     async def count(self, pattern: str) -> int:
         """How many keys match ``pattern`` (SCAN, never KEYS or DBSIZE)."""
 
+    @abstractmethod
+    async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
+        """Try to take a short-lived lock on each key (SET NX PX); which ones were taken."""
+
+    @abstractmethod
+    async def release_locks(self, keys: Sequence[str], token: str) -> int:
+        """Release the locks among ``keys`` still held with ``token``; never another owner's.
+        Returns how many were released."""
+
     def describe(self) -> dict[str, Any]:
         """Where the store lives, for stats. Never includes secrets."""
         return {}

@@ -165,6 +165,23 @@ class MemoryStore(Store):
     async def count(self, pattern: str) -> int:
         return len(self._matching(pattern))
 
+    async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
+        taken = []
+        for key in keys:
+            free = self._live(key) is None
+            if free:
+                self._data[key] = (token.encode(), self._clock() + ttl_ms / 1000)
+            taken.append(free)
+        return taken
+
+    async def release_locks(self, keys: Sequence[str], token: str) -> int:
+        released = 0
+        for key in keys:
+            if self._live(key) == token.encode():
+                del self._data[key]
+                released += 1
+        return released
+
     def describe(self) -> dict[str, Any]:
         return {
             "host": None,

@@ -55,3 +55,9 @@ class NullStore(Store):
 
     async def count(self, pattern: str) -> int:
         self._fail()
+
+    async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
+        self._fail()
+
+    async def release_locks(self, keys: Sequence[str], token: str) -> int:
+        self._fail()

@@ -42,6 +42,12 @@ DELETE_BATCH = 500
 """Keys per UNLINK while deleting by pattern."""
 
 
+_RELEASE_LOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
 def build_client(config: CacheConfig) -> Redis:
     """Build a ``redis.asyncio.Redis`` on a blocking, bounded pool from ``config``."""
     kwargs: dict[str, Any] = {
@@ -90,6 +96,7 @@ class RedisStore(Store):
             getattr(client, "mget_nonatomic", client.mget),
         )
         self.fault_types = (RedisError, OSError, asyncio.TimeoutError)
+        self._release = client.register_script(_RELEASE_LOCK)
 
     @property
     def client(self) -> Redis:
@@ -149,6 +156,20 @@ class RedisStore(Store):
         async for _ in self._client.scan_iter(match=pattern, count=SCAN_COUNT):
             total += 1
         return total
+
+    async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
+        if not keys:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.set(key, token, nx=True, px=ttl_ms)
+            return [bool(taken) for taken in await pipe.execute()]
+
+    async def release_locks(self, keys: Sequence[str], token: str) -> int:
+        # Compare-and-delete must be atomic, or a lock that expired and was taken by another
+        # process could be deleted. A one-key script is cluster-safe (one slot).
+        results = await asyncio.gather(*(self._release(keys=[key], args=[token]) for key in keys))
+        return sum(int(r) for r in results)
 
     def describe(self) -> dict[str, Any]:
         return dict(self._describe)
