@@ -162,7 +162,7 @@ class EmbeddingCache:
         if raws is UNAVAILABLE:
             raws = [UNAVAILABLE] * len(keys)
         out: list[Any] = []
-        for key, raw in zip(keys, raws):
+        for key, raw in zip(keys, raws, strict=True):
             vector = self._resolve(key, raw, dimensions)
             out.append(None if vector is None else self._output(vector, as_numpy))
         hits = sum(v is not None for v in out)
@@ -205,7 +205,7 @@ class EmbeddingCache:
             )
         items = [
             (self.key(text, model, dimensions), self._pack(vector, dimensions))
-            for text, vector in zip(texts, embeddings)
+            for text, vector in zip(texts, embeddings, strict=True)
         ]
         expiry = check_ttl(ttl) or self._core.config.embedding_ttl
         for key, data in items:
