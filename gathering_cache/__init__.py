@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from gathering_cache.backends import REDIS_AVAILABLE
 from gathering_cache.config import CacheConfig
+from gathering_cache.embedder import CachedEmbedder, EmbedderStats, EmbeddingService
 from gathering_cache.errors import (
     ArgumentTypeError,
     BackendError,
@@ -17,9 +18,11 @@ from gathering_cache.errors import (
     ConfigurationError,
     InvalidArgumentError,
     PatternError,
+    ProviderError,
     SerializationError,
 )
 from gathering_cache.manager import AsyncCacheManager
+from gathering_cache.providers import EmbeddingProvider, OpenAIEmbeddings
 from gathering_cache.sync import CacheManager
 
 __version__ = "0.1.0"
@@ -31,9 +34,15 @@ __all__ = [
     "CacheConfig",
     "CacheError",
     "CacheManager",
+    "CachedEmbedder",
     "ConfigurationError",
+    "EmbedderStats",
+    "EmbeddingProvider",
+    "EmbeddingService",
     "InvalidArgumentError",
+    "OpenAIEmbeddings",
     "PatternError",
+    "ProviderError",
     "REDIS_AVAILABLE",
     "SerializationError",
     "__version__",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from gathering_cache import encoding
 from gathering_cache.core import UNAVAILABLE, CacheCore
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["EmbeddingCache", "check_vector"]
 
 Vector = Sequence[float]
+Source = Literal["redis", "lru"] | None
 
 
 def check_vector(embedding: object, dimensions: int | None = None) -> list[float]:
@@ -118,18 +119,25 @@ class EmbeddingCache:
             return _numpy().array(vector, dtype=vector.typecode)
         return vector.tolist()
 
-    def _resolve(self, key: str, raw: bytes | None, dimensions: int | None) -> Any:
-        """The vector for one key given what Redis answered (or UNAVAILABLE)."""
+    def _resolve(
+        self, key: str, raw: bytes | None, dimensions: int | None
+    ) -> tuple[array[float] | None, Source]:
+        """The vector for one key given what Redis answered (or UNAVAILABLE), and where it
+        came from."""
         if raw is UNAVAILABLE:
             cached = self.lru.get(key)
-            return None if cached is None else self._unpack(cached, dimensions)
+            if cached is None:
+                return None, None
+            vector = self._unpack(cached, dimensions)
+            return vector, "lru" if vector is not None else None
         if raw is None:
             self.lru.discard(key)  # Redis lost or expired it: so must we
-            return None
+            return None, None
         vector = self._unpack(raw, dimensions)
-        if vector is not None:
-            self.lru.put(key, raw)
-        return vector
+        if vector is None:
+            return None, None
+        self.lru.put(key, raw)
+        return vector, "redis"
 
     async def get(
         self,
@@ -139,7 +147,7 @@ class EmbeddingCache:
         as_numpy: bool = False,
     ) -> list[float] | npt.NDArray[np.floating[Any]] | None:
         key = self.key(text, model, dimensions)
-        vector = self._resolve(key, await self._core.get_raw(key), dimensions)
+        vector, _ = self._resolve(key, await self._core.get_raw(key), dimensions)
         if vector is None:
             self._core.stats.miss(EMBEDDING)
             return None
@@ -153,6 +161,14 @@ class EmbeddingCache:
         dimensions: int | None = None,
         as_numpy: bool = False,
     ) -> list[Any]:
+        found = await self.lookup(texts, model, dimensions)
+        return [None if v is None else self._output(v, as_numpy) for v, _ in found]
+
+    async def lookup(
+        self, texts: Sequence[str], model: str | None = None, dimensions: int | None = None
+    ) -> list[tuple[array[float] | None, Source]]:
+        """Each text's cached vector (or None) and its source: ``"redis"``, ``"lru"`` (Redis
+        unavailable) or ``None`` (a miss). One round trip; counted in stats."""
         if isinstance(texts, str):
             raise ArgumentTypeError("texts must be a sequence of str, not a single str")
         keys = [self.key(text, model, dimensions) for text in texts]
@@ -161,14 +177,31 @@ class EmbeddingCache:
         raws: list[Any] = await self._core.get_many_raw(keys)
         if raws is UNAVAILABLE:
             raws = [UNAVAILABLE] * len(keys)
-        out: list[Any] = []
-        for key, raw in zip(keys, raws, strict=True):
-            vector = self._resolve(key, raw, dimensions)
-            out.append(None if vector is None else self._output(vector, as_numpy))
-        hits = sum(v is not None for v in out)
+        out = [self._resolve(key, raw, dimensions) for key, raw in zip(keys, raws, strict=True)]
+        hits = sum(vector is not None for vector, _ in out)
         self._core.stats.hit(EMBEDDING, hits)
         self._core.stats.miss(EMBEDDING, len(out) - hits)
         return out
+
+    async def acquire_locks(
+        self,
+        texts: Sequence[str],
+        model: str | None,
+        dimensions: int | None,
+        token: str,
+        ttl_ms: int,
+    ) -> list[bool] | None:
+        """Take the cross-process compute lock of each text's entry; ``None`` when the store
+        cannot answer (then nobody can coordinate)."""
+        keys = [self._core.keys.lock(self.key(t, model, dimensions)) for t in texts]
+        taken: list[bool] = await self._core.acquire_locks(keys, token, ttl_ms)
+        return None if taken is UNAVAILABLE else taken
+
+    async def release_locks(
+        self, texts: Sequence[str], model: str | None, dimensions: int | None, token: str
+    ) -> int:
+        keys = [self._core.keys.lock(self.key(t, model, dimensions)) for t in texts]
+        return await self._core.release_locks(keys, token)
 
     def _pack(self, embedding: object, dimensions: int | None) -> bytes:
         return encoding.encode_vector(

@@ -9,7 +9,9 @@ also inherits the builtin a caller would naturally catch::
     │   └── PatternError                        delete_pattern outside the key prefix
     ├── ArgumentTypeError         (TypeError)   key / id / value of the wrong type
     ├── SerializationError        (TypeError)   value that cannot be encoded
-    └── BackendError              (ConnectionError)  infrastructure fault inside a store
+    ├── BackendError              (ConnectionError)  infrastructure fault inside a store
+    └── ProviderError             (RuntimeError)  an embedding / LLM provider failed or
+                                                  returned something unusable
 
 Programming errors (the first four branches) are raised to the caller before anything is
 written. :class:`BackendError` is the opposite: it describes an infrastructure fault (Redis
@@ -27,6 +29,7 @@ __all__ = [
     "ConfigurationError",
     "InvalidArgumentError",
     "PatternError",
+    "ProviderError",
     "SerializationError",
 ]
 
@@ -61,3 +64,15 @@ class SerializationError(CacheError, TypeError):
 
 class BackendError(CacheError, ConnectionError):
     """An infrastructure fault in a store. Never raised out of a cache operation."""
+
+
+class ProviderError(CacheError, RuntimeError):
+    """The embedding or LLM provider failed (after retries) or returned an unusable answer
+    (wrong number of vectors, inconsistent dimensions, NaN). Nothing is cached.
+
+    Unlike cache faults, this one is raised: without the provider there is no value to return.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)

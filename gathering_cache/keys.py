@@ -130,6 +130,10 @@ class KeySpace:
     def circle(self, circle_id: int) -> str:
         return f"{self.prefix}{CIRCLE}:{circle_id}"
 
+    def lock(self, key: str) -> str:
+        """The lock key guarding the computation of ``key`` (a key under the prefix)."""
+        return f"{self.prefix}lock:{key[len(self.prefix) :]}"
+
     def everything(self) -> str:
         """The pattern that matches every key under the prefix."""
         return f"{self.prefix}*"

@@ -69,6 +69,11 @@ class AsyncCacheManager:
         """The (immutable) configuration in use."""
         return self._core.config
 
+    @property
+    def embeddings(self) -> EmbeddingCache:
+        """The embedding cache (lower-level: :class:`CachedEmbedder` builds on it)."""
+        return self._embeddings
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def connect(self) -> bool:

@@ -1,0 +1,183 @@
+"""Embedding providers: the protocol :class:`~gathering_cache.CachedEmbedder` calls, and an
+OpenAI-compatible HTTP provider (OpenAI, and compatible servers: vLLM, Ollama, LM Studio ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import random
+from array import array
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import httpx
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gathering_cache.errors import ConfigurationError, ProviderError
+
+__all__ = ["EmbeddingProvider", "OpenAIEmbeddings"]
+
+logger = logging.getLogger("gathering_cache")
+
+
+@runtime_checkable
+class EmbeddingProvider(Protocol):
+    """Anything that embeds a batch of texts: one vector per text, in order."""
+
+    model: str
+    dimensions: int | None
+
+    async def embed(self, texts: list[str]) -> list[list[float]]: ...
+
+
+class _OpenAISettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+
+    api_key: SecretStr | None = Field(None, validation_alias="OPENAI_API_KEY")
+    base_url: str = Field("https://api.openai.com/v1", validation_alias="OPENAI_BASE_URL")
+    model: str = Field("text-embedding-3-small", validation_alias="OPENAI_EMBEDDING_MODEL")
+    dimensions: int | None = Field(None, validation_alias="OPENAI_EMBEDDING_DIMENSIONS")
+
+
+class OpenAIEmbeddings:
+    """``POST {base_url}/embeddings`` of the OpenAI API and the servers that copy it.
+
+    429 and 5xx answers and transport errors are retried with jittered exponential backoff
+    (``Retry-After`` honoured, capped); other errors raise :class:`ProviderError` at once.
+
+    Args:
+        model: the embedding model name.
+        api_key: sent as a bearer token when given (local servers often need none).
+        base_url: the API root, ``https://api.openai.com/v1`` by default.
+        dimensions: ask the model for vectors of this size (models that support it).
+        encoding_format: ``"base64"`` (float32, compact; what the OpenAI SDK uses) or
+            ``"float"`` (JSON numbers; the most widely supported).
+        timeout: seconds per HTTP request.
+        max_retries: retries after the first attempt for retryable failures.
+        client: an ``httpx.AsyncClient`` to use (not closed by :meth:`aclose`).
+    """
+
+    def __init__(
+        self,
+        model: str = "text-embedding-3-small",
+        *,
+        api_key: str | None = None,
+        base_url: str = "https://api.openai.com/v1",
+        dimensions: int | None = None,
+        encoding_format: Literal["float", "base64"] = "float",
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 8.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if not model:
+            raise ConfigurationError("model", "must not be empty")
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigurationError("base_url", "must be an http:// or https:// URL")
+        self.model = model
+        self.dimensions = dimensions
+        self.encoding_format = encoding_format
+        self.max_retries = max_retries
+        self._backoff = (backoff_base, backoff_cap)
+        self._url = base_url.rstrip("/") + "/embeddings"
+        self._api_key = SecretStr(api_key) if api_key else None
+        self._owned = client is None
+        self._client = client or httpx.AsyncClient(timeout=timeout)
+
+    @classmethod
+    def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> OpenAIEmbeddings:
+        """Configure from OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_EMBEDDING_MODEL and
+        OPENAI_EMBEDDING_DIMENSIONS (environment first, then the ``.env`` file)."""
+        env_file = os.fspath(dotenv_path) if dotenv_path is not None else ".env"
+        if dotenv_path is not None and not os.path.isfile(env_file):
+            raise ConfigurationError("dotenv_path", f"no such file: {env_file!r}")
+        settings = _OpenAISettings(_env_file=env_file if os.path.isfile(env_file) else None)
+        return cls(
+            settings.model,
+            api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+            base_url=settings.base_url,
+            dimensions=settings.dimensions,
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAIEmbeddings(model={self.model!r}, url={self._url!r})"
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await self._client.aclose()
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        """Embed a batch; one vector per text, in order.
+
+        Raises:
+            ProviderError: a non-retryable HTTP error, retries exhausted, or a malformed
+                answer.
+        """
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "input": texts,
+            "encoding_format": self.encoding_format,
+        }
+        if self.dimensions is not None:
+            payload["dimensions"] = self.dimensions
+        headers = {}
+        if self._api_key is not None:
+            headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        attempt = 0
+        while True:
+            try:
+                response = await self._client.post(self._url, json=payload, headers=headers)
+            except httpx.TransportError as exc:
+                if attempt >= self.max_retries:
+                    raise ProviderError(
+                        f"embedding request to {self._url} failed: {type(exc).__name__}: {exc}"
+                    ) from None
+                delay = self._delay(attempt, None)
+            else:
+                if response.status_code < 400:
+                    return self._parse(response, len(texts))
+                retryable = response.status_code == 429 or response.status_code >= 500
+                if not retryable or attempt >= self.max_retries:
+                    raise ProviderError(
+                        f"embedding request failed with HTTP {response.status_code}: "
+                        f"{response.text[:200]}",
+                        status=response.status_code,
+                    )
+                delay = self._delay(attempt, response.headers.get("retry-after"))
+            attempt += 1
+            logger.debug("gathering_cache: embedding provider retry %d in %.2f s", attempt, delay)
+            await asyncio.sleep(delay)
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        base, cap = self._backoff
+        if retry_after is not None:
+            try:
+                return min(cap, max(0.0, float(retry_after)))
+            except ValueError:
+                pass
+        return random.uniform(0, min(cap, base * 2**attempt))  # noqa: S311 - jitter
+
+    def _parse(self, response: httpx.Response, expected: int) -> list[list[float]]:
+        try:
+            data = response.json()["data"]
+            items = sorted(data, key=lambda item: item["index"])
+            vectors = [self._vector(item["embedding"]) for item in items]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProviderError(f"malformed embedding response: {exc!r}") from None
+        if len(vectors) != expected:
+            raise ProviderError(f"provider returned {len(vectors)} vectors for {expected} texts")
+        return vectors
+
+    @staticmethod
+    def _vector(value: Any) -> list[float]:
+        if isinstance(value, str):  # base64 little-endian float32
+            packed = array("f")
+            packed.frombytes(base64.b64decode(value))
+            return packed.tolist()
+        if not isinstance(value, list):
+            raise TypeError(f"embedding is a {type(value).__name__}")
+        return value
