@@ -159,7 +159,7 @@ class OpenAIEmbeddings:
                 return min(cap, max(0.0, float(retry_after)))
             except ValueError:
                 pass
-        return random.uniform(0, min(cap, base * 2**attempt))  # noqa: S311 - jitter
+        return random.uniform(0, min(cap, base * 2**attempt))
 
     def _parse(self, response: httpx.Response, expected: int) -> list[list[float]]:
         try:

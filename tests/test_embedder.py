@@ -78,7 +78,9 @@ async def test_only_misses_go_to_the_provider_in_chunks(cache: AsyncCacheManager
     result = await embedder.embed_many(texts)
     assert result == [vector_for(t, 4) for t in texts]
     assert [len(c) for c in provider.calls] == [4, 4, 2]  # 10 misses, 4 per call
-    assert sorted(sum(provider.calls, [])) == sorted(f"t{i}" for i in range(5, 15))
+    assert sorted(t for call in provider.calls for t in call) == sorted(
+        f"t{i}" for i in range(5, 15)
+    )
     stats = embedder.stats.snapshot()
     assert stats["requested"] == 23
     assert stats["texts_sent"] == 15
@@ -318,6 +320,16 @@ WORKER = textwrap.dedent(
 
 @pytest.mark.integration
 async def test_cross_process_single_flight(redis_server: RedisServer, redis_url: str) -> None:
+    await asyncio.to_thread(run_workers, redis_url)
+    raw = redis_asyncio.Redis.from_url(redis_url)
+    paid = int(await raw.get("test:provider_texts") or 0)
+    locks = [k async for k in raw.scan_iter(match="gathering:lock:*")]
+    await raw.aclose()
+    assert paid == 20  # each distinct text paid for once across the three processes
+    assert locks == []  # every lock released by its owner
+
+
+def run_workers(redis_url: str) -> None:
     start_at = time.time() + 2.0
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     processes = [
@@ -333,13 +345,7 @@ async def test_cross_process_single_flight(redis_server: RedisServer, redis_url:
     outputs = [p.communicate(timeout=60) for p in processes]
     for process, (_, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err
-    raw = redis_asyncio.Redis.from_url(redis_url)
-    paid = int(await raw.get("test:provider_texts") or 0)
-    locks = [k async for k in raw.scan_iter(match="gathering:lock:*")]
-    await raw.aclose()
-    assert paid == 20  # each distinct text paid for once across the three processes
     sent = [int(out.split()[0]) for out, _ in outputs]
     waited = [int(out.split()[1]) for out, _ in outputs]
     assert sum(sent) == 20
     assert sum(waited) == 40
-    assert locks == []  # every lock released by its owner
