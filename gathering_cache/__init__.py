@@ -21,6 +21,7 @@ from gathering_cache.errors import (
     ProviderError,
     SerializationError,
 )
+from gathering_cache.llm import cached_completion, is_deterministic
 from gathering_cache.manager import AsyncCacheManager
 from gathering_cache.providers import EmbeddingProvider, OpenAIEmbeddings
 from gathering_cache.sync import CacheManager
@@ -46,4 +47,6 @@ __all__ = [
     "REDIS_AVAILABLE",
     "SerializationError",
     "__version__",
+    "cached_completion",
+    "is_deterministic",
 ]

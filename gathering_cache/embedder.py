@@ -32,6 +32,7 @@ from gathering_cache.errors import ArgumentTypeError, InvalidArgumentError, Prov
 from gathering_cache.keys import check_dimensions, check_model
 from gathering_cache.manager import AsyncCacheManager
 from gathering_cache.providers import EmbeddingProvider, OpenAIEmbeddings
+from gathering_cache.singleflight import OwnerGone, retrieve_exception
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -41,10 +42,6 @@ __all__ = ["CachedEmbedder", "EmbedderStats"]
 logger = logging.getLogger("gathering_cache")
 
 BatchFunction = Callable[[list[str]], Awaitable[list[list[float]]] | list[list[float]]]
-
-
-class _OwnerGone(Exception):
-    """The coroutine computing a shared text was cancelled: waiters compute it themselves."""
 
 
 @dataclass
@@ -209,7 +206,7 @@ class CachedEmbedder:
                 future = self._inflight.get(text)
                 if future is None:
                     future = asyncio.get_running_loop().create_future()
-                    future.add_done_callback(_retrieve)
+                    future.add_done_callback(retrieve_exception)
                     self._inflight[text] = future
                     mine.append(text)
                 else:
@@ -221,7 +218,7 @@ class CachedEmbedder:
                 try:
                     found[text] = await asyncio.shield(future)
                     self.stats.coalesced += 1
-                except _OwnerGone:
+                except OwnerGone:
                     retry.append(text)
             pending = retry
         return [list(found[text]) for text in texts]
@@ -251,7 +248,7 @@ class CachedEmbedder:
                 results.update(await self._wait_for_others(waiting, token))
         except BaseException as exc:
             await self._release(locked, token)
-            error = exc if isinstance(exc, Exception) else _OwnerGone()
+            error = exc if isinstance(exc, Exception) else OwnerGone()
             for text in texts:
                 future = self._inflight.pop(text, None)
                 if future is not None and not future.done():
@@ -363,12 +360,6 @@ def _as_async(function: BatchFunction) -> Callable[[list[str]], Awaitable[list[l
         return result
 
     return call
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a shared future's exception as seen (it may have no waiter)."""
-    if not future.cancelled():
-        future.exception()
 
 
 EmbeddingService = CachedEmbedder

@@ -18,6 +18,7 @@ from gathering_cache.core import CacheCore, checked_items
 from gathering_cache.embeddings import EmbeddingCache
 from gathering_cache.errors import ArgumentTypeError
 from gathering_cache.keys import GENERIC, check_key, check_ttl
+from gathering_cache.llm import LLMCache
 from gathering_cache.rag import RagCache
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class AsyncCacheManager:
         self._embeddings = EmbeddingCache(self._core)
         self._rag = RagCache(self._core)
         self._circles = CircleCache(self._core)
+        self._llm = LLMCache(self._core)
 
     @classmethod
     def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> AsyncCacheManager:
@@ -73,6 +75,11 @@ class AsyncCacheManager:
     def embeddings(self) -> EmbeddingCache:
         """The embedding cache (lower-level: :class:`CachedEmbedder` builds on it)."""
         return self._embeddings
+
+    @property
+    def llm(self) -> LLMCache:
+        """The LLM response cache (lower-level: ``cached_completion`` builds on it)."""
+        return self._llm
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -337,6 +344,80 @@ class AsyncCacheManager:
     async def invalidate_circle_context(self, circle_id: int) -> bool:
         """Clear a circle's cached context; ``True`` when an entry was removed."""
         return await self._circles.invalidate(circle_id)
+
+    # -- LLM responses ------------------------------------------------------------------------
+
+    async def get_llm_response(
+        self,
+        model: str,
+        *,
+        prompt: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        namespace: str | None = None,
+        force: bool = False,
+        **params: Any,
+    ) -> dict[str, Any] | None:
+        """Get a cached LLM response.
+
+        Args:
+            model: the model name.
+            prompt / messages: the request (exactly one of them).
+            namespace: tenant isolation (an agent, a circle, a user).
+            force: read even when the call is not deterministic.
+            **params: every generation parameter (temperature, top_p, seed, max_tokens,
+                tools, response_format, ...); they are part of the key.
+
+        Returns:
+            ``{"response", "usage", "model", "created_at"}``, or ``None`` on a miss, when
+            unavailable, or when the call is not deterministic (temperature 0 or a seed)
+            and ``force`` is not set.
+        """
+        return await self._llm.get(
+            model,
+            prompt=prompt,
+            messages=messages,
+            namespace=namespace,
+            force=force,
+            params=params,
+        )
+
+    async def set_llm_response(
+        self,
+        model: str,
+        response: Any,
+        *,
+        prompt: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        usage: dict[str, Any] | None = None,
+        namespace: str | None = None,
+        ttl: int | None = None,
+        force: bool = False,
+        **params: Any,
+    ) -> bool:
+        """Cache an LLM response (default TTL ``llm_response_ttl``, 1 h) with its token usage.
+
+        Returns ``False`` without writing when the call is not deterministic and ``force``
+        is not set.
+
+        Raises:
+            InvalidArgumentError: neither or both of prompt / messages. SerializationError:
+                the response or a parameter cannot be encoded.
+        """
+        return await self._llm.set(
+            model,
+            response,
+            prompt=prompt,
+            messages=messages,
+            usage=usage,
+            namespace=namespace,
+            ttl=ttl,
+            force=force,
+            params=params,
+        )
+
+    async def invalidate_llm_responses(self, namespace: str | None = None) -> int:
+        """Delete the cached LLM responses of one namespace (``None``: the shared one)."""
+        return await self._llm.invalidate(namespace)
 
     # -- utilities ----------------------------------------------------------------------------
 

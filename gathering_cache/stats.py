@@ -36,6 +36,8 @@ class CacheStats:
     errors: int = 0
     writes: int = 0
     write_failures: int = 0
+    llm_tokens_saved: int = 0
+    llm_skipped: int = 0
 
     def hit(self, namespace: str, count: int = 1) -> None:
         self.namespaces[namespace].hits += count
@@ -61,6 +63,8 @@ class CacheStats:
             "errors": self.errors,
             "writes": self.writes,
             "write_failures": self.write_failures,
+            "llm_tokens_saved": self.llm_tokens_saved,
+            "llm_skipped": self.llm_skipped,
             "namespaces": {
                 name: {
                     "hits": c.hits,
@@ -75,3 +79,4 @@ class CacheStats:
         for counter in self.namespaces.values():
             counter.hits = counter.misses = 0
         self.errors = self.writes = self.write_failures = 0
+        self.llm_tokens_saved = self.llm_skipped = 0

@@ -335,6 +335,53 @@ class CacheManager:
         """Clear circle context cache."""
         return self._run(self._async.invalidate_circle_context(circle_id), False)
 
+    def get_llm_response(
+        self,
+        model: str,
+        *,
+        prompt: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        namespace: str | None = None,
+        force: bool = False,
+        **params: Any,
+    ) -> dict[str, Any] | None:
+        """Get a cached LLM response (see ``AsyncCacheManager.get_llm_response``)."""
+        coro = self._async.get_llm_response(
+            model, prompt=prompt, messages=messages, namespace=namespace, force=force, **params
+        )
+        return self._run(coro, None)
+
+    def set_llm_response(
+        self,
+        model: str,
+        response: Any,
+        *,
+        prompt: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        usage: dict[str, Any] | None = None,
+        namespace: str | None = None,
+        ttl: int | None = None,
+        force: bool = False,
+        **params: Any,
+    ) -> bool:
+        """Cache an LLM response (see ``AsyncCacheManager.set_llm_response``)."""
+        coro = self._async.set_llm_response(
+            model,
+            response,
+            prompt=prompt,
+            messages=messages,
+            usage=usage,
+            namespace=namespace,
+            ttl=ttl,
+            force=force,
+            **params,
+        )
+        return self._run(coro, False)
+
+    def invalidate_llm_responses(self, namespace: str | None = None) -> int:
+        """Delete the cached LLM responses of one namespace."""
+        return self._run(self._async.invalidate_llm_responses(namespace), 0, bulk=True)
+
     # -- utilities ----------------------------------------------------------------------------
 
     def get_stats(self) -> dict[str, Any]:
