@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextvars
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from typing_extensions import Self
 
 from gathering_cache.errors import ConfigurationError
 
@@ -26,6 +27,10 @@ __all__ = ["CacheConfig"]
 
 _GLOB_CHARS = frozenset("*?[]\\")
 _URL_SCHEMES = ("redis", "rediss", "unix")
+# Query parameters a URL may carry. The others redis-py would accept (socket_timeout,
+# max_connections, protocol ...) would silently override the settings this library tunes, and
+# unknown ones would fail at connect time: both are refused here, naming the field to use.
+_URL_QUERY_ALLOWED = frozenset({"db", "password", "username", "ssl_check_hostname"})
 
 # Set only while from_env() builds a config: plain construction never reads the environment.
 _READ_ENVIRONMENT: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -118,11 +123,25 @@ class CacheConfig(BaseSettings):
     if not TYPE_CHECKING:
         # Hidden from type checkers so that the pydantic plugin keeps typed keyword arguments.
         def __init__(self, **values: Any) -> None:
+            unknown = [
+                name
+                for name in values
+                if name not in type(self).model_fields and not name.startswith("_")
+            ]
+            if unknown:  # a typo must not pass silently, as with the seed's dataclass
+                raise ConfigurationError(unknown[0], "unknown field")
             try:
                 super().__init__(**values)
             except ValidationError as exc:
                 # ``from None``: the chained ValidationError could echo a secret input.
                 raise _configuration_error(exc) from None
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with ``update`` applied, validated like a new config (pydantic's own
+        ``model_copy`` would skip validation)."""
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        values.update(update or {})
+        return type(self)(**values)
 
     @classmethod
     def settings_customise_sources(
@@ -244,6 +263,15 @@ class CacheConfig(BaseSettings):
             raise ValueError("malformed URL") from None
         if parts.scheme not in _URL_SCHEMES:
             raise ValueError(f"scheme must be one of {', '.join(_URL_SCHEMES)}")
+        for name, query_value in parse_qsl(parts.query, keep_blank_values=True):
+            if name not in _URL_QUERY_ALLOWED:
+                hint = f"; set CacheConfig.{name} instead" if name in cls.model_fields else ""
+                raise ValueError(f"query parameter {name!r} is not supported{hint}")
+            if name == "db" and not query_value.isdigit():
+                raise ValueError("query parameter 'db' must be a non-negative integer")
+        path_db = parts.path.strip("/")
+        if parts.scheme != "unix" and path_db and not path_db.isdigit():
+            raise ValueError("the path of a redis:// URL is the db number")
         if parts.scheme == "unix":
             if not parts.path:
                 raise ValueError("unix:// URL needs a socket path")
@@ -261,13 +289,13 @@ class CacheConfig(BaseSettings):
     def endpoint(self) -> dict[str, Any]:
         """Where the cache connects, without secrets: host, port, db (and url if set)."""
         if self.url:
+            # As redis-py reads it: ?db= first, then the path; else 0 (the URL wins).
             parts = urlsplit(self.url)
-            db = self.db
+            query_db = dict(parse_qsl(parts.query)).get("db")
+            path_db = parts.path.strip("/") if parts.scheme != "unix" else ""
+            db = int(query_db) if query_db else int(path_db) if path_db else 0
             if parts.scheme == "unix":
                 return {"host": parts.path, "port": None, "db": db, "url": self.redacted_url}
-            path_db = parts.path.strip("/")
-            if path_db.isdigit():
-                db = int(path_db)
             return {
                 "host": parts.hostname,
                 "port": parts.port or 6379,
@@ -285,16 +313,21 @@ class CacheConfig(BaseSettings):
 
 
 def _redact_url(url: str) -> str:
+    """The URL with every password (``user:pass@`` and ``?password=``) replaced by ``***``."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}:***@{host}"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 @functools.cache

@@ -5,6 +5,7 @@ their keys and call these methods; none of them touches the store directly.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -53,6 +54,8 @@ class CacheCore:
             operation_timeout=config.operation_timeout,
             failure_threshold=config.failure_threshold,
             recovery_interval=config.recovery_interval,
+            max_concurrency=config.max_connections if self.store.kind == "redis" else None,
+            is_data_error=self.store.is_data_error,
         )
         reason = getattr(self.store, "reason", None)
         if isinstance(reason, str):  # NullStore: disabled, or redis missing
@@ -60,6 +63,7 @@ class CacheCore:
             if config.enabled:
                 logger.warning("gathering_cache: %s; running without cache (degraded mode)", reason)
         self._connected = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._deletion_listeners: list[DeletionListener] = []
 
     def on_delete(self, listener: DeletionListener) -> None:
@@ -74,6 +78,8 @@ class CacheCore:
 
     async def connect(self) -> bool:
         """PING the store once; on failure the policy opens (degraded) and retries later."""
+        if self._loop is None and self.store.kind == "redis":
+            self._loop = asyncio.get_running_loop()
         if self._connected:
             return self.policy.available
         self._connected = True
@@ -95,6 +101,14 @@ class CacheCore:
         await self.store.aclose()
 
     async def _ready(self) -> None:
+        if self._loop is not None:
+            if asyncio.get_running_loop() is not self._loop:
+                raise RuntimeError(
+                    "this AsyncCacheManager is bound to the event loop it first ran on (its "
+                    "connections belong to that loop); create one manager per event loop"
+                )
+        elif self.store.kind == "redis":
+            self._loop = asyncio.get_running_loop()
         if not self._connected:
             await self.connect()
 
@@ -215,17 +229,24 @@ class CacheCore:
         """Delete keys matching a pattern already checked to lie under the prefix."""
         await self._ready()
         self._notify_deleted(None)
-        progress = Progress()
+        progress = Progress(step_timeout=self.config.operation_timeout)
         await self.policy.run(
-            lambda: self.store.scan_delete(pattern, progress), 0, timeout=self.config.bulk_timeout
+            lambda: self.store.scan_delete(pattern, progress),
+            0,
+            timeout=self.config.bulk_timeout,
+            bulk=True,
         )
         # On a fault part-way, report what was deleted before it.
         return progress.done
 
     async def count(self, pattern: str) -> int | None:
         await self._ready()
+        progress = Progress(step_timeout=self.config.operation_timeout)
         return await self.policy.run(
-            lambda: self.store.count(pattern), None, timeout=self.config.bulk_timeout
+            lambda: self.store.count(pattern, progress),
+            None,
+            timeout=self.config.bulk_timeout,
+            bulk=True,
         )
 
     async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:

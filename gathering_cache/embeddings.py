@@ -44,7 +44,9 @@ def check_vector(embedding: object, dimensions: int | None = None) -> list[float
         ArgumentTypeError: not a sequence of real numbers (a str, a dict, a bool item, ...).
         InvalidArgumentError: empty, NaN or infinity in it, or not ``dimensions`` long.
     """
-    if isinstance(embedding, (str, bytes, bytearray, dict)) or not hasattr(embedding, "__len__"):
+    if isinstance(embedding, (str, bytes, bytearray)) or not (
+        isinstance(embedding, Sequence) or hasattr(embedding, "tolist")
+    ):
         raise ArgumentTypeError(
             f"embedding must be a sequence of floats, not {type(embedding).__name__}"
         )
@@ -59,7 +61,7 @@ def check_vector(embedding: object, dimensions: int | None = None) -> list[float
         fast = not any(item is True or item is False for item in items) and math.isfinite(
             sum(packed)
         )
-    except TypeError:
+    except (TypeError, OverflowError):
         fast = False
     if not fast:
         for index, item in enumerate(items):
@@ -67,9 +69,13 @@ def check_vector(embedding: object, dimensions: int | None = None) -> list[float
                 raise ArgumentTypeError(
                     f"embedding[{index}] must be a real number, not {type(item).__name__}"
                 )
-            if not math.isfinite(item):
+            try:
+                finite = math.isfinite(item)
+            except OverflowError:  # an int too large for a float
+                finite = False
+            if not finite:
                 raise InvalidArgumentError(
-                    f"embedding[{index}] is {float(item)!r}; vectors must be finite"
+                    f"embedding[{index}] is {item!r:.40}; vectors must be finite floats"
                 )
         packed = array("d", items)
     if dimensions is not None and len(packed) != dimensions:

@@ -37,7 +37,9 @@ float64 otherwise; ``float32`` always packs float32 (rounding float64 values).""
 VERSION: Final = 1
 _JSON: Final = bytes((VERSION,)) + b"j"
 _JSON_LEN: Final = len(_JSON)
-_OPTIONS: Final = orjson.OPT_SERIALIZE_NUMPY
+_OPTIONS: Final = (
+    orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+)
 _F32: Final = bytes((VERSION,)) + b"f"
 _F64: Final = bytes((VERSION,)) + b"d"
 _BIG_ENDIAN: Final = sys.byteorder == "big"
@@ -56,7 +58,7 @@ def encode(value: Any) -> bytes:
             names the type.
     """
     try:
-        payload = orjson.dumps(value, option=_OPTIONS)
+        payload = orjson.dumps(value, default=_refuse, option=_OPTIONS)
     except orjson.JSONEncodeError as exc:
         raise SerializationError(
             f"cannot encode value of type {type(value).__name__} for the cache: {exc}"
@@ -68,6 +70,11 @@ def encode(value: Any) -> bytes:
         if where is not None:
             raise SerializationError(f"{where} is not a finite number; JSON cannot hold it")
     return _JSON + payload
+
+
+def _refuse(value: Any) -> Any:
+    # Dataclasses and datetimes would come back as dicts and strings: not what was stored.
+    raise TypeError(f"Type is not JSON-like: {type(value).__name__}")
 
 
 def _non_finite(value: Any, path: str) -> str | None:

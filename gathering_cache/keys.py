@@ -42,7 +42,14 @@ NAMESPACES: Final = (EMBEDDING, RAG, CIRCLE, LLM, GENERIC)
 
 def text_hash(text: str) -> str:
     """The seed's text digest: the first 16 hex characters of SHA-256 of the UTF-8 text."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha256(_utf8(text, "text")).hexdigest()[:16]
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: no key can hold it
+        raise InvalidArgumentError(f"{what} is not valid Unicode text: {exc.reason}") from None
 
 
 def check_key(key: object) -> str:
@@ -51,6 +58,8 @@ def check_key(key: object) -> str:
         raise ArgumentTypeError(f"cache key must be a str, not {type(key).__name__}: {key!r}")
     if not key:
         raise InvalidArgumentError("cache key must not be empty")
+    if not key.isascii():
+        _utf8(key, "cache key")
     return key
 
 

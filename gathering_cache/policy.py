@@ -7,6 +7,10 @@ Every store call goes through :meth:`DegradationPolicy.run`, which
   SCAN-based calls), whatever Redis does;
 * turns a fault of the store (``store.fault_types``, or the timeout) into the caller's
   fallback value (``None`` / ``False`` / ``0``) instead of an exception;
+* limits the calls in flight to the pool size; a call that cannot get a slot within its
+  timeout is *shed* (degraded answer, counted) without counting as a Redis failure;
+* treats data-level errors of one key (a foreign value of the wrong type) as a miss for that
+  call, not an outage;
 * after ``failure_threshold`` consecutive faults *opens*: calls return the fallback without
   touching Redis, and one warning is logged for the whole outage;
 * after ``recovery_interval`` lets one call through as a probe (*half-open*); its success
@@ -55,6 +59,8 @@ class DegradationPolicy:
         operation_timeout: float,
         failure_threshold: int,
         recovery_interval: float,
+        max_concurrency: int | None = None,
+        is_data_error: Callable[[BaseException], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._faults: tuple[type[BaseException], ...] = (
@@ -75,6 +81,14 @@ class DegradationPolicy:
         self._degraded_since: float | None = None
         self._degraded_total = 0.0
         self._probing = False
+        # At most as many calls in flight as the pool has sockets: a burst waits here, and a
+        # call that cannot get a slot in time is *shed* (degraded answer) without counting as
+        # a Redis failure.
+        self._limiter = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        self._is_data_error = is_data_error or (lambda exc: False)
+        self.shed = 0
+        self.data_errors = 0
+        self.bulk_timeouts = 0
 
     # -- state --------------------------------------------------------------------------------
 
@@ -103,39 +117,82 @@ class DegradationPolicy:
             "last_error": self.last_error,
             "outages": self.outages,
             "degraded_seconds": round(degraded, 3),
+            "shed": self.shed,
+            "data_errors": self.data_errors,
+            "bulk_timeouts": self.bulk_timeouts,
         }
 
     # -- the policy point ---------------------------------------------------------------------
 
     async def run(
-        self, operation: Callable[[], Awaitable[T]], fallback: T, *, timeout: float | None = None
+        self,
+        operation: Callable[[], Awaitable[T]],
+        fallback: T,
+        *,
+        timeout: float | None = None,
+        bulk: bool = False,
     ) -> T:
-        """Run ``operation`` under the policy; ``fallback`` on any infrastructure fault."""
+        """Run ``operation`` under the policy; ``fallback`` on any infrastructure fault.
+
+        ``bulk`` marks a SCAN-based call (long by nature): it never probes an open breaker,
+        and only connection-level faults count against the breaker, not its timeout.
+        """
         probing = False
         if self.state is not BreakerState.CLOSED:
             if (
-                self.state is not BreakerState.OPEN
+                bulk
+                or self.state is not BreakerState.OPEN
                 or self._probing
                 or self._clock() - self._opened_at < self._recovery
             ):
                 return fallback
             self.state = BreakerState.HALF_OPEN
             self._probing = probing = True
+        limiter = self._limiter
+        acquired = False
+        budget = timeout if timeout is not None else self._timeout
+        deadline = _timeout(budget)
+        io_started = 0.0
         try:
-            async with _timeout(timeout if timeout is not None else self._timeout):
+            async with deadline:
+                if limiter is not None:
+                    await limiter.acquire()
+                    acquired = True
+                io_started = self._clock()
                 result = await operation()
         except self._faults as exc:
-            self._failure(exc)
+            if limiter is not None and (
+                not acquired or (_expired(deadline) and self._clock() - io_started < budget / 2)
+            ):
+                # Timed out waiting for a connection slot, or left too little of the budget
+                # by that wait: local load, not a Redis fault.
+                self.shed += 1
+                if probing:
+                    self.state = BreakerState.OPEN
+            elif self._is_data_error(exc):
+                self.data_errors += 1
+                logger.debug("gathering_cache: data error treated as a miss: %s", exc)
+                if probing:
+                    self._success(probing=True)
+            elif bulk and _expired(deadline):
+                # The whole SCAN ran out of time (a large keyspace); each of its round trips
+                # answered in time, or the step bound would have failed it as a fault.
+                self.bulk_timeouts += 1
+                logger.debug("gathering_cache: bulk operation ran out of time")
+            else:
+                self._failure(exc, probing)
             return fallback
         except BaseException:
-            if probing:  # cancelled or a bug: let the next call probe again
-                self.state = BreakerState.OPEN
+            if probing and self.state is BreakerState.HALF_OPEN:
+                self.state = BreakerState.OPEN  # cancelled or a bug: the next call probes
             raise
         finally:
+            if acquired and limiter is not None:
+                limiter.release()
             if probing:
                 self._probing = False
         if self.consecutive_failures or probing:
-            self._success()
+            self._success(probing)
         return result
 
     # -- transitions --------------------------------------------------------------------------
@@ -146,12 +203,13 @@ class DegradationPolicy:
         # redis errors hide their message in repr(); str() never holds the password.
         self.last_error = f"{type(exc).__name__}: {message}"
 
-    def _failure(self, exc: BaseException) -> None:
+    def _failure(self, exc: BaseException, probing: bool) -> None:
         self._record(exc)
         if self.state is BreakerState.HALF_OPEN:
-            self.state = BreakerState.OPEN
-            self._opened_at = self._clock()
-            logger.debug("gathering_cache: probe failed (%s); still degraded", self.last_error)
+            if probing:  # a call that started before the outage does not decide the probe
+                self.state = BreakerState.OPEN
+                self._opened_at = self._clock()
+                logger.debug("gathering_cache: probe failed (%s); still degraded", self.last_error)
         elif self.state is BreakerState.CLOSED:
             if self.consecutive_failures >= self._threshold:
                 self._open()
@@ -173,9 +231,11 @@ class DegradationPolicy:
                 self._recovery,
             )
 
-    def _success(self) -> None:
-        self.consecutive_failures = 0
-        if self.state is BreakerState.HALF_OPEN:
+    def _success(self, probing: bool) -> None:
+        if self.state is BreakerState.CLOSED:
+            self.consecutive_failures = 0
+        elif probing and self.state is BreakerState.HALF_OPEN:
+            self.consecutive_failures = 0
             self.state = BreakerState.CLOSED
             now = self._clock()
             outage = now - (self._degraded_since or now)
@@ -183,3 +243,10 @@ class DegradationPolicy:
             self._degraded_since = None
             self.reason = None
             logger.info("gathering_cache: Redis cache recovered after %.1f s", outage)
+
+
+def _expired(deadline: Any) -> bool:
+    """Whether a timeout context expired (a method on 3.11's asyncio, a property on 3.10's
+    async_timeout)."""
+    expired = deadline.expired
+    return bool(expired() if callable(expired) else expired)

@@ -96,6 +96,10 @@ def _shutdown(portal: _Portal, manager: AsyncCacheManager) -> None:
         portal.stop()
 
 
+async def _reset(manager: AsyncCacheManager) -> None:
+    manager.reset_stats()  # on the portal loop, like every other access to the counters
+
+
 async def _build(config: CacheConfig | None, client: Any) -> AsyncCacheManager:
     return AsyncCacheManager(config, client=client)
 
@@ -114,6 +118,14 @@ class CacheManager:
     """
 
     def __init__(self, config: CacheConfig | None = None, *, client: Any = None) -> None:
+        self._fork_lock = threading.Lock()
+        self._start(config, client)
+        cfg = self._async.config
+        self._timeout = cfg.operation_timeout + _MARGIN
+        self._bulk_timeout = cfg.bulk_timeout + cfg.operation_timeout + _MARGIN
+        self.connect()
+
+    def _start(self, config: CacheConfig | None, client: Any) -> None:
         portal = _Portal()
         try:
             manager = portal.call(_build(config, client), timeout=30)
@@ -122,11 +134,27 @@ class CacheManager:
             raise
         self._portal = portal
         self._async = manager
+        self._pid = os.getpid()
+        self._injected = client is not None
         self._finalizer = weakref.finalize(self, _shutdown, portal, manager)
-        cfg = manager.config
-        self._timeout = cfg.operation_timeout + _MARGIN
-        self._bulk_timeout = cfg.bulk_timeout + cfg.operation_timeout + _MARGIN
-        self.connect()
+
+    def _after_fork(self) -> None:
+        """In a forked child (gunicorn --preload, Celery prefork) the portal thread and the
+        parent's sockets are gone: start afresh, once, on first use."""
+        with self._fork_lock:
+            if self._pid == os.getpid():
+                return
+            closed = not self._finalizer.alive
+            self._finalizer.detach()  # the parent's portal is not ours to stop
+            config = self._async.config
+            if self._injected:
+                logger.warning(
+                    "gathering_cache: CacheManager used after fork with an injected client; "
+                    "building a new client from its config"
+                )
+            self._start(config, None)
+            if closed:
+                self._finalizer()
 
     @classmethod
     def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> CacheManager:
@@ -141,6 +169,12 @@ class CacheManager:
     @property
     def async_manager(self) -> AsyncCacheManager:
         """The AsyncCacheManager this facade drives (use it only on the facade's loop)."""
+        return self._live()
+
+    def _live(self) -> AsyncCacheManager:
+        """The async manager, rebuilt first if this process is a fork of its creator."""
+        if self._pid != os.getpid():
+            self._after_fork()
         return self._async
 
     def _run(self, coro: Coroutine[Any, Any, T], fallback: T, *, bulk: bool = False) -> T:
@@ -158,7 +192,7 @@ class CacheManager:
 
     def connect(self) -> bool:
         """Contact the store (done by the constructor); whether the cache is enabled."""
-        return self._run(self._async.connect(), False)
+        return self._run(self._live().connect(), False)
 
     def close(self) -> None:
         """Close connections and stop the private event loop. Idempotent."""
@@ -181,41 +215,43 @@ class CacheManager:
 
     def is_enabled(self) -> bool:
         """Whether the cache is working (see ``AsyncCacheManager.is_enabled``)."""
-        return self._finalizer.alive and self._async.is_enabled()
+        if self._pid != os.getpid():
+            self._after_fork()
+        return self._finalizer.alive and self._live().is_enabled()
 
     # -- generic operations -------------------------------------------------------------------
 
     def get(self, key: str) -> Any | None:
         """Get value from cache (see ``AsyncCacheManager.get``)."""
-        return self._run(self._async.get(key), None)
+        return self._run(self._live().get(key), None)
 
     def set(self, key: str, value: Any, ttl: int | None = None) -> bool:
         """Set value with optional TTL in seconds (see ``AsyncCacheManager.set``)."""
-        return self._run(self._async.set(key, value, ttl), False)
+        return self._run(self._live().set(key, value, ttl), False)
 
     def delete(self, key: str) -> bool:
         """Delete a single key; ``True`` when an entry was removed."""
-        return self._run(self._async.delete(key), False)
+        return self._run(self._live().delete(key), False)
 
     def delete_pattern(self, pattern: str) -> int:
         """Delete all keys matching a pattern under the prefix; the number deleted."""
-        return self._run(self._async.delete_pattern(pattern), 0, bulk=True)
+        return self._run(self._live().delete_pattern(pattern), 0, bulk=True)
 
     def get_many(self, keys: Sequence[str]) -> list[Any | None]:
         """Get several keys in one round trip."""
-        return self._run(self._async.get_many(keys), [None] * len(keys))
+        return self._run(self._live().get_many(keys), [None] * len(keys))
 
     def set_many(self, mapping: Mapping[str, Any], ttl: int | None = None) -> bool:
         """Store several values with one TTL."""
-        return self._run(self._async.set_many(mapping, ttl), False)
+        return self._run(self._live().set_many(mapping, ttl), False)
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` exists."""
-        return self._run(self._async.exists(key), False)
+        return self._run(self._live().exists(key), False)
 
     def ttl(self, key: str) -> int | None:
         """Seconds until ``key`` expires (-1 without expiry, None if absent)."""
-        return self._run(self._async.ttl(key), None)
+        return self._run(self._live().ttl(key), None)
 
     # -- domain caches ------------------------------------------------------------------------
 
@@ -248,7 +284,7 @@ class CacheManager:
         as_numpy: bool = False,
     ) -> list[float] | npt.NDArray[np.floating[Any]] | None:
         """Get cached embedding (see ``AsyncCacheManager.get_embedding``)."""
-        coro = self._async.get_embedding(
+        coro = self._live().get_embedding(
             text,
             model=model,
             dimensions=dimensions,
@@ -267,7 +303,7 @@ class CacheManager:
         dimensions: int | None = None,
     ) -> bool:
         """Cache embedding (default TTL: 24h)."""
-        coro = self._async.set_embedding(text, embedding, ttl, model=model, dimensions=dimensions)
+        coro = self._live().set_embedding(text, embedding, ttl, model=model, dimensions=dimensions)
         return self._run(coro, False)
 
     def get_embeddings(
@@ -279,7 +315,7 @@ class CacheManager:
         as_numpy: bool = False,
     ) -> list[Any]:
         """Get several cached embeddings in one round trip; ``None`` where missing."""
-        coro = self._async.get_embeddings(
+        coro = self._live().get_embeddings(
             texts,
             model=model,
             dimensions=dimensions,
@@ -298,14 +334,14 @@ class CacheManager:
         dimensions: int | None = None,
     ) -> bool:
         """Cache several embeddings in one pipeline."""
-        coro = self._async.set_embeddings(
+        coro = self._live().set_embeddings(
             texts, embeddings, ttl, model=model, dimensions=dimensions
         )
         return self._run(coro, False)
 
     def get_rag_results(self, agent_id: int, query: str) -> list[dict[str, Any]] | None:
         """Get cached RAG results."""
-        return self._run(self._async.get_rag_results(agent_id, query), None)
+        return self._run(self._live().get_rag_results(agent_id, query), None)
 
     def set_rag_results(
         self,
@@ -315,25 +351,25 @@ class CacheManager:
         ttl: int | None = None,
     ) -> bool:
         """Cache RAG results (default TTL: 5min)."""
-        return self._run(self._async.set_rag_results(agent_id, query, results, ttl), False)
+        return self._run(self._live().set_rag_results(agent_id, query, results, ttl), False)
 
     def invalidate_rag_results(self, agent_id: int) -> int:
         """Clear all RAG cache for agent."""
-        return self._run(self._async.invalidate_rag_results(agent_id), 0, bulk=True)
+        return self._run(self._live().invalidate_rag_results(agent_id), 0, bulk=True)
 
     def get_circle_context(self, circle_id: int) -> dict[str, Any] | None:
         """Get cached circle context."""
-        return self._run(self._async.get_circle_context(circle_id), None)
+        return self._run(self._live().get_circle_context(circle_id), None)
 
     def set_circle_context(
         self, circle_id: int, context: dict[str, Any], ttl: int | None = None
     ) -> bool:
         """Cache circle context (default TTL: 10min)."""
-        return self._run(self._async.set_circle_context(circle_id, context, ttl), False)
+        return self._run(self._live().set_circle_context(circle_id, context, ttl), False)
 
     def invalidate_circle_context(self, circle_id: int) -> bool:
         """Clear circle context cache."""
-        return self._run(self._async.invalidate_circle_context(circle_id), False)
+        return self._run(self._live().invalidate_circle_context(circle_id), False)
 
     def get_llm_response(
         self,
@@ -346,7 +382,7 @@ class CacheManager:
         **params: Any,
     ) -> dict[str, Any] | None:
         """Get a cached LLM response (see ``AsyncCacheManager.get_llm_response``)."""
-        coro = self._async.get_llm_response(
+        coro = self._live().get_llm_response(
             model, prompt=prompt, messages=messages, namespace=namespace, force=force, **params
         )
         return self._run(coro, None)
@@ -365,7 +401,7 @@ class CacheManager:
         **params: Any,
     ) -> bool:
         """Cache an LLM response (see ``AsyncCacheManager.set_llm_response``)."""
-        coro = self._async.set_llm_response(
+        coro = self._live().set_llm_response(
             model,
             response,
             prompt=prompt,
@@ -380,19 +416,19 @@ class CacheManager:
 
     def invalidate_llm_responses(self, namespace: str | None = None) -> int:
         """Delete the cached LLM responses of one namespace."""
-        return self._run(self._async.invalidate_llm_responses(namespace), 0, bulk=True)
+        return self._run(self._live().invalidate_llm_responses(namespace), 0, bulk=True)
 
     # -- utilities ----------------------------------------------------------------------------
 
     def get_stats(self) -> dict[str, Any]:
         """Get cache statistics (hits, misses, hit rate); see ``AsyncCacheManager.get_stats``."""
         fallback = {"enabled": False, "reason": "closed"}
-        return self._run(self._async.get_stats(), fallback, bulk=True)
+        return self._run(self._live().get_stats(), fallback, bulk=True)
 
     def reset_stats(self) -> None:
         """Zero the hit / miss / error counters."""
-        self._async.reset_stats()
+        self._run(_reset(self._live()), None)
 
     def clear_all(self) -> int:
         """Clear all cache keys under the prefix."""
-        return self._run(self._async.clear_all(), 0, bulk=True)
+        return self._run(self._live().clear_all(), 0, bulk=True)

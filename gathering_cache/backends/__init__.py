@@ -8,6 +8,7 @@ from gathering_cache.backends.base import Progress, Store
 from gathering_cache.backends.memory import MemoryStore
 from gathering_cache.backends.null import NullStore
 from gathering_cache.backends.redis_store import REDIS_AVAILABLE
+from gathering_cache.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from gathering_cache.config import CacheConfig
@@ -32,6 +33,12 @@ def create_store(config: CacheConfig, client: Any = None) -> Store:
     from gathering_cache.backends.redis_store import RedisStore, build_client
 
     if client is not None:
+        kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+        if isinstance(kwargs, dict) and kwargs.get("decode_responses"):
+            raise ConfigurationError(
+                "client",
+                "the injected client must not use decode_responses=True (values are bytes)",
+            )
         return RedisStore(client, owned=False, describe=_client_location(client))
     return RedisStore(build_client(config), owned=True, describe=config.endpoint())
 

@@ -17,12 +17,13 @@ __all__ = ["Progress", "Store"]
 
 class Progress:
     """A counter a long operation updates as it goes, so a caller that gives up on it (a
-    timeout) still learns how far it got."""
+    timeout) still learns how far it got; and the bound on each of its round trips."""
 
-    __slots__ = ("done",)
+    __slots__ = ("done", "step_timeout")
 
-    def __init__(self) -> None:
+    def __init__(self, step_timeout: float | None = None) -> None:
         self.done = 0
+        self.step_timeout = step_timeout
 
 
 class Store(ABC):
@@ -75,7 +76,7 @@ class Store(ABC):
         (SCAN + UNLINK in batches); the number deleted, also kept in ``progress.done``."""
 
     @abstractmethod
-    async def count(self, pattern: str) -> int:
+    async def count(self, pattern: str, progress: Progress) -> int:
         """How many keys match ``pattern`` (SCAN, never KEYS or DBSIZE)."""
 
     @abstractmethod
@@ -86,6 +87,11 @@ class Store(ABC):
     async def release_locks(self, keys: Sequence[str], token: str) -> int:
         """Release the locks among ``keys`` still held with ``token``; never another owner's.
         Returns how many were released."""
+
+    def is_data_error(self, exc: BaseException) -> bool:
+        """Whether ``exc`` concerns one key's data (a value of the wrong type), not the
+        store's health: a miss for that call, not an outage."""
+        return False
 
     def describe(self) -> dict[str, Any]:
         """Where the store lives, for stats. Never includes secrets."""

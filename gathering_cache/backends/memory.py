@@ -162,7 +162,7 @@ class MemoryStore(Store):
             progress.done += 1
         return progress.done
 
-    async def count(self, pattern: str) -> int:
+    async def count(self, pattern: str, progress: Progress) -> int:
         return len(self._matching(pattern))
 
     async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:

@@ -53,7 +53,7 @@ class NullStore(Store):
     async def scan_delete(self, pattern: str, progress: Progress) -> int:
         self._fail()
 
-    async def count(self, pattern: str) -> int:
+    async def count(self, pattern: str, progress: Progress) -> int:
         self._fail()
 
     async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:

@@ -12,18 +12,24 @@ SET EX, multi-key UNLINK, and SCAN + UNLINK in batches, never KEYS, DBSIZE or FL
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from gathering_cache.backends.base import Progress, Store
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _timeout
+else:  # pragma: no cover - Python 3.10
+    from async_timeout import timeout as _timeout
 
 try:
     import redis.asyncio as redis_asyncio
     from redis.asyncio.connection import BlockingConnectionPool, SSLConnection
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialWithJitterBackoff
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
     REDIS_AVAILABLE = True
 except ImportError:  # pragma: no cover - exercised in a subprocess test
@@ -95,7 +101,8 @@ class RedisStore(Store):
             "Callable[..., Awaitable[list[bytes | None]]]",
             getattr(client, "mget_nonatomic", client.mget),
         )
-        self.fault_types = (RedisError, OSError, asyncio.TimeoutError)
+        # RedisClusterException (cluster unreachable, slots not covered) is not a RedisError.
+        self.fault_types = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
         self._release = client.register_script(_RELEASE_LOCK)
 
     @property
@@ -140,22 +147,49 @@ class RedisStore(Store):
         remaining = int(await self._client.ttl(key))
         return None if remaining == -2 else remaining
 
+    async def _step(self, awaitable: Awaitable[Any], progress: Progress) -> Any:
+        """One round trip of a long operation, bounded on its own: a hung server is noticed
+        after one step, while a large but healthy keyspace may take many steps."""
+        if progress.step_timeout is None:
+            return await awaitable
+        async with _timeout(progress.step_timeout):
+            return await awaitable
+
+    async def _scan(self, pattern: str, progress: Progress) -> AsyncIterator[list[bytes]]:
+        if hasattr(self._client, "get_nodes"):  # RedisCluster: scan_iter walks every primary
+            batch: list[bytes] = []
+            async for key in self._client.scan_iter(match=pattern, count=SCAN_COUNT):
+                batch.append(key)
+                if len(batch) >= SCAN_COUNT:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+            return
+        cursor = 0
+        while True:
+            cursor, keys = await self._step(
+                self._client.scan(cursor, match=pattern, count=SCAN_COUNT), progress
+            )
+            if keys:
+                yield keys
+            if not cursor:
+                return
+
     async def scan_delete(self, pattern: str, progress: Progress) -> int:
-        batch: list[bytes] = []
-        async for key in self._client.scan_iter(match=pattern, count=SCAN_COUNT):
-            batch.append(key)
-            if len(batch) >= DELETE_BATCH:
-                progress.done += int(await self._client.unlink(*batch))
-                batch.clear()
-        if batch:
-            progress.done += int(await self._client.unlink(*batch))
+        async for keys in self._scan(pattern, progress):
+            for start in range(0, len(keys), DELETE_BATCH):
+                chunk = keys[start : start + DELETE_BATCH]
+                progress.done += int(await self._step(self._client.unlink(*chunk), progress))
         return progress.done
 
-    async def count(self, pattern: str) -> int:
-        total = 0
-        async for _ in self._client.scan_iter(match=pattern, count=SCAN_COUNT):
-            total += 1
-        return total
+    async def count(self, pattern: str, progress: Progress) -> int:
+        async for keys in self._scan(pattern, progress):
+            progress.done += len(keys)
+        return progress.done
+
+    def is_data_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
 
     async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
         if not keys:

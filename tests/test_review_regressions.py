@@ -1,0 +1,222 @@
+"""Faults and misuse found in review: each would have raised out of a cache call, leaked a
+secret, or stored something other than what was given."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import redis.asyncio as redis_asyncio
+from fakeredis import FakeAsyncRedis, FakeServer
+from redis.asyncio.cluster import RedisCluster
+
+from gathering_cache import (
+    ArgumentTypeError,
+    AsyncCacheManager,
+    CacheConfig,
+    ConfigurationError,
+    InvalidArgumentError,
+    SerializationError,
+)
+from tests.servers import RedisServer, free_port
+
+
+async def test_unreachable_cluster_client_degrades() -> None:
+    client = RedisCluster(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
+    cache = AsyncCacheManager(CacheConfig(), client=client)
+    assert await cache.connect() is False
+    assert await cache.get("k") is None
+    assert await cache.set("k", 1) is False
+    assert (await cache.get_stats())["enabled"] is False
+    await cache.aclose()
+    await client.aclose()
+
+
+@pytest.mark.integration
+async def test_cluster_client_on_a_plain_server_degrades(redis_server: RedisServer) -> None:
+    client = RedisCluster(host="127.0.0.1", port=redis_server.port)
+    cache = AsyncCacheManager(CacheConfig(), client=client)
+    assert await cache.connect() is False
+    assert await cache.get("k") is None
+    await cache.aclose()
+    await client.aclose()
+
+
+def test_password_in_url_query_is_redacted() -> None:
+    config = CacheConfig(url="redis://localhost:6379/0?password=hunter2secret&db=1")
+    for text in (repr(config), str(config), str(config.endpoint()), config.redacted_url or ""):
+        assert "hunter2secret" not in text
+    assert config.endpoint()["db"] == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("redis://localhost:6379/0?foo=bar", "'foo' is not supported"),
+        ("redis://localhost/0?socket_timeout=5", "set CacheConfig.socket_timeout instead"),
+        ("redis://localhost/0?max_connections=1000", "max_connections"),
+        ("redis://localhost/0?db=x", "db"),
+        ("redis://localhost/abc", "db number"),
+    ],
+)
+def test_url_query_parameters_are_checked(url: str, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        CacheConfig(url=url)
+
+
+def test_url_db_is_reported_as_redis_py_reads_it() -> None:
+    assert CacheConfig(url="redis://h:6379", db=3).endpoint()["db"] == 0
+    assert CacheConfig(url="redis://h:6379/2?db=5").endpoint()["db"] == 5
+    assert CacheConfig(url="redis://h:6379/7").endpoint()["db"] == 7
+
+
+async def test_wrongtype_is_a_miss_not_an_outage() -> None:
+    client = FakeAsyncRedis(server=FakeServer())
+    await client.hset("other:h", "f", "v")
+    await client.rpush("gathering:circle:7", "x")
+    cache = AsyncCacheManager(CacheConfig(), client=client)
+    await cache.set("gathering:ok", 1)
+    for _ in range(5):
+        assert await cache.get("other:h") is None
+        assert await cache.get_circle_context(7) is None
+    assert cache.is_enabled() is True
+    assert await cache.get("gathering:ok") == 1
+    stats = await cache.get_stats()
+    assert stats["breaker"]["data_errors"] == 10
+    assert stats["breaker"]["state"] == "closed"
+    await cache.aclose()
+
+
+def test_typos_in_config_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="pasword: unknown field"):
+        CacheConfig(pasword="secret")  # type: ignore[call-arg]
+
+
+def test_model_copy_validates() -> None:
+    with pytest.raises(ConfigurationError, match="key_prefix"):
+        CacheConfig().model_copy(update={"key_prefix": ""})
+    with pytest.raises(ConfigurationError, match="port"):
+        CacheConfig(password="x").model_copy(update={"port": 0})
+    copy = CacheConfig(password="x").model_copy(update={"port": 6390})
+    assert copy.port == 6390
+    assert copy.password is not None
+    assert copy.password.get_secret_value() == "x"
+
+
+def test_injected_client_with_decoded_responses_is_refused() -> None:
+    client = FakeAsyncRedis(server=FakeServer(), decode_responses=True)
+    with pytest.raises(ConfigurationError, match="decode_responses"):
+        AsyncCacheManager(CacheConfig(), client=client)
+
+
+@dataclasses.dataclass
+class Point:
+    x: float
+
+
+@pytest.mark.parametrize(
+    "value",
+    [Point(1.0), datetime.datetime(2026, 1, 1), datetime.date(2026, 1, 1), {"p": Point(2.0)}],
+)
+async def test_values_that_would_not_come_back_as_stored_are_refused(value: object) -> None:
+    cache = AsyncCacheManager(CacheConfig(backend="memory"))
+    with pytest.raises(SerializationError):
+        await cache.set("k", value)
+    assert await cache.get("k") is None
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda c: c.set_embedding("t", {1.0, 2.0}), ArgumentTypeError),
+        (lambda c: c.set_embedding("t", {"a": 1.0}), ArgumentTypeError),
+        (lambda c: c.set_embedding("t", [10**400]), InvalidArgumentError),
+        (lambda c: c.set("bad\ud800key", 1), InvalidArgumentError),
+        (lambda c: c.get_embedding("bad\ud800text"), InvalidArgumentError),
+        (lambda c: c.set_rag_results(1, "q\udfff", []), InvalidArgumentError),
+    ],
+)
+async def test_more_bad_input(call, error: type[Exception]) -> None:  # type: ignore[no-untyped-def]
+    cache = AsyncCacheManager(CacheConfig(), client=FakeAsyncRedis(server=FakeServer()))
+    with pytest.raises(error):
+        await call(cache)
+    assert (await cache.get_stats())["writes"] == 0
+    await cache.aclose()
+
+
+@pytest.mark.integration
+def test_manager_bound_to_its_loop(redis_server: RedisServer) -> None:
+    cache = AsyncCacheManager(CacheConfig(url=redis_server.url))
+
+    async def use() -> object:
+        await cache.set("gathering:k", 1)
+        return await cache.get("gathering:k")
+
+    assert asyncio.run(use()) == 1
+    with pytest.raises(RuntimeError, match="one manager per event loop"):
+        asyncio.run(use())
+
+
+@pytest.mark.integration
+async def test_burst_beyond_the_pool_is_shed_not_an_outage(redis_server: RedisServer) -> None:
+    config = CacheConfig(url=redis_server.url, max_connections=2, operation_timeout=0.05)
+    async with AsyncCacheManager(config) as cache:
+        await cache.set("gathering:k", "v")
+        results = await asyncio.gather(*(cache.get("gathering:k") for _ in range(5000)))
+        assert set(results) <= {"v", None}
+        assert results.count("v") > 0
+        stats = await cache.get_stats()
+        assert stats["breaker"]["state"] == "closed"
+        # Almost every miss was shed (local load); a starved loop may leave one or two calls
+        # looking like slow Redis, which is below the breaker's threshold.
+        assert 0 < stats["breaker"]["shed"] <= results.count(None)
+        assert results.count(None) - stats["breaker"]["shed"] < config.failure_threshold
+        assert cache.is_enabled() is True
+        assert await cache.get("gathering:k") == "v"
+        raw = redis_asyncio.Redis.from_url(redis_server.url)
+        clients = await raw.client_list()
+        await raw.aclose()
+        assert len(clients) <= 2 + 1  # the pool's sockets and ours
+
+
+FORK_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    from gathering_cache import CacheConfig, CacheManager
+
+    cache = CacheManager(CacheConfig(url=sys.argv[1], key_prefix="fork:"))
+    cache.set("fork:parent", 1)
+    pid = os.fork()
+    if pid == 0:
+        start = time.monotonic()
+        ok = cache.set("fork:child", 2) and cache.get("fork:parent") == 1
+        elapsed = time.monotonic() - start
+        cache.close()
+        os._exit(0 if ok and elapsed < 1.0 and cache.get("fork:x") is None else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, status
+    assert cache.get("fork:child") == 2
+    cache.close()
+    print("ok")
+    """
+)
+
+
+@pytest.mark.integration
+def test_sync_facade_after_fork(redis_server: RedisServer) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, redis_server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+    assert "did not finish in time" not in result.stderr
