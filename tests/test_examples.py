@@ -11,7 +11,36 @@ import pytest
 
 from tests.servers import RedisServer, free_port
 
-EXAMPLES = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.py"))
+EXAMPLES = sorted(
+    p
+    for p in Path(__file__).parent.parent.joinpath("examples").glob("*.py")
+    if not p.name.startswith("_")
+)
+
+# What each example must print, whatever the backend.
+EXPECTED = {
+    "demo": [
+        "call 2: cache",
+        "after invalidation: from database -> 3 memories",
+        "hit_rate=50.0%",
+    ],
+    "embeddings_provider": [
+        "provider calls: 2 (texts sent: 2)",
+        "requested: 22, saved: 20 (91%), est. cost saved $0.002",
+        "coalesced: 19",
+    ],
+    "batch_embeddings": [
+        "asked for 35 texts, got 35 vectors",
+        "provider calls: 2, sizes [8, 2]",
+        "now cached: 30 of 30",
+    ],
+    "llm_cache": [
+        "3 calls -> LLM calls: 1",
+        "2 calls -> LLM calls: 3 (not cached)",
+        "LLM calls: 4 (tenants do not share)",
+        "tokens saved: 32",
+    ],
+}
 
 
 def run_example(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -26,19 +55,17 @@ def run_example(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_examples_exist() -> None:
-    assert "demo.py" in {p.name for p in EXAMPLES}
+def test_every_example_is_checked() -> None:
+    assert {p.stem for p in EXAMPLES} == set(EXPECTED)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_without_redis_uses_memory(path: Path) -> None:
     result = run_example(path, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     assert result.returncode == 0, result.stderr
-    if path.stem == "demo":
-        assert "in-process memory backend (no Redis answered)" in result.stdout
-        assert "call 2: cache" in result.stdout
-        assert "after invalidation: from database -> 3 memories" in result.stdout
-        assert "hit_rate=50.0%" in result.stdout
+    assert "in-process memory backend" in result.stdout
+    for line in EXPECTED[path.stem]:
+        assert line in result.stdout, (line, result.stdout)
 
 
 @pytest.mark.integration
@@ -46,7 +73,9 @@ def test_example_without_redis_uses_memory(path: Path) -> None:
 def test_example_on_real_redis(path: Path, redis_server: RedisServer) -> None:
     result = run_example(path, REDIS_URL=redis_server.url)
     assert result.returncode == 0, result.stderr
+    assert f"Redis at {redis_server.url}" in result.stdout
+    for line in EXPECTED[path.stem]:
+        assert line in result.stdout, (line, result.stdout)
     if path.stem == "demo":
-        assert f"Redis at {redis_server.url}" in result.stdout
         assert "backend=redis total_keys=3" in result.stdout
         assert "cleaned up 3 demo keys" in result.stdout

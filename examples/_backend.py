@@ -1,0 +1,19 @@
+"""Shared by the examples: Redis when one answers (REDIS_URL or localhost:6379), else the
+in-process memory backend. Each example keeps its keys under its own prefix."""
+
+from __future__ import annotations
+
+from gathering_cache import AsyncCacheManager, CacheConfig
+
+
+async def open_cache(prefix: str) -> tuple[AsyncCacheManager, str]:
+    """A connected manager and a sentence saying which backend it runs on."""
+    config = CacheConfig.from_env().model_copy(update={"key_prefix": prefix})
+    if config.backend == "redis":
+        cache = AsyncCacheManager(config)
+        if await cache.connect():
+            return cache, f"Redis at {config.redacted_url or f'{config.host}:{config.port}'}"
+        await cache.aclose()
+    memory = AsyncCacheManager(config.model_copy(update={"backend": "memory"}))
+    await memory.connect()
+    return memory, "the in-process memory backend"
