@@ -64,6 +64,7 @@ class CacheCore:
                 logger.warning("gathering_cache: %s; running without cache (degraded mode)", reason)
         self._connected = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready_on: asyncio.AbstractEventLoop | None = None
         self._deletion_listeners: list[DeletionListener] = []
 
     def on_delete(self, listener: DeletionListener) -> None:
@@ -100,17 +101,21 @@ class CacheCore:
         self._connected = True
         await self.store.aclose()
 
-    async def _ready(self) -> None:
-        if self._loop is not None:
-            if asyncio.get_running_loop() is not self._loop:
-                raise RuntimeError(
-                    "this AsyncCacheManager is bound to the event loop it first ran on (its "
-                    "connections belong to that loop); create one manager per event loop"
-                )
-        elif self.store.kind == "redis":
-            self._loop = asyncio.get_running_loop()
+    async def ready(self) -> None:
+        """Connect on first use, and check the manager stays on its loop. Callers test
+        ``self._ready_on is not asyncio.get_running_loop()`` first, so the usual call costs
+        one comparison."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and loop is not self._loop:
+            raise RuntimeError(
+                "this AsyncCacheManager is bound to the event loop it first ran on (its "
+                "connections belong to that loop); create one manager per event loop"
+            )
+        if self.store.kind == "redis":
+            self._loop = loop
         if not self._connected:
             await self.connect()
+        self._ready_on = loop
 
     # -- generic operations -------------------------------------------------------------------
 
@@ -129,16 +134,16 @@ class CacheCore:
 
     async def get_raw(self, key: str) -> bytes | None:
         """The bytes under ``key``; ``None`` on a miss; :data:`UNAVAILABLE` on a fault."""
-        await self._ready()
-        result: bytes | None = await self.policy.run(lambda: self.store.get(key), UNAVAILABLE)
+        if self._ready_on is not asyncio.get_running_loop():
+            await self.ready()
+        result: bytes | None = await self.policy.run(self.store.get, UNAVAILABLE, key)
         return result
 
     async def get_many_raw(self, keys: Sequence[str]) -> list[bytes | None]:
         """The bytes under each key (one round trip); :data:`UNAVAILABLE` on a fault."""
-        await self._ready()
-        result: list[bytes | None] = await self.policy.run(
-            lambda: self.store.get_many(keys), UNAVAILABLE
-        )
+        if self._ready_on is not asyncio.get_running_loop():
+            await self.ready()
+        result: list[bytes | None] = await self.policy.run(self.store.get_many, UNAVAILABLE, keys)
         return result
 
     async def get(
@@ -149,8 +154,13 @@ class CacheCore:
         ``accept`` checks the decoded value's shape (a domain's own type): a value it
         refuses is a miss, counted as an error, like bytes that do not decode.
         """
-        raw = await self.get_raw(key)
-        value = _MISSING if raw is None or raw is UNAVAILABLE else self._decode(raw, accept)
+        if self._ready_on is not asyncio.get_running_loop():
+            await self.ready()
+        raw = await self.policy.run(self.store.get, UNAVAILABLE, key)
+        if raw is None or raw is UNAVAILABLE:
+            self.stats.miss(namespace)
+            return None
+        value = self._decode(raw, accept)
         if value is _MISSING:
             self.stats.miss(namespace)
             return None
@@ -181,30 +191,24 @@ class CacheCore:
         return await self.set_raw(key, encoding.encode(value), ttl)  # encode raises first
 
     async def set_raw(self, key: str, data: bytes, ttl: int | None) -> bool:
-        await self._ready()
-        ok = await self.policy.run(lambda: self._store_set(key, data, ttl), False)
+        if self._ready_on is not asyncio.get_running_loop():
+            await self.ready()
+        ok = await self.policy.run(self.store.set, False, key, data, ttl)
         self._count_write(ok)
         return ok
-
-    async def _store_set(self, key: str, data: bytes, ttl: int | None) -> bool:
-        await self.store.set(key, data, ttl)
-        return True
 
     async def set_many(self, mapping: Mapping[str, Any], ttl: int | None) -> bool:
         items = [(key, encoding.encode(value)) for key, value in mapping.items()]
         return await self.set_many_raw(items, ttl)
 
     async def set_many_raw(self, items: list[tuple[str, bytes]], ttl: int | None) -> bool:
-        await self._ready()
+        if self._ready_on is not asyncio.get_running_loop():
+            await self.ready()
         if not items:
             return True
-        ok = await self.policy.run(lambda: self._store_set_many(items, ttl), False)
+        ok = await self.policy.run(self.store.set_many, False, items, ttl)
         self._count_write(ok, len(items))
         return ok
-
-    async def _store_set_many(self, items: list[tuple[str, bytes]], ttl: int | None) -> bool:
-        await self.store.set_many(items, ttl)
-        return True
 
     def _count_write(self, ok: bool, count: int = 1) -> None:
         if ok:
@@ -213,23 +217,27 @@ class CacheCore:
             self.stats.write_failures += count
 
     async def delete(self, keys: Sequence[str]) -> int:
-        await self._ready()
+        if self._ready_on is not asyncio.get_running_loop():
+            await self.ready()
         self._notify_deleted(keys)
-        return await self.policy.run(lambda: self.store.delete(keys), 0)
+        return await self.policy.run(self.store.delete, 0, keys)
 
     async def exists(self, key: str) -> bool:
-        await self._ready()
-        return await self.policy.run(lambda: self.store.exists(key), False)
+        if self._ready_on is not asyncio.get_running_loop():
+            await self.ready()
+        return await self.policy.run(self.store.exists, False, key)
 
     async def ttl(self, key: str) -> int | None:
-        await self._ready()
-        return await self.policy.run(lambda: self.store.ttl(key), None)
+        if self._ready_on is not asyncio.get_running_loop():
+            await self.ready()
+        return await self.policy.run(self.store.ttl, None, key)
 
     async def delete_pattern(self, pattern: str) -> int:
         """Delete keys matching a pattern already checked to lie under the prefix."""
-        await self._ready()
+        if self._ready_on is not asyncio.get_running_loop():
+            await self.ready()
         self._notify_deleted(None)
-        progress = Progress(step_timeout=self.config.operation_timeout)
+        progress = Progress(step_timeout=self.config.socket_timeout)
         await self.policy.run(
             lambda: self.store.scan_delete(pattern, progress),
             0,
@@ -240,8 +248,9 @@ class CacheCore:
         return progress.done
 
     async def count(self, pattern: str) -> int | None:
-        await self._ready()
-        progress = Progress(step_timeout=self.config.operation_timeout)
+        if self._ready_on is not asyncio.get_running_loop():
+            await self.ready()
+        progress = Progress(step_timeout=self.config.socket_timeout)
         return await self.policy.run(
             lambda: self.store.count(pattern, progress),
             None,
@@ -251,17 +260,19 @@ class CacheCore:
 
     async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
         """Take what locks can be taken; :data:`UNAVAILABLE` when the store cannot answer."""
-        await self._ready()
+        if self._ready_on is not asyncio.get_running_loop():
+            await self.ready()
         result: list[bool] = await self.policy.run(
-            lambda: self.store.acquire_locks(keys, token, ttl_ms), UNAVAILABLE
+            self.store.acquire_locks, UNAVAILABLE, keys, token, ttl_ms
         )
         return result
 
     async def release_locks(self, keys: Sequence[str], token: str) -> int:
         if not keys:
             return 0
-        await self._ready()
-        return await self.policy.run(lambda: self.store.release_locks(keys, token), 0)
+        if self._ready_on is not asyncio.get_running_loop():
+            await self.ready()
+        return await self.policy.run(self.store.release_locks, 0, keys, token)
 
 
 def checked_items(mapping: object, ttl: object) -> tuple[Mapping[str, Any], int | None]:

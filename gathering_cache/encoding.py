@@ -102,7 +102,7 @@ def decode(data: bytes) -> Any:
     Raises:
         DecodeError: the bytes are not in our envelope, or the payload is corrupt.
     """
-    if data[:_JSON_LEN] != _JSON:
+    if not data.startswith(_JSON):
         raise DecodeError("unknown envelope")
     try:
         return orjson.loads(memoryview(data)[_JSON_LEN:])

@@ -12,6 +12,7 @@ into a pattern. The argument checks used by every public operation live here too
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Final
 from urllib.parse import quote
@@ -50,6 +51,13 @@ def _utf8(text: str, what: str) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate: no key can hold it
         raise InvalidArgumentError(f"{what} is not valid Unicode text: {exc.reason}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _model_segment(model: str) -> str:
+    """A model name as a key segment: percent-encoded, so ``:`` and glob metacharacters in
+    it can neither split the key nor act as a pattern."""
+    return quote(model, safe="/")
 
 
 def check_key(key: object) -> str:
@@ -125,7 +133,7 @@ class KeySpace:
         """
         if model is None:
             return f"{self.prefix}{EMBEDDING}:{text_hash(text)}"
-        name = quote(model, safe="/")
+        name = _model_segment(model)
         if dimensions is None:
             return f"{self.prefix}{EMBEDDING}:{name}:{text_hash(text)}"
         return f"{self.prefix}{EMBEDDING}:{name}:{dimensions}:{text_hash(text)}"

@@ -433,7 +433,7 @@ class AsyncCacheManager:
         Never includes the password.
         """
         core = self._core
-        await core._ready()
+        await core.ready()
         policy = core.policy
         total_keys = await core.count(core.keys.everything())
         stats: dict[str, Any] = {"enabled": policy.available}

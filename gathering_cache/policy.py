@@ -23,17 +23,13 @@ and exceptions outside ``fault_types`` (bugs) propagate. Cancellation propagates
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import logging
-import sys
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-
-if sys.version_info >= (3, 11):
-    from asyncio import timeout as _timeout
-else:  # pragma: no cover - Python 3.10
-    from async_timeout import timeout as _timeout
 
 __all__ = ["BreakerState", "DegradationPolicy"]
 
@@ -47,6 +43,9 @@ class BreakerState(str, enum.Enum):
     OPEN = "open"
     HALF_OPEN = "half_open"
     DISABLED = "disabled"
+
+
+_CLOSED = BreakerState.CLOSED
 
 
 class DegradationPolicy:
@@ -84,7 +83,8 @@ class DegradationPolicy:
         # At most as many calls in flight as the pool has sockets: a burst waits here, and a
         # call that cannot get a slot in time is *shed* (degraded answer) without counting as
         # a Redis failure.
-        self._limiter = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        self._limiter = _Limiter(max_concurrency) if max_concurrency else None
+        self._deadlines = _Deadlines()
         self._is_data_error = is_data_error or (lambda exc: False)
         self.shed = 0
         self.data_errors = 0
@@ -126,19 +126,19 @@ class DegradationPolicy:
 
     async def run(
         self,
-        operation: Callable[[], Awaitable[T]],
+        operation: Callable[..., Awaitable[T]],
         fallback: T,
-        *,
+        *args: Any,
         timeout: float | None = None,
         bulk: bool = False,
     ) -> T:
-        """Run ``operation`` under the policy; ``fallback`` on any infrastructure fault.
+        """Run ``operation(*args)`` under the policy; ``fallback`` on any infrastructure fault.
 
         ``bulk`` marks a SCAN-based call (long by nature): it never probes an open breaker,
         and only connection-level faults count against the breaker, not its timeout.
         """
         probing = False
-        if self.state is not BreakerState.CLOSED:
+        if self.state is not _CLOSED:
             if (
                 bulk
                 or self.state is not BreakerState.OPEN
@@ -149,20 +149,27 @@ class DegradationPolicy:
             self.state = BreakerState.HALF_OPEN
             self._probing = probing = True
         limiter = self._limiter
-        acquired = False
+        holding = limiter is None or limiter.try_acquire()
+        waited_until: float | None = None
         budget = timeout if timeout is not None else self._timeout
-        deadline = _timeout(budget)
-        io_started = 0.0
+        deadlines = self._deadlines
+        task = deadlines.enter(budget)
+        expired = False
         try:
-            async with deadline:
-                if limiter is not None:
-                    await limiter.acquire()
-                    acquired = True
-                io_started = self._clock()
-                result = await operation()
+            try:
+                if not holding:
+                    await limiter.acquire()  # type: ignore[union-attr]
+                    holding = True
+                    waited_until = self._clock()
+                result = await operation(*args)
+            except asyncio.CancelledError:
+                if not deadlines.expired(task):
+                    raise  # the caller's cancellation, not our deadline
+                expired = True
+                raise TimeoutError(f"operation exceeded {budget:g} s") from None
         except self._faults as exc:
-            if limiter is not None and (
-                not acquired or (_expired(deadline) and self._clock() - io_started < budget / 2)
+            if not holding or (
+                waited_until is not None and expired and self._clock() - waited_until < budget / 2
             ):
                 # Timed out waiting for a connection slot, or left too little of the budget
                 # by that wait: local load, not a Redis fault.
@@ -174,7 +181,7 @@ class DegradationPolicy:
                 logger.debug("gathering_cache: data error treated as a miss: %s", exc)
                 if probing:
                     self._success(probing=True)
-            elif bulk and _expired(deadline):
+            elif bulk and expired:
                 # The whole SCAN ran out of time (a large keyspace); each of its round trips
                 # answered in time, or the step bound would have failed it as a fault.
                 self.bulk_timeouts += 1
@@ -187,7 +194,8 @@ class DegradationPolicy:
                 self.state = BreakerState.OPEN  # cancelled or a bug: the next call probes
             raise
         finally:
-            if acquired and limiter is not None:
+            deadlines.leave(task)
+            if holding and limiter is not None:
                 limiter.release()
             if probing:
                 self._probing = False
@@ -245,8 +253,109 @@ class DegradationPolicy:
             logger.info("gathering_cache: Redis cache recovered after %.1f s", outage)
 
 
-def _expired(deadline: Any) -> bool:
-    """Whether a timeout context expired (a method on 3.11's asyncio, a property on 3.10's
-    async_timeout)."""
-    expired = deadline.expired
-    return bool(expired() if callable(expired) else expired)
+class _Limiter:
+    """A counting semaphore whose uncontended path takes no await (cheaper than
+    ``asyncio.Semaphore`` on every cache call). FIFO for waiters."""
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def try_acquire(self) -> bool:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await future
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self.release()  # handed a slot just as we gave up: pass it on
+            elif not future.done():
+                future.cancel()
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot goes straight to the next waiter
+                return
+        self._free += 1
+
+
+class _Deadlines:
+    """Per-call time limits on one shared timer.
+
+    ``asyncio.timeout()`` schedules and cancels a timer for every call, which measured
+    ~8 us of a ~105 us Redis GET here. This keeps the deadline of every call in flight in a
+    dict and one loop timer armed at the earliest; when it fires, overdue calls are cancelled
+    exactly as ``asyncio.timeout`` would (and the cancellation turned into a timeout by
+    :meth:`expired`, with ``Task.uncancel`` where Python has it).
+    """
+
+    __slots__ = ("_calls", "_fired", "_loop", "_timer", "_when")
+
+    def __init__(self) -> None:
+        self._calls: dict[asyncio.Task[Any], float] = {}
+        self._fired: dict[asyncio.Task[Any], int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._when = math.inf
+
+    def enter(self, budget: float) -> asyncio.Task[Any]:
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - coroutines always run in a task
+            raise RuntimeError("gathering_cache operations must run inside an asyncio task")
+        loop = task.get_loop()
+        if loop is not self._loop:  # first use, or a manager moved to another loop
+            self._calls.clear()
+            self._fired.clear()
+            self._loop, self._timer, self._when = loop, None, math.inf
+        deadline = loop.time() + budget
+        self._calls[task] = deadline
+        if deadline < self._when:
+            self._arm(loop, deadline)
+        return task
+
+    def leave(self, task: asyncio.Task[Any]) -> None:
+        self._calls.pop(task, None)
+        self._fired.pop(task, None)
+
+    def expired(self, task: asyncio.Task[Any]) -> bool:
+        """Whether the CancelledError ``task`` got is this deadline's (not another cancel)."""
+        cancelling = self._fired.pop(task, None)
+        if cancelling is None:
+            return False
+        uncancel = getattr(task, "uncancel", None)
+        return uncancel is None or uncancel() <= cancelling
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._when = when
+        self._timer = loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._when = None, math.inf
+        loop = self._loop
+        if loop is None:  # pragma: no cover
+            return
+        now = loop.time() + 0.001  # the loop may run a timer up to its clock resolution early
+        following = math.inf
+        for task, deadline in list(self._calls.items()):
+            if deadline <= now:
+                del self._calls[task]
+                cancelling = getattr(task, "cancelling", None)  # Python >= 3.11
+                self._fired[task] = cancelling() if cancelling is not None else 0
+                task.cancel()
+            elif deadline < following:
+                following = deadline
+        if following < math.inf:
+            self._arm(loop, following)

@@ -228,3 +228,28 @@ async def test_bulk_calls_never_probe_and_their_timeout_is_not_an_outage() -> No
     assert await policy.run(ok(), 0, bulk=True) == 0  # a bulk call is not a probe
     assert policy.state is BreakerState.OPEN
     assert await policy.run(ok(), "fallback") == "ok"
+
+
+async def test_the_callers_cancellation_propagates() -> None:
+    policy = make(Clock(), operation_timeout=5.0)
+    task = asyncio.create_task(policy.run(asyncio.Event().wait, "fallback"))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert policy.consecutive_failures == 0
+    assert policy.state is BreakerState.CLOSED
+
+
+async def test_deadlines_are_per_call() -> None:
+    policy = make(Clock(), operation_timeout=0.05)
+
+    async def quick() -> object:
+        await asyncio.sleep(0.01)
+        return "quick"
+
+    slow = asyncio.create_task(policy.run(asyncio.Event().wait, "fallback"))  # type: ignore[arg-type]
+    results = [await policy.run(quick, "fallback") for _ in range(8)]  # 80 ms in all
+    assert results == ["quick"] * 8
+    assert await slow == "fallback"
+    assert "TimeoutError" in (policy.last_error or "")  # the slow call timed out alone

@@ -51,12 +51,13 @@ class Store(ABC):
         """The bytes under each key, in order, ``None`` where missing (cluster-safe)."""
 
     @abstractmethod
-    async def set(self, key: str, value: bytes, ttl: int | None) -> None:
-        """Store ``value`` under ``key``, expiring after ``ttl`` seconds (never if None)."""
+    async def set(self, key: str, value: bytes, ttl: int | None) -> bool:
+        """Store ``value`` under ``key``, expiring after ``ttl`` seconds (never if None).
+        Returns True (a failure raises)."""
 
     @abstractmethod
-    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl: int | None) -> None:
-        """Store several values with the same TTL (no cross-slot transaction)."""
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl: int | None) -> bool:
+        """Store several values with the same TTL (no cross-slot transaction); True."""
 
     @abstractmethod
     async def delete(self, keys: Sequence[str]) -> int:

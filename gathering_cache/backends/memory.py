@@ -129,12 +129,14 @@ class MemoryStore(Store):
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return [self._live(key) for key in keys]
 
-    async def set(self, key: str, value: bytes, ttl: int | None) -> None:
+    async def set(self, key: str, value: bytes, ttl: int | None) -> bool:
         self._put(key, value, ttl)
+        return True
 
-    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl: int | None) -> None:
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl: int | None) -> bool:
         for key, value in items:
             self._put(key, value, ttl)
+        return True
 
     async def delete(self, keys: Sequence[str]) -> int:
         removed = 0

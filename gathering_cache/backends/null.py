@@ -35,10 +35,10 @@ class NullStore(Store):
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         self._fail()
 
-    async def set(self, key: str, value: bytes, ttl: int | None) -> None:
+    async def set(self, key: str, value: bytes, ttl: int | None) -> bool:
         self._fail()
 
-    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl: int | None) -> None:
+    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl: int | None) -> bool:
         self._fail()
 
     async def delete(self, keys: Sequence[str]) -> int:
