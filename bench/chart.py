@@ -32,13 +32,19 @@ def ratio_chart(groups: list[tuple[str, dict[str, float]]], title: str) -> str:
         for name, value in values.items():
             color = COLORS[names.index(name) % len(COLORS)]
             w = value * scale
-            parts.append(f'<text x="{left - 8}" y="{y + 13}" text-anchor="end">{escape(name)}</text>')
-            parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar - 4}" fill="{color}"/>')
+            parts.append(
+                f'<text x="{left - 8}" y="{y + 13}" text-anchor="end">{escape(name)}</text>'
+            )
+            parts.append(
+                f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar - 4}" fill="{color}"/>'
+            )
             parts.append(f'<text x="{left + w + 6:.1f}" y="{y + 12}">{value:.2f}×</text>')
             y += bar
         y += gap - 18
     one = left + scale
-    parts.append(f'<line x1="{one:.1f}" y1="{top}" x2="{one:.1f}" y2="{y}" stroke="#333" stroke-dasharray="4 3"/>')
+    parts.append(
+        f'<line x1="{one:.1f}" y1="{top}" x2="{one:.1f}" y2="{y}" stroke="#333" stroke-dasharray="4 3"/>'
+    )
     parts.append(f'<text x="{one + 4:.1f}" y="{y + 14}">1.0× (baseline)</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

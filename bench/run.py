@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
-import math
 import os
 import platform
 import random
@@ -31,7 +31,7 @@ from typing import Any
 import redis.asyncio as redis_asyncio
 
 from bench.chart import ratio_chart
-from bench.clients import COMPARED, AioCache, Cashews, Ours, Raw, RawPacked
+from bench.clients import COMPARED, AioCache, Cashews, Raw, RawPacked
 from gathering_cache import AsyncCacheManager, CacheConfig, CachedEmbedder, CacheManager
 from tests.servers import RedisServer, free_port
 
@@ -116,7 +116,9 @@ async def memory_usage(url: str, vector: list[float]) -> dict[str, int]:
     out["raw float32 bytes"] = await raw.memory_usage("bench:mem:float32-bytes")
     ours = AsyncCacheManager(CacheConfig(url=url))
     await ours.set_embedding("doc", vector, model="text-embedding-3-small")
-    out["gathering_cache"] = await raw.memory_usage(ours.embeddings.key("doc", "text-embedding-3-small", None))
+    out["gathering_cache"] = await raw.memory_usage(
+        ours.embeddings.key("doc", "text-embedding-3-small", None)
+    )
     await ours.aclose()
     for cls in (Raw, AioCache, Cashews):
         client = cls(url)
@@ -159,7 +161,9 @@ async def embedding_single(url: str, n: int, total: int, reps: int) -> dict:
             sets = await latencies(lambda: client.set(key, vector), n // 4)
             samples[client.name]["get_p50"].append(pct(gets, 0.5))
             samples[client.name]["set_p50"].append(pct(sets, 0.5))
-            samples[client.name]["get_tput"].append(await throughput(lambda: client.get(key), total))
+            samples[client.name]["get_tput"].append(
+                await throughput(lambda: client.get(key), total)
+            )
     for client in clients:
         await client.close()
     await ours.aclose()
@@ -293,12 +297,16 @@ def redis_benchmark(port: int, requests: int) -> dict[str, float]:
 
 
 async def breaker_open(n: int) -> dict[str, float]:
-    cache = AsyncCacheManager(CacheConfig(host="127.0.0.1", port=free_port(), recovery_interval=3600))
+    cache = AsyncCacheManager(
+        CacheConfig(host="127.0.0.1", port=free_port(), recovery_interval=3600)
+    )
     assert await cache.connect() is False
     times = await latencies(lambda: cache.get("k"), n)
     await cache.aclose()
-    return {"get p50 us (Redis down, breaker open)": pct(times, 0.5),
-            "get p99 us (Redis down, breaker open)": pct(times, 0.99)}
+    return {
+        "get p50 us (Redis down, breaker open)": pct(times, 0.5),
+        "get p99 us (Redis down, breaker open)": pct(times, 0.99),
+    }
 
 
 # -- W7: an agent trace -----------------------------------------------------------------------
@@ -360,7 +368,9 @@ async def agent_trace(url: str, agents: int, queries: int, embed_s: float, searc
             "mean recall ms": round(statistics.mean(latencies_ms), 2),
         }
     a, b = results["without cache"], results["with gathering_cache"]
-    results["provider calls saved %"] = round(100 * (1 - b["provider calls"] / a["provider calls"]), 1)
+    results["provider calls saved %"] = round(
+        100 * (1 - b["provider calls"] / a["provider calls"]), 1
+    )
     results["recall speed-up x"] = round(a["mean recall ms"] / b["mean recall ms"], 1)
     return results
 
@@ -395,10 +405,9 @@ def machine() -> dict[str, Any]:
 
     version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
     cpu = ""
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    with contextlib.suppress(OSError, StopIteration):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     return {
         "python": platform.python_version(),
         "redis-py": redis.__version__,
@@ -439,14 +448,19 @@ def main() -> None:
     report: dict[str, Any] = {"machine": machine(), "quick": quick, "params": p}
     with RedisServer("--maxmemory", "0") as server:
         url = server.url
-        print(f"redis-server {report['machine']['redis-server']} on 127.0.0.1:{server.port}", flush=True)
+        print(
+            f"redis-server {report['machine']['redis-server']} on 127.0.0.1:{server.port}",
+            flush=True,
+        )
         for loop_name, uv in (("asyncio", False), ("uvloop", True)):
             print(f"W1 small JSON get/set ({loop_name}) ...", flush=True)
             report[f"W1 {loop_name}"] = run_loop(
                 lambda: single_value(url, SMALL, "w1", p["n"], p["total"], p["reps"]), uv
             )
         print("W2 1536-float embedding ...", flush=True)
-        report["W2"] = run_loop(lambda: embedding_single(url, p["emb_n"], p["total"] // 4, p["reps"]))
+        report["W2"] = run_loop(
+            lambda: embedding_single(url, p["emb_n"], p["total"] // 4, p["reps"])
+        )
         report["W2 memory"] = run_loop(lambda: memory_usage(url, f32_vector(1536, 3)))
         print("W3 batch of 100 embeddings at 90 % hits ...", flush=True)
         report["W3"] = run_loop(lambda: embedding_batch(url, p["reps"], p["batch_inner"]))

@@ -17,3 +17,16 @@ async def open_cache(prefix: str) -> tuple[AsyncCacheManager, str]:
     memory = AsyncCacheManager(config.model_copy(update={"backend": "memory"}))
     await memory.connect()
     return memory, "the in-process memory backend"
+
+
+def toy_embeddings(texts: list[str]) -> list[list[float]]:
+    """A stand-in for an embedding model: words hashed into 32 buckets (deterministic)."""
+    import hashlib
+
+    out = []
+    for text in texts:
+        vector = [0.0] * 32
+        for word in text.lower().split():
+            vector[hashlib.sha256(word.strip("?.,!'").encode()).digest()[0] % 32] += 1.0
+        out.append(vector)
+    return out

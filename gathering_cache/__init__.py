@@ -21,10 +21,14 @@ from gathering_cache.errors import (
     ProviderError,
     SerializationError,
 )
+from gathering_cache.events import Event, EventBus, EventType, RedisEventBridge
+from gathering_cache.invalidation import CacheInvalidator
 from gathering_cache.llm import cached_completion, is_deterministic
 from gathering_cache.manager import AsyncCacheManager
+from gathering_cache.memory import InMemoryVectorStore, MemoryManager, VectorStore
 from gathering_cache.providers import EmbeddingProvider, OpenAIEmbeddings
 from gathering_cache.sync import CacheManager
+from gathering_cache.warming import WarmProgress, WarmReport, warm_rag_cache
 
 __version__ = "0.1.0"
 
@@ -34,19 +38,30 @@ __all__ = [
     "BackendError",
     "CacheConfig",
     "CacheError",
+    "CacheInvalidator",
     "CacheManager",
     "CachedEmbedder",
     "ConfigurationError",
     "EmbedderStats",
     "EmbeddingProvider",
     "EmbeddingService",
+    "Event",
+    "EventBus",
+    "EventType",
+    "InMemoryVectorStore",
     "InvalidArgumentError",
+    "MemoryManager",
     "OpenAIEmbeddings",
     "PatternError",
     "ProviderError",
     "REDIS_AVAILABLE",
+    "RedisEventBridge",
     "SerializationError",
+    "VectorStore",
+    "WarmProgress",
+    "WarmReport",
     "__version__",
     "cached_completion",
     "is_deterministic",
+    "warm_rag_cache",
 ]

@@ -94,9 +94,8 @@ class CacheConfig(BaseSettings):
 
     # Timeouts and pool: sub-second, because a slow cache is worse than no cache.
     socket_timeout: float = 0.25
-    """The longest one round trip to Redis may take: each SCAN / UNLINK step of a bulk
-    operation. Enforced by the library's shared deadline timer, not by redis-py's per-socket
-    timeout, which costs a task per command (~13 % of GET throughput measured)."""
+    """The longest one read or write on a Redis socket may take (redis-py's socket timeout),
+    and the bound on each SCAN / UNLINK step of a bulk operation."""
     connect_timeout: float = 0.25
     operation_timeout: float = 0.5
     """Upper bound on any single cache call, whatever Redis does."""

@@ -258,6 +258,33 @@ class CacheCore:
             bulk=True,
         )
 
+    async def set_indexed(self, items: list[tuple[str, bytes]], ttl: int, index: str) -> bool:
+        if self._ready_on is not asyncio.get_running_loop():
+            await self.ready()
+        ok = await self.policy.run(self.store.set_indexed, False, items, ttl, index)
+        self._count_write(ok, len(items))
+        return ok
+
+    async def pop_index(self, index: str) -> list[str]:
+        if self._ready_on is not asyncio.get_running_loop():
+            await self.ready()
+        members: list[str] = await self.policy.run(self.store.pop_index, [], index)
+        return members
+
+    async def incr(self, key: str) -> int | None:
+        """The incremented counter; ``None`` when the store cannot answer."""
+        if self._ready_on is not asyncio.get_running_loop():
+            await self.ready()
+        value: int | None = await self.policy.run(self.store.incr, None, key)
+        return value
+
+    async def publish(self, channel: str, message: bytes) -> int | None:
+        """Send on a pub/sub channel; subscribers reached, or ``None`` when unavailable."""
+        if self._ready_on is not asyncio.get_running_loop():
+            await self.ready()
+        count: int | None = await self.policy.run(self.store.publish, None, channel, message)
+        return count
+
     async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
         """Take what locks can be taken; :data:`UNAVAILABLE` when the store cannot answer."""
         if self._ready_on is not asyncio.get_running_loop():

@@ -141,6 +141,14 @@ class KeySpace:
     def rag(self, agent_id: int, query: str) -> str:
         return f"{self.prefix}{RAG}:agent:{agent_id}:{text_hash(query)}"
 
+    def rag_generation(self, agent_id: int | None) -> str:
+        """The counter whose increment invalidates one agent's (or, for None, every) entry."""
+        return f"{self.prefix}{RAG}:gen:{'all' if agent_id is None else agent_id}"
+
+    def rag_index(self, agent_id: int) -> str:
+        """The set of one agent's entry keys (to delete them without scanning)."""
+        return f"{self.prefix}{RAG}:index:{agent_id}"
+
     def rag_agent_pattern(self, agent_id: int) -> str:
         return f"{self.prefix}{RAG}:agent:{agent_id}:*"
 

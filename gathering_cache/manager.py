@@ -315,19 +315,41 @@ class AsyncCacheManager:
         query: str,
         results: list[dict[str, Any]],
         ttl: int | None = None,
+        *,
+        generation: tuple[int, int] | None = None,
     ) -> bool:
         """Cache RAG results (default TTL ``rag_results_ttl``, 5 min).
+
+        Args:
+            generation: what :meth:`get_rag_generation` returned *before* the results were
+                computed. With it, results computed while the agent's memories changed are
+                never served; without it, the current generation is read (one more round
+                trip) and such a race is possible.
 
         Raises:
             ArgumentTypeError: agent_id not an int (bool included), query not a str, results
                 not a list.
             SerializationError: results cannot be encoded (nothing is written).
         """
-        return await self._rag.set(agent_id, query, results, ttl)
+        return await self._rag.set(agent_id, query, results, ttl, generation)
+
+    async def get_rag_generation(self, agent_id: int) -> tuple[int, int] | None:
+        """The agent's RAG generation, to pass to :meth:`set_rag_results` after computing
+        results (``None`` when unavailable)."""
+        return await self._rag.generation(agent_id)
 
     async def invalidate_rag_results(self, agent_id: int) -> int:
-        """Clear all cached RAG results of ``agent_id``; the number of entries removed."""
+        """Clear all cached RAG results of ``agent_id``; the number of entries removed.
+
+        Never scans: the agent's generation counter is incremented (after which none of its
+        entries is readable) and its indexed entries are unlinked; see :mod:`gathering_cache.rag`.
+        """
         return await self._rag.invalidate(agent_id)
+
+    async def invalidate_all_rag_results(self) -> bool:
+        """Make every agent's cached RAG results unreadable at once (O(1); the entries then
+        expire with their TTL). ``False`` when unavailable."""
+        return await self._rag.invalidate_all()
 
     # -- circle context -----------------------------------------------------------------------
 

@@ -349,13 +349,24 @@ class CacheManager:
         query: str,
         results: list[dict[str, Any]],
         ttl: int | None = None,
+        *,
+        generation: tuple[int, int] | None = None,
     ) -> bool:
         """Cache RAG results (default TTL: 5min)."""
-        return self._run(self._live().set_rag_results(agent_id, query, results, ttl), False)
+        coro = self._live().set_rag_results(agent_id, query, results, ttl, generation=generation)
+        return self._run(coro, False)
+
+    def get_rag_generation(self, agent_id: int) -> tuple[int, int] | None:
+        """The agent's RAG generation (see ``AsyncCacheManager.get_rag_generation``)."""
+        return self._run(self._live().get_rag_generation(agent_id), None)
 
     def invalidate_rag_results(self, agent_id: int) -> int:
         """Clear all RAG cache for agent."""
-        return self._run(self._live().invalidate_rag_results(agent_id), 0, bulk=True)
+        return self._run(self._live().invalidate_rag_results(agent_id), 0)
+
+    def invalidate_all_rag_results(self) -> bool:
+        """Make every agent's cached RAG results unreadable."""
+        return self._run(self._live().invalidate_all_rag_results(), False)
 
     def get_circle_context(self, circle_id: int) -> dict[str, Any] | None:
         """Get cached circle context."""

@@ -34,6 +34,24 @@ EXPECTED = {
         "provider calls: 2, sizes [8, 2]",
         "now cached: 30 of 30",
     ],
+    "memory_recall": [
+        "recall 1: 1 memories, recall 2: 1 memories, vector searches: 1, from cache: 1",
+        "after remember(): 2 memories, vector searches: 2",
+    ],
+    "circle_sharing": [
+        "cached recalls before sharing: agents [1, 2, 3]",
+        "cached recalls after sharing: agents []",
+        "agent 3 sees the shared memory: True",
+    ],
+    "circle_context": [
+        "3 reads -> database loads: 1; ttl 600 s",
+        "after CIRCLE_UPDATED -> database loads: 2, members [1, 2, 3, 4]",
+    ],
+    "cache_warming": [
+        "warmed: 6 computed, 0 already cached, 0 failed",
+        "after warming, 3 of 3 recalls came from the cache",
+    ],
+    "two_processes": ["cached before: True", "cached after: False"],
     "llm_cache": [
         "3 calls -> LLM calls: 1",
         "2 calls -> LLM calls: 3 (not cached)",
@@ -76,6 +94,8 @@ def test_example_on_real_redis(path: Path, redis_server: RedisServer) -> None:
     assert f"Redis at {redis_server.url}" in result.stdout
     for line in EXPECTED[path.stem]:
         assert line in result.stdout, (line, result.stdout)
+    if path.stem == "two_processes":
+        assert "MEMORY_CREATED relayed here in" in result.stdout
     if path.stem == "demo":
-        assert "backend=redis total_keys=3" in result.stdout
-        assert "cleaned up 3 demo keys" in result.stdout
+        assert "backend=redis total_keys=5" in result.stdout
+        assert "cleaned up 5 demo keys" in result.stdout

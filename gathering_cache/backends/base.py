@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["Progress", "Store"]
+__all__ = ["Progress", "Store", "Subscriber"]
 
 
 class Progress:
@@ -24,6 +24,22 @@ class Progress:
     def __init__(self, step_timeout: float | None = None) -> None:
         self.done = 0
         self.step_timeout = step_timeout
+
+
+class Subscriber(ABC):
+    """One subscription to a pub/sub channel of a store."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Subscribe. Raises one of the store's ``fault_types`` when it cannot."""
+
+    @abstractmethod
+    async def get(self, timeout: float) -> bytes | None:
+        """The next message, or ``None`` after ``timeout`` seconds without one."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Unsubscribe and release the connection; never raises."""
 
 
 class Store(ABC):
@@ -81,6 +97,19 @@ class Store(ABC):
         """How many keys match ``pattern`` (SCAN, never KEYS or DBSIZE)."""
 
     @abstractmethod
+    async def set_indexed(self, items: Sequence[tuple[str, bytes]], ttl: int, index: str) -> bool:
+        """Store values (SET EX) and add their keys to the set ``index``, whose own expiry is
+        pushed to ``ttl`` (one non-transactional pipeline; cluster-safe). True."""
+
+    @abstractmethod
+    async def pop_index(self, index: str) -> list[str]:
+        """Read and delete the set ``index`` atomically (one key, one slot): its members."""
+
+    @abstractmethod
+    async def incr(self, key: str) -> int:
+        """Increment the integer under ``key`` (a counter, not an encoded value)."""
+
+    @abstractmethod
     async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
         """Try to take a short-lived lock on each key (SET NX PX); which ones were taken."""
 
@@ -88,6 +117,14 @@ class Store(ABC):
     async def release_locks(self, keys: Sequence[str], token: str) -> int:
         """Release the locks among ``keys`` still held with ``token``; never another owner's.
         Returns how many were released."""
+
+    @abstractmethod
+    async def publish(self, channel: str, message: bytes) -> int:
+        """Send ``message`` on a pub/sub channel; how many subscribers got it."""
+
+    @abstractmethod
+    def subscriber(self, channel: str) -> Subscriber:
+        """A (not yet started) subscription to ``channel``."""
 
     def is_data_error(self, exc: BaseException) -> bool:
         """Whether ``exc`` concerns one key's data (a value of the wrong type), not the

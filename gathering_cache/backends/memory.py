@@ -8,6 +8,8 @@ test backend. Entries expire after their TTL and the least recently used entry i
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import re
 import time
@@ -15,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gathering_cache.backends.base import Progress, Store
+from gathering_cache.backends.base import Progress, Store, Subscriber
 
 __all__ = ["MemoryStore", "glob_to_regex"]
 
@@ -83,6 +85,8 @@ class MemoryStore(Store):
         self, max_entries: int = 10_000, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._data: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
+        self._sets: dict[str, tuple[set[str], float]] = {}  # index sets, with their expiry
+        self._channels: dict[str, set[asyncio.Queue[bytes]]] = {}
         self._max_entries = max_entries
         self._clock = clock
         self.evictions = 0
@@ -144,6 +148,8 @@ class MemoryStore(Store):
             if self._live(key) is not None:
                 del self._data[key]
                 removed += 1
+            elif self._sets.pop(key, None) is not None:
+                removed += 1
         return removed
 
     async def exists(self, key: str) -> bool:
@@ -162,10 +168,45 @@ class MemoryStore(Store):
         for key in self._matching(pattern):
             del self._data[key]
             progress.done += 1
+        for key in self._matching_sets(pattern):
+            del self._sets[key]
+            progress.done += 1
         return progress.done
 
+    def _matching_sets(self, pattern: str) -> list[str]:
+        regex = glob_to_regex(pattern)
+        now = self._clock()
+        return [k for k, (_, expires) in self._sets.items() if expires > now and regex.fullmatch(k)]
+
     async def count(self, pattern: str, progress: Progress) -> int:
-        return len(self._matching(pattern))
+        return len(self._matching(pattern)) + len(self._matching_sets(pattern))
+
+    async def set_indexed(self, items: Sequence[tuple[str, bytes]], ttl: int, index: str) -> bool:
+        for key, value in items:
+            self._put(key, value, ttl)
+        members, _ = self._sets.get(index, (set(), 0.0))
+        members.update(key for key, _ in items)
+        self._sets[index] = (members, self._clock() + ttl)
+        return True
+
+    async def pop_index(self, index: str) -> list[str]:
+        members, expires = self._sets.pop(index, (set(), 0.0))
+        return sorted(members) if expires > self._clock() else []
+
+    async def incr(self, key: str) -> int:
+        current = self._live(key)
+        value = int(current) + 1 if current is not None else 1
+        self._put(key, str(value).encode(), None)
+        return value
+
+    async def publish(self, channel: str, message: bytes) -> int:
+        queues = self._channels.get(channel, set())
+        for queue in queues:
+            queue.put_nowait(message)
+        return len(queues)
+
+    def subscriber(self, channel: str) -> Subscriber:
+        return _MemorySubscriber(self._channels, channel)
 
     async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
         taken = []
@@ -192,3 +233,25 @@ class MemoryStore(Store):
             "max_entries": self._max_entries,
             "evictions": self.evictions,
         }
+
+
+class _MemorySubscriber(Subscriber):
+    """A queue fed by :meth:`MemoryStore.publish` (this process only)."""
+
+    def __init__(self, channels: dict[str, set[asyncio.Queue[bytes]]], channel: str) -> None:
+        self._channels = channels
+        self._channel = channel
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def start(self) -> None:
+        self._channels.setdefault(self._channel, set()).add(self._queue)
+
+    async def get(self, timeout: float) -> bytes | None:
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            return None
+
+    async def close(self) -> None:
+        with contextlib.suppress(KeyError):
+            self._channels[self._channel].discard(self._queue)

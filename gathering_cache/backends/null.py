@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NoReturn
 
-from gathering_cache.backends.base import Progress, Store
+from gathering_cache.backends.base import Progress, Store, Subscriber
 from gathering_cache.errors import BackendError
 
 __all__ = ["NullStore"]
@@ -56,8 +56,37 @@ class NullStore(Store):
     async def count(self, pattern: str, progress: Progress) -> int:
         self._fail()
 
+    async def set_indexed(self, items: Sequence[tuple[str, bytes]], ttl: int, index: str) -> bool:
+        self._fail()
+
+    async def pop_index(self, index: str) -> list[str]:
+        self._fail()
+
+    async def incr(self, key: str) -> int:
+        self._fail()
+
+    async def publish(self, channel: str, message: bytes) -> int:
+        self._fail()
+
+    def subscriber(self, channel: str) -> Subscriber:
+        return _NullSubscriber(self.reason)
+
     async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
         self._fail()
 
     async def release_locks(self, keys: Sequence[str], token: str) -> int:
         self._fail()
+
+
+class _NullSubscriber(Subscriber):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def start(self) -> None:
+        raise BackendError(self.reason)
+
+    async def get(self, timeout: float) -> bytes | None:
+        raise BackendError(self.reason)
+
+    async def close(self) -> None:
+        return None

@@ -13,12 +13,13 @@ KEYS, DBSIZE or FLUSHDB.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
-from gathering_cache.backends.base import Progress, Store
+from gathering_cache.backends.base import Progress, Store, Subscriber
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _timeout
@@ -62,10 +63,10 @@ def build_client(config: CacheConfig) -> Redis:
         # runs out (no MaxConnectionsError) and needs no BlockingConnectionPool, whose
         # condition variable cost ~20 us per call here.
         "max_connections": config.max_connections,
-        # No redis-py socket timeout: it wraps every send in asyncio.wait_for (a new task)
-        # and every read in a timeout, ~13 % of GET throughput. Every call is bounded by the
-        # degradation policy's deadline instead (operation_timeout, socket_timeout per step).
-        "socket_timeout": None,
+        # Measured on redis-py 8.1: socket_timeout=None made a sequential GET ~20 us slower
+        # (124 vs 104 us p50) for ~5 % more throughput at 64 coroutines; a finite timeout is
+        # the better trade, and it bounds each attempt inside the policy's deadline.
+        "socket_timeout": config.socket_timeout,
         "socket_connect_timeout": config.connect_timeout,
         "retry": Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), config.retry_attempts),
         "health_check_interval": config.health_check_interval,
@@ -199,6 +200,31 @@ class RedisStore(Store):
     def is_data_error(self, exc: BaseException) -> bool:
         return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
 
+    async def set_indexed(self, items: Sequence[tuple[str, bytes]], ttl: int, index: str) -> bool:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key, value in items:
+                pipe.set(key, value, ex=ttl)
+            pipe.sadd(index, *(key for key, _ in items))
+            pipe.expire(index, ttl)
+            await pipe.execute()
+        return True
+
+    async def pop_index(self, index: str) -> list[str]:
+        async with self._client.pipeline(transaction=True) as pipe:  # one key: one slot
+            pipe.smembers(index)
+            pipe.delete(index)
+            members, _ = await pipe.execute()
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+    async def incr(self, key: str) -> int:
+        return int(await self._client.incr(key))
+
+    async def publish(self, channel: str, message: bytes) -> int:
+        return int(await self._client.publish(channel, message))
+
+    def subscriber(self, channel: str) -> Subscriber:
+        return _RedisSubscriber(self._client, channel)
+
     async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
         if not keys:
             return []
@@ -219,3 +245,26 @@ class RedisStore(Store):
 
     def describe(self) -> dict[str, Any]:
         return dict(self._describe)
+
+
+class _RedisSubscriber(Subscriber):
+    """A pub/sub subscription on its own connection (RESP2, so messages are not dropped as
+    RESP3 push frames)."""
+
+    def __init__(self, client: Redis, channel: str) -> None:
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._channel = channel
+
+    async def start(self) -> None:
+        await self._pubsub.subscribe(self._channel)
+
+    async def get(self, timeout: float) -> bytes | None:
+        message = await self._pubsub.get_message(timeout=timeout)
+        if message is None or message.get("type") != "message":
+            return None
+        data = message["data"]
+        return data if isinstance(data, bytes) else str(data).encode()
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):  # closing a broken connection may fail again
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]

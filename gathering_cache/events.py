@@ -1,0 +1,258 @@
+"""Event bus: the seed's event-driven invalidation, in one process and across processes.
+
+:class:`EventBus` delivers :class:`Event` objects to the handlers subscribed to their
+:class:`EventType`, sync or async; a handler that raises is logged with the event type and
+the others still run. :class:`RedisEventBridge` carries events between processes that share a
+cache store (Redis pub/sub on ``<prefix>events``): events published locally are sent on, and
+events from other processes are delivered locally *once*, marked ``relayed`` so they are never
+sent back (no loops). The bridge re-subscribes by itself after a Redis restart and says in
+:meth:`RedisEventBridge.stats` whether it is connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gathering_cache.errors import ArgumentTypeError, InvalidArgumentError
+
+__all__ = ["Event", "EventBus", "EventHandler", "EventType", "RedisEventBridge"]
+
+logger = logging.getLogger("gathering_cache")
+
+
+class EventType(str, enum.Enum):
+    """What happened. The values are the wire names used by the Redis bridge."""
+
+    MEMORY_CREATED = "memory.created"
+    MEMORY_SHARED = "memory.shared"
+    MEMORY_DELETED = "memory.deleted"
+    CIRCLE_UPDATED = "circle.updated"
+
+
+@dataclass
+class Event:
+    """One event. ``data`` must be JSON-like (it may cross processes)."""
+
+    type: EventType
+    data: dict[str, Any] = field(default_factory=dict)
+    source_agent_id: int | None = None
+    circle_id: int | None = None
+    project_id: int | None = None
+    timestamp: float = field(default_factory=time.time)
+    relayed: bool = False
+    """True for an event that arrived from another process through the bridge."""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.type.value,
+            "data": self.data,
+            "source_agent_id": self.source_agent_id,
+            "circle_id": self.circle_id,
+            "project_id": self.project_id,
+            "timestamp": self.timestamp,
+        }
+
+    @classmethod
+    def from_wire(cls, payload: dict[str, Any]) -> Event:
+        return cls(
+            type=EventType(payload["type"]),
+            data=dict(payload.get("data") or {}),
+            source_agent_id=payload.get("source_agent_id"),
+            circle_id=payload.get("circle_id"),
+            project_id=payload.get("project_id"),
+            timestamp=float(payload.get("timestamp") or time.time()),
+            relayed=True,
+        )
+
+
+EventHandler = Callable[[Event], Awaitable[None] | None]
+Forwarder = Callable[[Event], Awaitable[None]]
+
+
+def _check_type(event_type: object) -> EventType:
+    if isinstance(event_type, EventType):
+        return event_type
+    try:
+        return EventType(event_type)
+    except ValueError:
+        known = ", ".join(t.name for t in EventType)
+        raise InvalidArgumentError(f"unknown event type {event_type!r}; known: {known}") from None
+
+
+class EventBus:
+    """In-process publish / subscribe of :class:`Event`."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[EventType, list[EventHandler]] = {t: [] for t in EventType}
+        self._forwarders: list[Forwarder] = []
+        self.published = 0
+        self.handler_errors = 0
+
+    def subscribe(self, event_type: EventType | str, handler: EventHandler) -> None:
+        """Call ``handler(event)`` (sync or async) for every event of ``event_type``."""
+        if not callable(handler):
+            raise ArgumentTypeError("handler must be callable")
+        self._handlers[_check_type(event_type)].append(handler)
+
+    def unsubscribe(self, event_type: EventType | str, handler: EventHandler) -> bool:
+        """Remove a handler; ``True`` if it was subscribed."""
+        handlers = self._handlers[_check_type(event_type)]
+        if handler in handlers:
+            handlers.remove(handler)
+            return True
+        return False
+
+    def add_forwarder(self, forwarder: Forwarder) -> None:
+        """Also hand every locally published (not relayed) event to ``forwarder``."""
+        self._forwarders.append(forwarder)
+
+    def remove_forwarder(self, forwarder: Forwarder) -> None:
+        with contextlib.suppress(ValueError):
+            self._forwarders.remove(forwarder)
+
+    async def publish(self, event: Event) -> None:
+        """Deliver ``event`` to its handlers (in subscription order), then to forwarders.
+
+        Raises:
+            InvalidArgumentError: the event type is unknown (also a ValueError).
+            ArgumentTypeError: ``event`` is not an :class:`Event`.
+        """
+        if not isinstance(event, Event):
+            raise ArgumentTypeError(f"publish takes an Event, not {type(event).__name__}")
+        event.type = _check_type(event.type)
+        self.published += 1
+        for handler in list(self._handlers[event.type]):
+            try:
+                result = handler(event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                self.handler_errors += 1
+                logger.exception(
+                    "gathering_cache: handler %r failed on %s", handler, event.type.name
+                )
+        if not event.relayed:
+            for forwarder in list(self._forwarders):
+                await forwarder(event)
+
+
+class RedisEventBridge:
+    """Relay events between processes through the cache store's pub/sub.
+
+    Args:
+        bus: the local bus.
+        cache: the cache manager whose store carries the events (Redis; with the memory
+            backend the bridge only reaches the same process).
+        channel: the pub/sub channel; ``<prefix>events`` by default.
+    """
+
+    def __init__(self, bus: EventBus, cache: Any, *, channel: str | None = None) -> None:
+        self.bus = bus
+        self._core = cache._core
+        self.channel = channel or f"{self._core.config.key_prefix}events"
+        self.origin = uuid.uuid4().hex
+        self.connected = False
+        self.sent = 0
+        self.received = 0
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    async def start(self) -> None:
+        """Subscribe and start relaying (waits up to ``operation_timeout`` for the first
+        subscription; keeps retrying in the background after that)."""
+        if self._task is not None:
+            return
+        if self._core.policy.state.value == "disabled":
+            self.last_error = self._core.policy.reason
+            return
+        self.bus.add_forwarder(self._send)
+        self._task = asyncio.create_task(self._listen(), name="gathering-cache-event-bridge")
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), self._core.config.operation_timeout)
+
+    async def stop(self) -> None:
+        self.bus.remove_forwarder(self._send)
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.connected = False
+
+    async def __aenter__(self) -> RedisEventBridge:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "connected": self.connected,
+            "sent": self.sent,
+            "received": self.received,
+            "reconnects": self.reconnects,
+            "last_error": self.last_error,
+        }
+
+    async def _send(self, event: Event) -> None:
+        message = orjson.dumps({"origin": self.origin, "event": event.to_wire()})
+        if await self._core.publish(self.channel, message) is not None:
+            self.sent += 1
+
+    async def _listen(self) -> None:
+        delay = 0.05
+        faults = (*self._core.store.fault_types, TimeoutError, asyncio.TimeoutError)
+        while True:
+            subscriber = self._core.store.subscriber(self.channel)
+            try:
+                await subscriber.start()
+                if self.last_error is not None:
+                    self.reconnects += 1
+                    logger.info("gathering_cache: event bridge re-subscribed to %s", self.channel)
+                self.connected = True
+                self._subscribed.set()
+                delay = 0.05
+                while True:
+                    data = await subscriber.get(timeout=1.0)
+                    if data is not None:
+                        await self._deliver(data)
+            except faults as exc:
+                if self.connected:
+                    logger.warning(
+                        "gathering_cache: event bridge disconnected (%s: %s); retrying",
+                        type(exc).__name__,
+                        exc,
+                    )
+                self.connected = False
+                self.last_error = f"{type(exc).__name__}: {exc}"
+            finally:
+                await subscriber.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _deliver(self, data: bytes) -> None:
+        try:
+            message = orjson.loads(data)
+            if message.get("origin") == self.origin:
+                return  # our own event, back from Redis
+            event = Event.from_wire(message["event"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.warning("gathering_cache: ignoring a malformed bridge message: %s", exc)
+            return
+        self.received += 1
+        await self.bus.publish(event)

@@ -1,0 +1,361 @@
+"""Agent memory with a cached recall: :class:`MemoryManager` over a :class:`VectorStore`.
+
+``remember`` / ``forget`` / ``share`` change an agent's memories and publish the events that
+invalidate the affected RAG caches (see :mod:`gathering_cache.invalidation`); ``recall``
+answers unfiltered queries from the RAG cache (5 min) and embeds the query through a
+:class:`~gathering_cache.CachedEmbedder` (24 h), so a repeated recall costs one Redis round
+trip instead of an embedding API call and a vector search. Filtered queries skip the RAG cache
+(the seed's rule).
+
+:class:`InMemoryVectorStore` (cosine similarity; numpy when installed) is shipped for examples
+and tests; any object with ``add`` / ``search`` / ``delete`` (and ``share``) can take its place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from gathering_cache.embedder import BatchFunction, CachedEmbedder
+from gathering_cache.errors import ArgumentTypeError, InvalidArgumentError
+from gathering_cache.events import Event, EventBus, EventType, RedisEventBridge
+from gathering_cache.invalidation import CacheInvalidator
+from gathering_cache.keys import check_id, check_text
+from gathering_cache.manager import AsyncCacheManager
+from gathering_cache.providers import EmbeddingProvider
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["InMemoryVectorStore", "MemoryManager", "VectorStore"]
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """Where memories live. ``search`` returns dicts with at least ``id``, ``content`` and
+    ``score``, best first, among the memories ``agent_id`` can see."""
+
+    async def add(
+        self, agent_id: int, content: str, vector: list[float], metadata: dict[str, Any]
+    ) -> str: ...
+
+    async def search(
+        self,
+        agent_id: int,
+        vector: list[float],
+        limit: int,
+        filters: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]: ...
+
+    async def delete(self, memory_id: str) -> bool: ...
+
+
+@dataclass
+class _Memory:
+    id: str
+    agent_id: int
+    content: str
+    vector: list[float]
+    norm: float
+    metadata: dict[str, Any]
+    visible_to: set[int] = field(default_factory=set)
+
+
+class InMemoryVectorStore:
+    """Memories in a dict, searched by cosine similarity (for examples, tests, prototypes)."""
+
+    def __init__(self) -> None:
+        self._memories: dict[str, _Memory] = {}
+        self._ids = itertools.count(1)
+        self.searches = 0
+
+    def __len__(self) -> int:
+        return len(self._memories)
+
+    async def add(
+        self, agent_id: int, content: str, vector: list[float], metadata: dict[str, Any]
+    ) -> str:
+        memory_id = f"mem-{next(self._ids)}"
+        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+        self._memories[memory_id] = _Memory(
+            memory_id, agent_id, content, list(vector), norm, dict(metadata), {agent_id}
+        )
+        return memory_id
+
+    async def share(self, memory_id: str, agent_ids: Sequence[int]) -> int | None:
+        """Make a memory visible to more agents; its owner, or ``None`` if unknown."""
+        memory = self._memories.get(memory_id)
+        if memory is None:
+            return None
+        memory.visible_to.update(agent_ids)
+        return memory.agent_id
+
+    def owner(self, memory_id: str) -> int | None:
+        memory = self._memories.get(memory_id)
+        return None if memory is None else memory.agent_id
+
+    async def search(
+        self,
+        agent_id: int,
+        vector: list[float],
+        limit: int,
+        filters: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        self.searches += 1
+        query_norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+        scored = []
+        for memory in self._memories.values():
+            if agent_id not in memory.visible_to:
+                continue
+            if filters and any(memory.metadata.get(k) != v for k, v in filters.items()):
+                continue
+            dot = sum(a * b for a, b in zip(vector, memory.vector, strict=False))
+            scored.append((dot / (query_norm * memory.norm), memory))
+        scored.sort(key=lambda pair: pair[0], reverse=True)
+        return [
+            {
+                "id": memory.id,
+                "agent_id": memory.agent_id,
+                "content": memory.content,
+                "score": round(score, 6),
+                "metadata": memory.metadata,
+            }
+            for score, memory in scored[:limit]
+        ]
+
+    async def delete(self, memory_id: str) -> bool:
+        return self._memories.pop(memory_id, None) is not None
+
+
+class MemoryManager:
+    """Remember, recall and forget agent memories, with recall cached (see module doc).
+
+    Args:
+        cache: the cache manager (RAG results, embeddings, circle context).
+        embedder: a :class:`CachedEmbedder`, or a provider / batch function to wrap in one.
+        vector_store: where memories live (an :class:`InMemoryVectorStore` by default).
+        bus: the event bus (a new one by default); remember / forget / share publish on it,
+            and a :class:`CacheInvalidator` subscribed to it keeps the caches fresh.
+        default_limit: results per recall when no ``limit`` is given.
+    """
+
+    def __init__(
+        self,
+        cache: AsyncCacheManager,
+        embedder: CachedEmbedder | EmbeddingProvider | BatchFunction,
+        vector_store: VectorStore | None = None,
+        bus: EventBus | None = None,
+        *,
+        default_limit: int = 5,
+    ) -> None:
+        if not isinstance(cache, AsyncCacheManager):
+            raise ArgumentTypeError("cache must be an AsyncCacheManager")
+        self.cache = cache
+        self.embedder = (
+            embedder if isinstance(embedder, CachedEmbedder) else CachedEmbedder(embedder, cache)
+        )
+        self.store: VectorStore = (
+            vector_store if vector_store is not None else InMemoryVectorStore()
+        )
+        self.bus = bus if bus is not None else EventBus()
+        self.invalidator = CacheInvalidator(cache, self.bus)
+        self.default_limit = default_limit
+        self.bridge: RedisEventBridge | None = None
+        self.recalls = 0
+        self.recalls_from_cache = 0
+        self._dirty: dict[int, int] = {}
+        self._owned: list[Any] = []
+
+    @classmethod
+    def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> MemoryManager:
+        """A manager wired from the environment: the cache (REDIS_*, CACHE_*), the embedder
+        (OPENAI_*), an in-memory vector store, and — on Redis — an event bridge to the other
+        processes, started on first use. :meth:`aclose` releases them."""
+        embedder = CachedEmbedder.from_env(dotenv_path)
+        manager = cls(embedder.cache, embedder)
+        manager._owned = [embedder]
+        if embedder.cache.config.backend == "redis":
+            manager.bridge = RedisEventBridge(manager.bus, embedder.cache)
+        return manager
+
+    async def aclose(self) -> None:
+        if self.bridge is not None:
+            await self.bridge.stop()
+        for owned in self._owned:
+            await owned.aclose()
+        self._owned = []
+
+    async def __aenter__(self) -> Self:
+        await self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _start(self) -> None:
+        if self.bridge is not None and self.bridge._task is None:
+            await self.bridge.start()
+
+    # -- writing memories ---------------------------------------------------------------------
+
+    async def remember(
+        self,
+        agent_id: int,
+        content: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        circle_id: int | None = None,
+        project_id: int | None = None,
+    ) -> str:
+        """Store a memory of ``agent_id``; publishes MEMORY_CREATED (the agent's RAG cache is
+        cleared before this returns). Returns the memory id."""
+        await self._start()
+        agent_id = check_id(agent_id, "agent_id")
+        check_text(content, "content")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ArgumentTypeError("metadata must be a mapping")
+        vector = await self.embedder.embed(content)
+        memory_id = await self.store.add(agent_id, content, vector, dict(metadata or {}))
+        await self.bus.publish(
+            Event(
+                EventType.MEMORY_CREATED,
+                {"memory_id": memory_id, "agent_id": agent_id},
+                source_agent_id=agent_id,
+                circle_id=circle_id,
+                project_id=project_id,
+            )
+        )
+        return memory_id
+
+    async def share(
+        self,
+        memory_id: str,
+        *,
+        members: Sequence[int] | None = None,
+        circle_id: int | None = None,
+        project_id: int | None = None,
+    ) -> None:
+        """Make a memory visible to other agents (a circle's or a project's members) and
+        publish MEMORY_SHARED: every agent that can now see it gets a fresh recall.
+
+        ``members`` may be omitted for a circle whose context (with ``members``) is cached;
+        with membership unknown, every agent's RAG results are invalidated.
+        """
+        await self._start()
+        if members is not None:
+            members = [check_id(m, "members[]") for m in members]
+        elif circle_id is not None:
+            context = await self.cache.get_circle_context(circle_id)
+            if context is not None and isinstance(context.get("members"), list):
+                members = [m for m in context["members"] if isinstance(m, int)]
+        share = getattr(self.store, "share", None)
+        if share is None:
+            raise InvalidArgumentError("this vector store cannot share memories")
+        owner = await share(memory_id, list(members or []))
+        if owner is None:
+            raise InvalidArgumentError(f"unknown memory {memory_id!r}")
+        data: dict[str, Any] = {"memory_id": memory_id, "agent_id": owner}
+        if members is not None:
+            data["members"] = list(members)
+        await self.bus.publish(
+            Event(
+                EventType.MEMORY_SHARED,
+                data,
+                source_agent_id=owner,
+                circle_id=circle_id,
+                project_id=project_id,
+            )
+        )
+
+    async def forget(self, agent_id: int, memory_id: str) -> bool:
+        """Delete a memory; publishes MEMORY_DELETED. ``False`` if it did not exist."""
+        await self._start()
+        agent_id = check_id(agent_id, "agent_id")
+        deleted = await self.store.delete(memory_id)
+        if deleted:
+            await self.bus.publish(
+                Event(
+                    EventType.MEMORY_DELETED,
+                    {"memory_id": memory_id, "agent_id": agent_id},
+                    source_agent_id=agent_id,
+                )
+            )
+        return deleted
+
+    # -- reading --------------------------------------------------------------------------------
+
+    async def recall(
+        self,
+        agent_id: int,
+        query: str,
+        *,
+        limit: int | None = None,
+        filters: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The memories of ``agent_id`` closest to ``query``, best first.
+
+        Unfiltered recalls of the default size go through the RAG cache; filtered ones (and
+        other limits) always search.
+        """
+        await self._start()
+        agent_id = check_id(agent_id, "agent_id")
+        check_text(query, "query")
+        if filters is not None and not isinstance(filters, Mapping):
+            raise ArgumentTypeError("filters must be a mapping")
+        limit = self.default_limit if limit is None else limit
+        self.recalls += 1
+        cacheable = not filters and limit == self.default_limit and agent_id not in self._dirty
+        generation = None
+        if cacheable:
+            cached = await self.cache.get_rag_results(agent_id, query)
+            if cached is not None:
+                self.recalls_from_cache += 1
+                return cached
+            # Read before computing: results computed across an invalidation are never served.
+            generation = await self.cache.get_rag_generation(agent_id)
+        vector = await self.embedder.embed(query)
+        results = await self.store.search(agent_id, vector, limit, filters or None)
+        if cacheable and generation is not None:
+            await self.cache.set_rag_results(agent_id, query, results, generation=generation)
+        return results
+
+    def invalidate_cache(self, agent_id: int) -> asyncio.Task[int]:
+        """Clear the RAG cache of ``agent_id`` (the seed's ``memory.invalidate_cache``).
+
+        Usable as written in the seed, without ``await``: this process stops reading the
+        agent's cache at once, and the invalidation runs in the background. Await the
+        returned task to wait for it (its result is the number of entries removed).
+        Must be called with an event loop running.
+        """
+        agent_id = check_id(agent_id, "agent_id")
+        self._dirty[agent_id] = self._dirty.get(agent_id, 0) + 1
+        task = asyncio.get_running_loop().create_task(self.cache.invalidate_rag_results(agent_id))
+
+        def done(_: asyncio.Task[int]) -> None:
+            left = self._dirty[agent_id] - 1
+            if left:
+                self._dirty[agent_id] = left
+            else:
+                del self._dirty[agent_id]
+
+        task.add_done_callback(done)
+        return task
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "recalls": self.recalls,
+            "recalls_from_cache": self.recalls_from_cache,
+            "embedder": self.embedder.stats.snapshot(),
+            "bridge": self.bridge.stats() if self.bridge is not None else None,
+        }

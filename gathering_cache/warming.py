@@ -1,0 +1,100 @@
+"""Cache warming: pre-populate the RAG cache with common queries (the seed's Example 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gathering_cache.errors import ArgumentTypeError
+from gathering_cache.keys import check_id, check_text
+
+if TYPE_CHECKING:
+    from gathering_cache.memory import MemoryManager
+
+__all__ = ["WarmProgress", "WarmReport", "warm_rag_cache"]
+
+logger = logging.getLogger("gathering_cache")
+
+
+@dataclass(frozen=True)
+class WarmProgress:
+    """Reported after each query."""
+
+    done: int
+    total: int
+    agent_id: int
+    query: str
+    outcome: str  # "computed", "cached" (already there) or "failed"
+
+
+@dataclass(frozen=True)
+class WarmReport:
+    total: int
+    computed: int
+    already_cached: int
+    failed: int
+    seconds: float
+
+
+async def warm_rag_cache(
+    memory: MemoryManager,
+    queries: Mapping[int, Sequence[str]],
+    *,
+    concurrency: int = 4,
+    progress: Callable[[WarmProgress], None] | None = None,
+) -> WarmReport:
+    """Recall every ``(agent_id, query)`` once so later recalls hit the cache.
+
+    Args:
+        memory: the memory manager whose recall fills the cache.
+        queries: common queries per agent, e.g. ``{1: ["What are the user's preferences?"]}``.
+        concurrency: recalls in flight at once.
+        progress: called after each query (from the event loop) with a :class:`WarmProgress`.
+
+    Returns:
+        Counts of queries computed, found already cached, and failed (a failure is logged and
+        does not stop the others).
+    """
+    if not isinstance(queries, Mapping):
+        raise ArgumentTypeError("queries must map agent ids to lists of queries")
+    work = [
+        (check_id(agent_id, "agent_id"), check_text(query, "query"))
+        for agent_id, agent_queries in queries.items()
+        for query in agent_queries
+    ]
+    counts = {"computed": 0, "cached": 0, "failed": 0}
+    done = 0
+    semaphore = asyncio.Semaphore(max(1, concurrency))
+    started = time.perf_counter()
+
+    async def warm(agent_id: int, query: str) -> None:
+        nonlocal done
+        async with semaphore:
+            try:
+                if await memory.cache.get_rag_results(agent_id, query) is not None:
+                    outcome = "cached"
+                else:
+                    await memory.recall(agent_id, query)
+                    outcome = "computed"
+            except Exception as exc:
+                logger.warning(
+                    "gathering_cache: warming %r for agent %d failed: %s", query, agent_id, exc
+                )
+                outcome = "failed"
+        counts[outcome] += 1
+        done += 1
+        if progress is not None:
+            progress(WarmProgress(done, len(work), agent_id, query, outcome))
+
+    await asyncio.gather(*(warm(agent_id, query) for agent_id, query in work))
+    return WarmReport(
+        total=len(work),
+        computed=counts["computed"],
+        already_cached=counts["cached"],
+        failed=counts["failed"],
+        seconds=round(time.perf_counter() - started, 3),
+    )
