@@ -238,8 +238,12 @@ async def invalidation(url: str, sizes: list[int], reps: int) -> dict[str, dict[
     out: dict[str, dict[str, float]] = {}
 
     async def fill() -> None:
-        await cache.set_many(
-            {f"gathering:rag:agent:1:{i:016x}": [{"id": i}] for i in range(1000)}, ttl=300
+        generation = await cache.get_rag_generation(1)
+        await asyncio.gather(
+            *(
+                cache.set_rag_results(1, f"query {i}", [{"id": i}], generation=generation)
+                for i in range(1000)
+            )
         )
 
     async def scan_del() -> int:
@@ -266,7 +270,10 @@ async def invalidation(url: str, sizes: list[int], reps: int) -> dict[str, dict[
                 start = time.perf_counter()
                 await methods[name]()
                 samples[name].append((time.perf_counter() - start) * 1000)
-                assert await raw.exists("gathering:rag:agent:1:" + f"{5:016x}") == 0, name
+                assert await cache.get_rag_results(1, "query 5") is None, name
+                assert not [
+                    k async for k in raw.scan_iter(match="gathering:rag:agent:1:*", count=1000)
+                ], name
         out[f"{size:,}"] = {name: statistics.median(v) for name, v in samples.items()}
     await cashews.close()
     await cache.aclose()
@@ -433,11 +440,11 @@ def main() -> None:
     args = parser.parse_args()
     quick = args.quick
     p = {
-        "n": 500 if quick else 4000,
-        "total": 4000 if quick else 32000,
+        "n": 500 if quick else 3000,
+        "total": 4000 if quick else 20000,
         "reps": 3 if quick else 5,
-        "emb_n": 200 if quick else 1500,
-        "batch_inner": 10 if quick else 60,
+        "emb_n": 200 if quick else 1000,
+        "batch_inner": 10 if quick else 30,
         "sizes": [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000],
         "w4_reps": 3,
         "bench_requests": 20_000 if quick else 200_000,
@@ -459,7 +466,7 @@ def main() -> None:
             )
         print("W2 1536-float embedding ...", flush=True)
         report["W2"] = run_loop(
-            lambda: embedding_single(url, p["emb_n"], p["total"] // 4, p["reps"])
+            lambda: embedding_single(url, p["emb_n"], p["total"] // 8, p["reps"])
         )
         report["W2 memory"] = run_loop(lambda: memory_usage(url, f32_vector(1536, 3)))
         print("W3 batch of 100 embeddings at 90 % hits ...", flush=True)

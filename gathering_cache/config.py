@@ -82,7 +82,8 @@ class CacheConfig(BaseSettings):
 
     # Connection, beyond the seed
     url: str | None = _env(None, "REDIS_URL", "CACHE_URL")
-    """redis://, rediss:// or unix:// URL; wins over host/port/db/password when set."""
+    """redis://, rediss:// or unix:// URL; wins over host/port/db when set (and over
+    ``password`` / ``username`` when it carries them)."""
     username: str | None = _env(None, "REDIS_USERNAME", "CACHE_USERNAME")
     ssl: bool = False
     ssl_ca_certs: str | None = None
@@ -100,10 +101,13 @@ class CacheConfig(BaseSettings):
     operation_timeout: float = 0.5
     """Upper bound on any single cache call, whatever Redis does."""
     bulk_timeout: float = 10.0
-    """Upper bound on SCAN-based calls (delete_pattern, clear_all, total_keys in get_stats)."""
+    """Upper bound on SCAN-based calls (delete_pattern, clear_all, invalidate_llm_responses,
+    total_keys in get_stats)."""
     max_connections: int = 32
     retry_attempts: int = 2
-    health_check_interval: float = 30.0
+    health_check_interval: float = 0.0
+    """redis-py's idle-connection PING (seconds; 0 = off). Off by default: the retry already
+    replaces a connection a restart left stale, and the check costs work on every command."""
 
     # Degradation policy
     failure_threshold: int = 3
@@ -113,6 +117,10 @@ class CacheConfig(BaseSettings):
 
     # In-process memory backend
     memory_max_entries: int = 10_000
+
+    max_value_bytes: int = 8 * 1024 * 1024
+    """Encoded values larger than this are not stored (``set`` returns False, one warning):
+    one runaway value must not eat the Redis memory every agent shares."""
 
     # Embeddings
     embedding_lru_size: int = 1000
@@ -187,6 +195,27 @@ class CacheConfig(BaseSettings):
             return None
         return value
 
+    @field_validator(
+        "port",
+        "db",
+        "embedding_ttl",
+        "rag_results_ttl",
+        "circle_context_ttl",
+        "llm_response_ttl",
+        "max_connections",
+        "max_value_bytes",
+        "retry_attempts",
+        "failure_threshold",
+        "memory_max_entries",
+        "embedding_lru_size",
+        mode="before",
+    )
+    @classmethod
+    def _refuse_bools(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be an integer, not a bool")
+        return value
+
     @field_validator("port")
     @classmethod
     def _check_port(cls, value: int) -> int:
@@ -207,6 +236,7 @@ class CacheConfig(BaseSettings):
         "circle_context_ttl",
         "llm_response_ttl",
         "max_connections",
+        "max_value_bytes",
         "failure_threshold",
         "memory_max_entries",
     )
@@ -317,6 +347,8 @@ class CacheConfig(BaseSettings):
 def _redact_url(url: str) -> str:
     """The URL with every password (``user:pass@`` and ``?password=``) replaced by ``***``."""
     parts = urlsplit(url)
+    if parts.password is None and "password" not in dict(parse_qsl(parts.query)):
+        return url  # nothing to hide; urlunsplit would also mangle unix:///path
     netloc = parts.netloc
     if parts.password is not None:
         host = parts.hostname or ""

@@ -66,6 +66,7 @@ class CacheCore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready_on: asyncio.AbstractEventLoop | None = None
         self._deletion_listeners: list[DeletionListener] = []
+        self._warned_oversized = False
 
     def on_delete(self, listener: DeletionListener) -> None:
         """Register an in-process layer (an LRU) to forget what this process deletes."""
@@ -98,6 +99,7 @@ class CacheCore:
 
     async def aclose(self) -> None:
         self.policy.disable("closed")
+        self._notify_deleted(None)  # in-process layers forget everything
         self._connected = True
         await self.store.aclose()
 
@@ -106,6 +108,9 @@ class CacheCore:
         ``self._ready_on is not asyncio.get_running_loop()`` first, so the usual call costs
         one comparison."""
         loop = asyncio.get_running_loop()
+        if self.policy.state is BreakerState.DISABLED:
+            self._ready_on = loop  # disabled or closed: no I/O, so any loop will do
+            return
         if self._loop is not None and loop is not self._loop:
             raise RuntimeError(
                 "this AsyncCacheManager is bound to the event loop it first ran on (its "
@@ -190,7 +195,28 @@ class CacheCore:
     async def set(self, key: str, value: Any, ttl: int | None) -> bool:
         return await self.set_raw(key, encoding.encode(value), ttl)  # encode raises first
 
+    def oversized(self, items: Sequence[tuple[str, bytes]]) -> bool:
+        """Whether any value is above ``max_value_bytes`` (then none is stored): each one
+        counted in stats, the first ever logged once."""
+        limit = self.config.max_value_bytes
+        big = [(key, len(data)) for key, data in items if len(data) > limit]
+        if not big:
+            return False
+        self.stats.oversized += len(big)
+        if not self._warned_oversized:
+            self._warned_oversized = True
+            logger.warning(
+                "gathering_cache: not storing %r: %d bytes encoded, above max_value_bytes=%d "
+                "(further oversized values are counted in stats, not logged)",
+                big[0][0],
+                big[0][1],
+                limit,
+            )
+        return True
+
     async def set_raw(self, key: str, data: bytes, ttl: int | None) -> bool:
+        if self.oversized([(key, data)]):
+            return False
         if self._ready_on is not asyncio.get_running_loop():
             await self.ready()
         ok = await self.policy.run(self.store.set, False, key, data, ttl)
@@ -202,10 +228,12 @@ class CacheCore:
         return await self.set_many_raw(items, ttl)
 
     async def set_many_raw(self, items: list[tuple[str, bytes]], ttl: int | None) -> bool:
+        if self.oversized(items):
+            return False
         if self._ready_on is not asyncio.get_running_loop():
             await self.ready()
         if not items:
-            return True
+            return self.policy.available  # nothing to write: "stored" only if we could have
         ok = await self.policy.run(self.store.set_many, False, items, ttl)
         self._count_write(ok, len(items))
         return ok
@@ -238,8 +266,11 @@ class CacheCore:
             await self.ready()
         self._notify_deleted(None)
         progress = Progress(step_timeout=self.config.socket_timeout)
+        # RAG generation counters survive: deleting them would reset them, and results
+        # computed before an invalidation would become valid again.
+        keep = self.keys.rag_generations()
         await self.policy.run(
-            lambda: self.store.scan_delete(pattern, progress),
+            lambda: self.store.scan_delete(pattern, progress, keep),
             0,
             timeout=self.config.bulk_timeout,
             bulk=True,
@@ -259,6 +290,8 @@ class CacheCore:
         )
 
     async def set_indexed(self, items: list[tuple[str, bytes]], ttl: int, index: str) -> bool:
+        if self.oversized(items):
+            return False
         if self._ready_on is not asyncio.get_running_loop():
             await self.ready()
         ok = await self.policy.run(self.store.set_indexed, False, items, ttl, index)
@@ -271,11 +304,11 @@ class CacheCore:
         members: list[str] = await self.policy.run(self.store.pop_index, [], index)
         return members
 
-    async def incr(self, key: str) -> int | None:
+    async def incr(self, key: str, amount: int = 1) -> int | None:
         """The incremented counter; ``None`` when the store cannot answer."""
         if self._ready_on is not asyncio.get_running_loop():
             await self.ready()
-        value: int | None = await self.policy.run(self.store.incr, None, key)
+        value: int | None = await self.policy.run(self.store.incr, None, key, amount)
         return value
 
     async def publish(self, channel: str, message: bytes) -> int | None:

@@ -131,6 +131,8 @@ class EmbeddingCache:
         """The vector for one key given what Redis answered (or UNAVAILABLE), and where it
         came from."""
         if raw is UNAVAILABLE:
+            if not self._core.policy.may_use_fallbacks:
+                return None, None  # disabled or closed: every read is a miss
             cached = self.lru.get(key)
             if cached is None:
                 return None, None
@@ -225,6 +227,8 @@ class EmbeddingCache:
         key = self.key(text, model, dimensions)
         data = self._pack(embedding, dimensions)
         expiry = check_ttl(ttl) or self._core.config.embedding_ttl
+        if self._core.oversized([(key, data)]):
+            return False
         self.lru.put(key, data)
         return await self._core.set_raw(key, data, expiry)
 
@@ -247,8 +251,8 @@ class EmbeddingCache:
             for text, vector in zip(texts, embeddings, strict=True)
         ]
         expiry = check_ttl(ttl) or self._core.config.embedding_ttl
+        if self._core.oversized(items):
+            return False
         for key, data in items:
             self.lru.put(key, data)
-        if not items:
-            return True
         return await self._core.set_many_raw(items, expiry)

@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 import orjson
 
+from gathering_cache import encoding
 from gathering_cache.core import CacheCore
 from gathering_cache.errors import ArgumentTypeError, InvalidArgumentError, SerializationError
 from gathering_cache.keys import LLM, check_model, check_ttl
@@ -172,9 +173,10 @@ class LLMCache:
             "model": model,
             "created_at": round(time.time(), 3),
         }
+        data = encoding.encode(entry)  # an unencodable response raises, cacheable or not
         if not self._cacheable(force, params):
             return False
-        return await self._core.set(key, entry, expiry)
+        return await self._core.set_raw(key, data, expiry)
 
     async def invalidate(self, namespace: str | None) -> int:
         if namespace is not None and (not isinstance(namespace, str) or not namespace):

@@ -169,8 +169,11 @@ class AsyncCacheManager:
 
     async def get_many(self, keys: Sequence[str]) -> list[Any | None]:
         """Get several keys in one round trip; ``None`` where missing, in input order."""
-        if isinstance(keys, (str, bytes)):
-            raise ArgumentTypeError("keys must be a sequence of str, not a single str")
+        if isinstance(keys, (str, bytes)) or not isinstance(keys, Sequence):
+            raise ArgumentTypeError(
+                f"keys must be a sequence of str, not {type(keys).__name__}"
+                + (" (a single str)" if isinstance(keys, str) else "")
+            )
         return await self._core.get_many([check_key(key) for key in keys], GENERIC)
 
     async def set_many(self, mapping: Mapping[str, Any], ttl: int | None = None) -> bool:
@@ -450,8 +453,10 @@ class AsyncCacheManager:
         ``db``; ``key_prefix``; ``total_keys`` (keys under the prefix, counted with SCAN;
         ``None`` when unavailable); ``hits``, ``misses``, ``hit_rate`` (percent, 2 decimals)
         of this process's own lookups; ``errors`` (undecodable entries read);
-        ``writes`` / ``write_failures``; ``namespaces`` (the same per embedding / rag /
-        circle / llm / generic); ``breaker`` (state, failures, last error, time degraded).
+        ``writes`` / ``write_failures``; ``oversized`` (values above ``max_value_bytes``);
+        ``llm_tokens_saved`` / ``llm_skipped``; ``namespaces`` (hits, misses, hit rate per
+        embedding / rag / circle / llm / generic); ``breaker`` (state, consecutive failures,
+        last error, outages, seconds degraded, calls shed, data errors, bulk timeouts).
         Never includes the password.
         """
         core = self._core
@@ -474,7 +479,7 @@ class AsyncCacheManager:
         return stats
 
     def reset_stats(self) -> None:
-        """Zero the hit / miss / error counters."""
+        """Zero this process's counters (hits, misses, errors, writes, oversized, LLM)."""
         self._core.stats.reset()
 
     async def clear_all(self) -> int:

@@ -97,6 +97,12 @@ class DegradationPolicy:
         """Whether calls currently reach the store."""
         return self.state is BreakerState.CLOSED
 
+    @property
+    def may_use_fallbacks(self) -> bool:
+        """Whether in-process fallbacks (the embedding LRU) may answer: yes during an
+        outage, no once the cache is disabled or closed."""
+        return self.state is not BreakerState.DISABLED
+
     def disable(self, reason: str) -> None:
         """Never touch the store again (cache disabled, library missing, manager closed)."""
         self.state = BreakerState.DISABLED

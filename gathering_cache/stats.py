@@ -38,6 +38,7 @@ class CacheStats:
     write_failures: int = 0
     llm_tokens_saved: int = 0
     llm_skipped: int = 0
+    oversized: int = 0
 
     def hit(self, namespace: str, count: int = 1) -> None:
         self.namespaces[namespace].hits += count
@@ -65,6 +66,7 @@ class CacheStats:
             "write_failures": self.write_failures,
             "llm_tokens_saved": self.llm_tokens_saved,
             "llm_skipped": self.llm_skipped,
+            "oversized": self.oversized,
             "namespaces": {
                 name: {
                     "hits": c.hits,
@@ -79,4 +81,4 @@ class CacheStats:
         for counter in self.namespaces.values():
             counter.hits = counter.misses = 0
         self.errors = self.writes = self.write_failures = 0
-        self.llm_tokens_saved = self.llm_skipped = 0
+        self.llm_tokens_saved = self.llm_skipped = self.oversized = 0

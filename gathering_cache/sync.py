@@ -55,6 +55,9 @@ class _Portal:
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
 
+    def on_portal_thread(self) -> bool:
+        return threading.get_ident() == self._thread.ident
+
     @property
     def alive(self) -> bool:
         return self._thread.is_alive() and not self.loop.is_closed()
@@ -88,6 +91,10 @@ class _Portal:
 
 def _shutdown(portal: _Portal, manager: AsyncCacheManager) -> None:
     """Close the async manager and stop the portal (also run at exit, via weakref.finalize)."""
+    if portal.on_portal_thread():  # collected by code running on the portal loop itself
+        task = portal.loop.create_task(manager.aclose())
+        task.add_done_callback(lambda _: portal.loop.stop())
+        return
     if portal.alive:
         try:
             portal.call(manager.aclose(), timeout=5)
@@ -178,9 +185,11 @@ class CacheManager:
         return self._async
 
     def _run(self, coro: Coroutine[Any, Any, T], fallback: T, *, bulk: bool = False) -> T:
-        if not self._finalizer.alive:  # closed: answer degraded, like the async manager
-            coro.close()
-            return fallback
+        if not self._finalizer.alive:
+            # Closed: the portal is gone, but the (closed, so I/O-free) async manager still
+            # checks the arguments and answers degraded; run it on a throwaway loop.
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                return pool.submit(asyncio.run, coro).result()
         try:
             return self._portal.call(coro, self._bulk_timeout if bulk else self._timeout)
         except concurrent.futures.TimeoutError:
@@ -433,7 +442,7 @@ class CacheManager:
 
     def get_stats(self) -> dict[str, Any]:
         """Get cache statistics (hits, misses, hit rate); see ``AsyncCacheManager.get_stats``."""
-        fallback = {"enabled": False, "reason": "closed"}
+        fallback = {"enabled": False, "reason": "get_stats did not finish in time"}
         return self._run(self._live().get_stats(), fallback, bulk=True)
 
     def reset_stats(self) -> None:

@@ -117,6 +117,17 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _skipped_integration.append(report.nodeid)
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from tests.faults import FIGURES, OUT, write_figures
+
+    if FIGURES:
+        write_figures()
+        terminalreporter.write_sep("-", f"reliability figures (also in {OUT.name})")
+        for name, figures in sorted(FIGURES.items()):
+            shown = ", ".join(f"{k}={v}" for k, v in figures.items())
+            terminalreporter.write_line(f"{name}: {shown}")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if in_ci() and _skipped_integration:
         print(f"\nCI: {len(_skipped_integration)} integration test(s) were skipped; failing.")

@@ -24,11 +24,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _ping(port: int, password: str | None = None) -> bool:
+def _ping(port: int, password: str | None = None, username: str | None = None) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
             if password:
-                sock.sendall(f"AUTH {password}\r\n".encode())
+                who = f"{username} " if username else ""
+                sock.sendall(f"AUTH {who}{password}\r\n".encode())
                 sock.recv(64)
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"+PONG")
@@ -40,12 +41,21 @@ class RedisServer:
     """One redis-server process bound to 127.0.0.1 on a free port."""
 
     def __init__(
-        self, *extra_args: str, password: str | None = None, port: int | None = None
+        self,
+        *extra_args: str,
+        password: str | None = None,
+        port: int | None = None,
+        username: str | None = None,
+        auth_only: bool = False,
     ) -> None:
+        """``password`` sets requirepass, unless ``auth_only`` (users are configured in
+        ``extra_args``): then ``username``/``password`` are only used to check readiness."""
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not installed")
         self.port = port or free_port()
         self.password = password
+        self.username = username
+        self.auth_only = auth_only
         self.extra_args = list(extra_args)
         self._dir = tempfile.mkdtemp(prefix="gathering-cache-redis-")
         self.process: subprocess.Popen[bytes] | None = None
@@ -67,7 +77,7 @@ class RedisServer:
             "--enable-debug-command", "local",
             *self.extra_args,
         ]  # fmt: skip
-        if self.password:
+        if self.password and not self.auth_only:
             args += ["--requirepass", self.password]
         log = Path(self._dir, "redis.log").open("ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
@@ -76,7 +86,7 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited: {self.log_tail()}")
-            if _ping(self.port, self.password):
+            if _ping(self.port, self.password, self.username):
                 return
             time.sleep(0.02)
         self.stop()

@@ -332,3 +332,21 @@ async def test_glob_metacharacters_in_text_are_hashed(cache: AsyncCacheManager) 
     assert await cache.get_embedding("?") is None
     assert await cache.invalidate_rag_results(1) == 2
     assert await cache.get_embedding("*") == [1.0]
+
+
+async def test_oversized_values_are_not_stored(
+    make_cache: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = await make_cache(max_value_bytes=1000)
+    assert await cache.set("gathering:big", "x" * 2000) is False
+    assert await cache.set("gathering:big2", "y" * 2000) is False
+    assert await cache.set_many({"gathering:small": 1, "gathering:big": "x" * 2000}) is False
+    assert await cache.set_embedding("t", [0.1] * 200) is False  # 1,602 bytes as float64
+    assert await cache.set("gathering:fits", "z" * 900) is True
+    assert await cache.get("gathering:big") is None
+    assert await cache.get("gathering:small") is None  # the batch was refused whole
+    stats = await cache.get_stats()
+    assert stats["oversized"] == 4
+    assert stats["total_keys"] == 1
+    warnings = [r for r in caplog.records if "max_value_bytes" in r.getMessage()]
+    assert len(warnings) == 1

@@ -220,3 +220,69 @@ def test_sync_facade_after_fork(redis_server: RedisServer) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
     assert "did not finish in time" not in result.stderr
+
+
+# -- found while documenting ----------------------------------------------------------------
+
+
+async def test_the_lru_does_not_answer_once_closed_or_disabled() -> None:
+    server = FakeServer()
+    cache = AsyncCacheManager(CacheConfig(), client=FakeAsyncRedis(server=server))
+    await cache.set_embedding("t", [1.0])
+    await cache.aclose()
+    assert await cache.get_embedding("t") is None
+    assert await cache.get_embeddings(["t"]) == [None]
+
+
+async def test_a_generation_from_before_clear_all_is_stale(cache: AsyncCacheManager) -> None:
+    generation = await cache.get_rag_generation(1)
+    await cache.invalidate_rag_results(1)
+    await cache.set_rag_results(2, "q", [{"x": 1}])
+    assert await cache.clear_all() > 0  # resets the counters...
+    await cache.set_rag_results(1, "q", [{"stale": True}], generation=generation)
+    assert await cache.get_rag_results(1, "q") is None  # ...but not to a value seen before
+
+
+def test_a_closed_sync_facade_still_checks_arguments() -> None:
+    from gathering_cache import CacheManager
+
+    cache = CacheManager(CacheConfig(backend="memory"))
+    cache.close()
+    with pytest.raises(ArgumentTypeError):
+        cache.get(1)  # type: ignore[arg-type]
+    assert cache.get("k") is None
+    assert cache.get_stats()["reason"] == "closed"
+
+
+def test_unix_urls_are_shown_as_given() -> None:
+    config = CacheConfig(url="unix:///var/run/redis.sock")
+    assert "unix:///var/run/redis.sock" in repr(config)
+    assert config.endpoint()["host"] == "/var/run/redis.sock"
+
+
+@pytest.mark.parametrize("field", ["port", "db", "max_connections", "embedding_ttl"])
+def test_bools_are_not_integers_in_config(field: str) -> None:
+    with pytest.raises(ConfigurationError, match=field):
+        CacheConfig(**{field: True})
+
+
+async def test_more_argument_checks() -> None:
+    cache = AsyncCacheManager(CacheConfig(backend="memory"))
+    with pytest.raises(SerializationError):
+        await cache.set_llm_response("m", {1, 2}, prompt="p", temperature=0.9)
+    with pytest.raises(ArgumentTypeError, match="int"):
+        await cache.get_many(5)  # type: ignore[arg-type]
+    disabled = AsyncCacheManager(CacheConfig(enabled=False))
+    assert await disabled.set_many({}) is False
+    assert await disabled.set_embeddings([], []) is False
+
+
+async def test_an_oversized_vector_is_not_kept_in_the_lru() -> None:
+    server = FakeServer()
+    cache = AsyncCacheManager(
+        CacheConfig(max_value_bytes=100), client=FakeAsyncRedis(server=server)
+    )
+    assert await cache.set_embedding("big", [0.1] * 50) is False
+    server.connected = False
+    assert await cache.get_embedding("big") is None
+    await cache.aclose()

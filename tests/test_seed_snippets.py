@@ -7,6 +7,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import redis
 
 from gathering_cache import AsyncCacheManager, CacheConfig
 from tests.servers import RedisServer
@@ -140,6 +141,9 @@ def seed_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tm
         monkeypatch.setenv("CACHE_BACKEND", "memory")
     else:
         server: RedisServer = request.getfixturevalue("redis_server")
+        flush = redis.Redis.from_url(server.url)
+        flush.flushdb()
+        flush.close()
         monkeypatch.setenv("CACHE_BACKEND", "redis")
         monkeypatch.setenv("REDIS_HOST", "127.0.0.1")
         monkeypatch.setenv("REDIS_PORT", str(server.port))

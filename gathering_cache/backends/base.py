@@ -88,9 +88,10 @@ class Store(ABC):
         """Seconds left; -1 when the key has no expiry; None when it does not exist."""
 
     @abstractmethod
-    async def scan_delete(self, pattern: str, progress: Progress) -> int:
-        """Delete every key matching the glob ``pattern`` without blocking the server
-        (SCAN + UNLINK in batches); the number deleted, also kept in ``progress.done``."""
+    async def scan_delete(self, pattern: str, progress: Progress, keep: str | None = None) -> int:
+        """Delete every key matching the glob ``pattern`` — except those matching ``keep`` —
+        without blocking the server (SCAN + UNLINK in batches); the number deleted, also kept
+        in ``progress.done``."""
 
     @abstractmethod
     async def count(self, pattern: str, progress: Progress) -> int:
@@ -106,8 +107,8 @@ class Store(ABC):
         """Read and delete the set ``index`` atomically (one key, one slot): its members."""
 
     @abstractmethod
-    async def incr(self, key: str) -> int:
-        """Increment the integer under ``key`` (a counter, not an encoded value)."""
+    async def incr(self, key: str, amount: int = 1) -> int:
+        """Add ``amount`` to the integer under ``key`` (a counter, not an encoded value)."""
 
     @abstractmethod
     async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:

@@ -10,69 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from gathering_cache.backends.base import Progress, Store, Subscriber
+from gathering_cache.keys import glob_to_regex
 
 __all__ = ["MemoryStore", "glob_to_regex"]
-
-
-@functools.lru_cache(maxsize=256)
-def glob_to_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a Redis glob pattern into an anchored regular expression."""
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        ch = pattern[i]
-        if ch == "*":
-            out.append(".*")
-        elif ch == "?":
-            out.append(".")
-        elif ch == "\\" and i + 1 < n:
-            i += 1
-            out.append(re.escape(pattern[i]))
-        elif ch == "[":
-            end, body = _bracket(pattern, i + 1)
-            if end < 0:  # no closing bracket: Redis matches the rest literally
-                out.append(re.escape(ch))
-            else:
-                out.append(body)
-                i = end
-        else:
-            out.append(re.escape(ch))
-        i += 1
-    return re.compile("".join(out), re.DOTALL)
-
-
-def _bracket(pattern: str, start: int) -> tuple[int, str]:
-    """Translate ``[...]`` starting after the ``[``; returns (index of ``]``, regex)."""
-    i, n = start, len(pattern)
-    negate = i < n and pattern[i] == "^"
-    if negate:
-        i += 1
-    items: list[str] = []
-    while i < n and pattern[i] != "]":
-        ch = pattern[i]
-        if ch == "\\" and i + 1 < n:
-            i += 1
-            items.append(re.escape(pattern[i]))
-        elif i + 2 < n and pattern[i + 1] == "-" and pattern[i + 2] != "]":
-            lo, hi = sorted((ch, pattern[i + 2]))
-            items.append(f"{re.escape(lo)}-{re.escape(hi)}")
-            i += 2
-        else:
-            items.append(re.escape(ch))
-        i += 1
-    if i >= n:
-        return -1, ""
-    if not items:
-        return i, "[^\\s\\S]" if not negate else "[\\s\\S]"
-    return i, f"[{'^' if negate else ''}{''.join(items)}]"
 
 
 class MemoryStore(Store):
@@ -164,8 +110,11 @@ class MemoryStore(Store):
         # Redis rounds the remaining time to the nearest second.
         return max(0, round(expires - self._clock()))
 
-    async def scan_delete(self, pattern: str, progress: Progress) -> int:
+    async def scan_delete(self, pattern: str, progress: Progress, keep: str | None = None) -> int:
+        kept = glob_to_regex(keep) if keep is not None else None
         for key in self._matching(pattern):
+            if kept is not None and kept.fullmatch(key):
+                continue
             del self._data[key]
             progress.done += 1
         for key in self._matching_sets(pattern):
@@ -193,9 +142,9 @@ class MemoryStore(Store):
         members, expires = self._sets.pop(index, (set(), 0.0))
         return sorted(members) if expires > self._clock() else []
 
-    async def incr(self, key: str) -> int:
+    async def incr(self, key: str, amount: int = 1) -> int:
         current = self._live(key)
-        value = int(current) + 1 if current is not None else 1
+        value = (int(current) if current is not None else 0) + amount
         self._put(key, str(value).encode(), None)
         return value
 

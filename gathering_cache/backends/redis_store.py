@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from gathering_cache.backends.base import Progress, Store, Subscriber
+from gathering_cache.keys import glob_to_regex
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _timeout
@@ -31,7 +32,12 @@ try:
     from redis.asyncio.connection import ConnectionPool, SSLConnection
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialWithJitterBackoff
-    from redis.exceptions import RedisClusterException, RedisError, ResponseError
+    from redis.exceptions import (
+        NoPermissionError,
+        RedisClusterException,
+        RedisError,
+        ResponseError,
+    )
 
     REDIS_AVAILABLE = True
 except ImportError:  # pragma: no cover - exercised in a subprocess test
@@ -57,7 +63,8 @@ return 0
 
 
 def build_client(config: CacheConfig) -> Redis:
-    """Build a ``redis.asyncio.Redis`` on a blocking, bounded pool from ``config``."""
+    """Build a ``redis.asyncio.Redis`` on a bounded pool from ``config`` (the policy's
+    limiter keeps calls within the pool, so it never runs out)."""
     kwargs: dict[str, Any] = {
         # The degradation policy admits at most this many calls at once, so the pool never
         # runs out (no MaxConnectionsError) and needs no BlockingConnectionPool, whose
@@ -185,8 +192,11 @@ class RedisStore(Store):
             if not cursor:
                 return
 
-    async def scan_delete(self, pattern: str, progress: Progress) -> int:
+    async def scan_delete(self, pattern: str, progress: Progress, keep: str | None = None) -> int:
+        kept = glob_to_regex(keep) if keep is not None else None
         async for keys in self._scan(pattern, progress):
+            if kept is not None:
+                keys = [k for k in keys if not kept.fullmatch(k.decode(errors="replace"))]
             for start in range(0, len(keys), DELETE_BATCH):
                 chunk = keys[start : start + DELETE_BATCH]
                 progress.done += int(await self._step(self._client.unlink(*chunk), progress))
@@ -198,6 +208,10 @@ class RedisStore(Store):
         return progress.done
 
     def is_data_error(self, exc: BaseException) -> bool:
+        # WRONGTYPE: a foreign value under the key. NOPERM: an ACL that does not cover this
+        # key or channel. Both concern one call, not the health of Redis.
+        if isinstance(exc, NoPermissionError):
+            return True
         return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
 
     async def set_indexed(self, items: Sequence[tuple[str, bytes]], ttl: int, index: str) -> bool:
@@ -216,8 +230,8 @@ class RedisStore(Store):
             members, _ = await pipe.execute()
         return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
 
-    async def incr(self, key: str) -> int:
-        return int(await self._client.incr(key))
+    async def incr(self, key: str, amount: int = 1) -> int:
+        return int(await self._client.incrby(key, amount))
 
     async def publish(self, channel: str, message: bytes) -> int:
         return int(await self._client.publish(channel, message))
