@@ -97,8 +97,9 @@ async def test_debug_sleep_under_load(server: RedisServer) -> None:
         client.close()
 
     sleeper = threading.Thread(target=sleep_server)
+    # outage 1.6 s > the 1.5 s sleep: recovery then counts from the server answering again
     await outage_under_load(
-        server, "DEBUG SLEEP 1.5 under load", sleeper.start, lambda: sleeper.join(10), outage=0.2
+        server, "DEBUG SLEEP 1.5 under load", sleeper.start, lambda: sleeper.join(10), outage=1.6
     )
 
 
