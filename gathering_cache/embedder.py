@@ -132,6 +132,7 @@ class CachedEmbedder:
         self.cross_process = cross_process
         self.stats = EmbedderStats(price_per_embedding=price_per_embedding)
         self._inflight: dict[str, asyncio.Future[array[float] | list[float]]] = {}
+        self._background: set[asyncio.Future[None]] = set()
         self._owns: list[Any] = []
 
     @classmethod
@@ -240,19 +241,24 @@ class CachedEmbedder:
                 if taken is not None:
                     locked = [t for t, ok in zip(texts, taken, strict=True) if ok]
                     waiting = [t for t, ok in zip(texts, taken, strict=True) if not ok]
-            ours = locked if waiting or locked else texts
-            results.update(await self._embed_and_store(ours))
-            await self._release(locked, token)
+            if locked or waiting:
+                results.update(await self._under_lock(locked, token))
+            else:  # no coordination possible (or wanted): compute
+                results.update(await self._embed_and_store(texts))
             locked = []
             if waiting:
                 results.update(await self._wait_for_others(waiting, token))
         except BaseException as exc:
-            await self._release(locked, token)
+            # Settle the waiters first: nothing below may leave them pending forever.
             error = exc if isinstance(exc, Exception) else OwnerGone()
             for text in texts:
                 future = self._inflight.pop(text, None)
                 if future is not None and not future.done():
                     future.set_exception(error)
+            if locked:  # best effort, without awaiting (we may be being cancelled)
+                task = asyncio.ensure_future(self._release(locked, token))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
             raise
         for text in texts:
             future = self._inflight.pop(text, None)
@@ -263,6 +269,25 @@ class CachedEmbedder:
     async def _release(self, texts: list[str], token: str) -> None:
         if texts:
             await self.cache.embeddings.release_locks(texts, self.model, self.dimensions, token)
+
+    async def _under_lock(
+        self, texts: list[str], token: str
+    ) -> dict[str, array[float] | list[float]]:
+        """Compute texts whose locks we hold, then release them. Looks them up once more
+        first: another process may have stored one between our lookup and our lock."""
+        results: dict[str, array[float] | list[float]] = {}
+        try:
+            if texts:
+                found = await self.cache.embeddings.lookup(texts, self.model, self.dimensions)
+                for text, (vector, _) in zip(texts, found, strict=True):
+                    if vector is not None:
+                        results[text] = vector
+                        self.stats.from_other_processes += 1
+                missing = [t for t in texts if t not in results]
+                results.update(await self._embed_and_store(missing))
+        finally:
+            await self._release(texts, token)
+        return results
 
     async def _wait_for_others(
         self, texts: list[str], token: str
@@ -293,10 +318,7 @@ class CachedEmbedder:
                 break
             mine = [t for t, ok in zip(still, taken, strict=True) if ok]
             if mine:
-                try:
-                    results.update(await self._embed_and_store(mine))
-                finally:
-                    await self._release(mine, token)
+                results.update(await self._under_lock(mine, token))
             pending = [t for t, ok in zip(still, taken, strict=True) if not ok]
         rest = [t for t in texts if t not in results]
         if rest:

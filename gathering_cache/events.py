@@ -185,11 +185,17 @@ class RedisEventBridge:
 
     async def stop(self) -> None:
         self.bus.remove_forwarder(self._send)
+        self._subscribed.clear()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                cancelling = getattr(current, "cancelling", None)
+                if cancelling is not None and cancelling():
+                    raise  # the caller of stop() is being cancelled too
         self.connected = False
 
     async def __aenter__(self) -> RedisEventBridge:
@@ -217,7 +223,7 @@ class RedisEventBridge:
     async def _listen(self) -> None:
         delay = 0.05
         faults = (*self._core.store.fault_types, TimeoutError, asyncio.TimeoutError)
-        while True:
+        while self._core.policy.may_use_fallbacks:  # ends when the cache is closed
             subscriber = self._core.store.subscriber(self.channel)
             try:
                 await subscriber.start()
@@ -227,11 +233,12 @@ class RedisEventBridge:
                 self.connected = True
                 self._subscribed.set()
                 delay = 0.05
-                while True:
+                while self._core.policy.may_use_fallbacks:
                     data = await subscriber.get(timeout=1.0)
                     if data is not None:
                         await self._deliver(data)
             except faults as exc:
+                self._subscribed.clear()
                 if self.connected:
                     logger.warning(
                         "gathering_cache: event bridge disconnected (%s: %s); retrying",
@@ -244,6 +251,7 @@ class RedisEventBridge:
                 await subscriber.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+        self.connected = False
 
     async def _deliver(self, data: bytes) -> None:
         try:

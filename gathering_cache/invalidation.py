@@ -60,16 +60,26 @@ class CacheInvalidator:
         if isinstance(agent_id, int) and not isinstance(agent_id, bool):
             await self.cache.invalidate_rag_results(agent_id)
             self.invalidated_agents += 1
+        elif agent_id is not None:  # an id we cannot read (from another process?): be safe
+            logger.warning("gathering_cache: event names agent %r; invalidating everyone", agent_id)
+            await self.cache.invalidate_all_rag_results()
+            self.invalidated_everyone += 1
 
     async def on_memory_created(self, event: Event) -> None:
         await self._agent(event.data.get("agent_id", event.source_agent_id))
 
     async def on_memory_deleted(self, event: Event) -> None:
-        await self._agent(event.data.get("agent_id", event.source_agent_id))
+        owner = event.data.get("agent_id", event.source_agent_id)
+        members = _ints(event.data.get("members"))
+        if members:  # a shared memory: everyone who could recall it
+            for agent_id in sorted({*members, *([owner] if isinstance(owner, int) else [])}):
+                await self._agent(agent_id)
+        else:
+            await self._agent(owner)
 
     async def on_memory_shared(self, event: Event) -> None:
         members = _ints(event.data.get("members"))
-        if members is None and event.circle_id is not None:
+        if members is None and isinstance(event.circle_id, int):
             context = await self.cache.get_circle_context(event.circle_id)
             if context is not None:
                 members = _ints(context.get("members"))

@@ -1,11 +1,13 @@
 """LLM response cache (the seed's phase 5.3): deterministic calls answered once, 1 h default.
 
-Key: ``<prefix>llm:<namespace>:<32 hex of sha256(canonical request)>``. The canonical request
-is the model, the prompt or messages, and every parameter that changes the output
+Key: ``<prefix>llm:<ns-namespace | shared>:<32 hex of sha256(canonical request)>``. The
+canonical request is the model, the prompt or messages, and every parameter that changes the output
 (temperature, top_p, seed, max_tokens, tools, response_format, stop, ...), serialised with
 sorted keys, so the same request always gets the same key and any change gets another. Only
 transport parameters (``stream``, ``timeout``, ``extra_headers``, ``api_key``, ``user`` ...)
-are left out. ``namespace`` (an agent, a circle, a user; ``_`` when none) keeps tenants apart.
+are left out. ``namespace`` (an agent, a circle, a user) keeps tenants apart: its segment is
+``ns-<namespace, percent-encoded>``, and ``shared`` when none is given (no namespace can
+produce that).
 
 Only deterministic calls are cached by default: ``temperature == 0`` or a fixed ``seed``.
 Others are skipped (reads return ``None``, writes ``False``, counted as ``llm_skipped``)
@@ -18,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,7 +30,12 @@ import orjson
 
 from gathering_cache import encoding
 from gathering_cache.core import CacheCore
-from gathering_cache.errors import ArgumentTypeError, InvalidArgumentError, SerializationError
+from gathering_cache.errors import (
+    ArgumentTypeError,
+    CacheError,
+    InvalidArgumentError,
+    SerializationError,
+)
 from gathering_cache.keys import LLM, check_model, check_ttl
 from gathering_cache.singleflight import SingleFlight
 
@@ -56,6 +64,8 @@ TRANSPORT_PARAMS = frozenset(
 """Parameters that do not change a response and are left out of the key."""
 
 R = TypeVar("R")
+
+logger = logging.getLogger("gathering_cache")
 
 
 def is_deterministic(params: Mapping[str, Any]) -> bool:
@@ -120,7 +130,7 @@ class LLMCache:
         except orjson.JSONEncodeError as exc:
             raise SerializationError(f"cannot hash the LLM request: {exc}") from None
         digest = hashlib.sha256(canonical).hexdigest()[:32]
-        space = quote(namespace, safe="") if namespace is not None else "_"
+        space = f"ns-{quote(namespace, safe='')}" if namespace is not None else "shared"
         return f"{self._core.keys.prefix}{LLM}:{space}:{digest}"
 
     def _cacheable(self, force: bool, params: Mapping[str, Any]) -> bool:
@@ -181,7 +191,7 @@ class LLMCache:
     async def invalidate(self, namespace: str | None) -> int:
         if namespace is not None and (not isinstance(namespace, str) or not namespace):
             raise ArgumentTypeError("namespace must be a non-empty str or None")
-        space = quote(namespace, safe="") if namespace is not None else "_"
+        space = f"ns-{quote(namespace, safe='')}" if namespace is not None else "shared"
         return await self._core.delete_pattern(f"{self._core.keys.prefix}{LLM}:{space}:*")
 
 
@@ -217,8 +227,13 @@ def cached_completion(
         ttl: entry lifetime (default ``llm_response_ttl``).
         usage: extracts token usage from a response (default: ``response["usage"]`` or
             ``response.usage``).
-        encode / decode: turn a response into JSON-like data and back (default: responses are
-            JSON-like already; objects with ``model_dump()`` are dumped).
+        encode / decode: turn a response into JSON-like data and back. Without them, JSON-like
+            responses are cached as they are; objects with ``model_dump()`` (SDK responses)
+            are cached only when ``decode`` is given (dumped with ``model_dump(mode="json")``),
+            so a hit returns the same type as a miss.
+
+    A request that cannot be hashed, or a response that cannot be stored, is logged and
+    answered uncached: the cache never breaks the call it wraps.
     """
     flight: SingleFlight[Any] = SingleFlight(
         cache._core, lock_ttl=lock_ttl, wait_timeout=wait_timeout
@@ -233,16 +248,24 @@ def cached_completion(
             space = kwargs.pop("cache_namespace", namespace)
             forced = kwargs.pop("cache_force", force)
             bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()  # a default model is part of the request too
             arguments = dict(bound.arguments)
             for name, parameter in signature.parameters.items():
                 if parameter.kind is inspect.Parameter.VAR_KEYWORD and name in arguments:
                     arguments.update(arguments.pop(name))
+                elif parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+                    arguments.pop(name, None)
             model = arguments.pop("model", None)
             prompt = arguments.pop("prompt", None)
             messages = arguments.pop("messages", None)
-            key = llm.key(model, prompt, messages, space, arguments)
             if not (forced or is_deterministic(arguments)):
                 cache._core.stats.llm_skipped += 1
+                return await function(*args, **kwargs)
+            try:
+                key = llm.key(model, prompt, messages, space, arguments)
+            except (CacheError, TypeError, ValueError) as exc:
+                # The cache must never break the call it wraps: run it uncached.
+                logger.warning("gathering_cache: not caching this LLM call: %s", exc)
                 return await function(*args, **kwargs)
             entry = await llm.read(key)
             if entry is not None:
@@ -250,16 +273,22 @@ def cached_completion(
 
             async def compute() -> Any:
                 response = await function(*args, **kwargs)
-                await cache._core.set(
-                    key,
-                    {
-                        "response": encode(response) if encode else _dump(response),
-                        "usage": _usage(response, usage),
-                        "model": model,
-                        "created_at": round(time.time(), 3),
-                    },
-                    check_ttl(ttl) or cache.config.llm_response_ttl,
-                )
+                payload = _storable(response)
+                if payload is _UNSTORABLE:
+                    return response
+                try:
+                    await cache._core.set(
+                        key,
+                        {
+                            "response": payload,
+                            "usage": _usage(response, usage),
+                            "model": model,
+                            "created_at": round(time.time(), 3),
+                        },
+                        check_ttl(ttl) or cache.config.llm_response_ttl,
+                    )
+                except CacheError as exc:  # the answer was paid for: return it anyway
+                    logger.warning("gathering_cache: LLM response not cached: %s", exc)
                 return response
 
             async def lookup() -> Any:
@@ -271,15 +300,34 @@ def cached_completion(
         def _decoded(entry: dict[str, Any]) -> Any:
             return decode(entry["response"]) if decode else entry["response"]
 
+        warned: list[bool] = []
+
+        def _storable(response: Any) -> Any:
+            if encode is not None:
+                return encode(response)
+            if callable(getattr(response, "model_dump", None)):
+                if decode is None:
+                    # A hit would return a dict where a miss returned the object: refuse to
+                    # make the two differ, and say how to cache such responses.
+                    if not warned:
+                        warned.append(True)
+                        logger.warning(
+                            "gathering_cache: %s responses are not cached without decode= "
+                            "(e.g. decode=%s.model_validate)",
+                            type(response).__name__,
+                            type(response).__name__,
+                        )
+                    return _UNSTORABLE
+                return response.model_dump(mode="json")
+            return response
+
         wrapper.flight = flight  # type: ignore[attr-defined]
         return wrapper
 
     return decorate
 
 
-def _dump(response: Any) -> Any:
-    dump = getattr(response, "model_dump", None)
-    return dump(mode="json") if callable(dump) else response
+_UNSTORABLE: Any = object()
 
 
 def _usage(response: Any, getter: Callable[[Any], Mapping[str, Any] | None] | None) -> Any:

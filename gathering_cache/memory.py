@@ -96,9 +96,10 @@ class InMemoryVectorStore:
         memory.visible_to.update(agent_ids)
         return memory.agent_id
 
-    def owner(self, memory_id: str) -> int | None:
+    def audience(self, memory_id: str) -> tuple[int, set[int]] | None:
+        """The owner of a memory and every agent who can see it, or ``None`` if unknown."""
         memory = self._memories.get(memory_id)
-        return None if memory is None else memory.agent_id
+        return None if memory is None else (memory.agent_id, set(memory.visible_to))
 
     async def search(
         self,
@@ -170,6 +171,7 @@ class MemoryManager:
         self.recalls = 0
         self.recalls_from_cache = 0
         self._dirty: dict[int, int] = {}
+        self._tasks: set[asyncio.Task[int]] = set()
         self._owned: list[Any] = []
 
     @classmethod
@@ -259,6 +261,10 @@ class MemoryManager:
             context = await self.cache.get_circle_context(circle_id)
             if context is not None and isinstance(context.get("members"), list):
                 members = [m for m in context["members"] if isinstance(m, int)]
+        if members is None:
+            raise InvalidArgumentError(
+                "share() needs members=, or a circle_id whose context (with members) is cached"
+            )
         share = getattr(self.store, "share", None)
         if share is None:
             raise InvalidArgumentError("this vector store cannot share memories")
@@ -279,18 +285,26 @@ class MemoryManager:
         )
 
     async def forget(self, agent_id: int, memory_id: str) -> bool:
-        """Delete a memory; publishes MEMORY_DELETED. ``False`` if it did not exist."""
+        """Delete a memory of ``agent_id``; publishes MEMORY_DELETED naming everyone who could
+        see it, so no cached recall keeps serving it. ``False`` if it did not exist.
+
+        Raises:
+            InvalidArgumentError: the memory belongs to another agent.
+        """
         await self._start()
         agent_id = check_id(agent_id, "agent_id")
+        audience = getattr(self.store, "audience", None)
+        seen_by = audience(memory_id) if callable(audience) else None
+        if seen_by is not None and seen_by[0] != agent_id:
+            raise InvalidArgumentError(
+                f"memory {memory_id!r} belongs to agent {seen_by[0]}, not {agent_id}"
+            )
         deleted = await self.store.delete(memory_id)
         if deleted:
-            await self.bus.publish(
-                Event(
-                    EventType.MEMORY_DELETED,
-                    {"memory_id": memory_id, "agent_id": agent_id},
-                    source_agent_id=agent_id,
-                )
-            )
+            data: dict[str, Any] = {"memory_id": memory_id, "agent_id": agent_id}
+            if seen_by is not None:
+                data["members"] = sorted(seen_by[1])
+            await self.bus.publish(Event(EventType.MEMORY_DELETED, data, source_agent_id=agent_id))
         return deleted
 
     # -- reading --------------------------------------------------------------------------------
@@ -341,8 +355,10 @@ class MemoryManager:
         agent_id = check_id(agent_id, "agent_id")
         self._dirty[agent_id] = self._dirty.get(agent_id, 0) + 1
         task = asyncio.get_running_loop().create_task(self.cache.invalidate_rag_results(agent_id))
+        self._tasks.add(task)  # asyncio keeps only weak references to tasks
 
         def done(_: asyncio.Task[int]) -> None:
+            self._tasks.discard(task)
             left = self._dirty[agent_id] - 1
             if left:
                 self._dirty[agent_id] = left

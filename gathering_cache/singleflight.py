@@ -97,6 +97,10 @@ class SingleFlight(Generic[T]):
                 return await compute()  # no store, no coordination
             if taken[0]:
                 try:
+                    found = await lookup()  # stored by another process before we locked?
+                    if found is not None:
+                        self.from_other_processes += 1
+                        return found
                     return await compute()
                 finally:
                     await self._core.release_locks([lock], token)

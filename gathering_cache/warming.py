@@ -59,7 +59,7 @@ async def warm_rag_cache(
         Counts of queries computed, found already cached, and failed (a failure is logged and
         does not stop the others).
     """
-    if not isinstance(queries, Mapping):
+    if not isinstance(queries, Mapping) or any(isinstance(q, str) for q in queries.values()):
         raise ArgumentTypeError("queries must map agent ids to lists of queries")
     work = [
         (check_id(agent_id, "agent_id"), check_text(query, "query"))

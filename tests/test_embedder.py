@@ -349,3 +349,20 @@ def run_workers(redis_url: str) -> None:
     waited = [int(out.split()[1]) for out, _ in outputs]
     assert sum(sent) == 20
     assert sum(waited) == 40
+
+
+async def test_a_cancelled_owner_leaves_no_waiter_hanging(cache: AsyncCacheManager) -> None:
+    provider = CountingProvider(delay=0.2)
+    embedder = CachedEmbedder(provider, cache, model="m")
+    owner = asyncio.create_task(embedder.embed("x"))
+    await asyncio.sleep(0.05)
+    waiter = asyncio.create_task(embedder.embed("x"))  # shares the owner's computation
+    await asyncio.sleep(0.01)
+    owner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await owner
+    assert embedder._inflight == {}
+    # The waiter was not cancelled: it computes the text itself.
+    assert await asyncio.wait_for(waiter, 5) == vector_for("x", 4)
+    assert await asyncio.wait_for(embedder.embed("x"), 5) == vector_for("x", 4)
+    assert len(provider.calls) == 2

@@ -228,3 +228,30 @@ async def test_an_event_from_another_process_invalidates_here(redis_url: str) ->
         assert invalidator.invalidated_agents == 1
         assert await cache.get_rag_results(42, "q") is None
         assert float(out.decode().split()[0]) < time.time()
+
+
+@pytest.mark.integration
+async def test_bridge_restarts_and_ends_with_the_cache(redis_url: str) -> None:
+    a_cache = AsyncCacheManager(CacheConfig(url=redis_url))
+    b_cache = AsyncCacheManager(CacheConfig(url=redis_url))
+    a_bus, b_bus = EventBus(), EventBus()
+    seen: list[int | None] = []
+    b_bus.subscribe(EventType.CIRCLE_UPDATED, lambda e: seen.append(e.circle_id))
+    a = RedisEventBridge(a_bus, a_cache)
+    b = RedisEventBridge(b_bus, b_cache)
+    await a.start()
+    await b.start()
+    await a_bus.publish(Event(EventType.CIRCLE_UPDATED, circle_id=1))
+    await wait_for(lambda: seen == [1])
+    await b.stop()
+    await b.start()  # subscribed again before start() returns: nothing lost
+    await a_bus.publish(Event(EventType.CIRCLE_UPDATED, circle_id=2))
+    await wait_for(lambda: seen == [1, 2])
+    await b_cache.aclose()  # the bridge ends with its cache
+    await wait_for(lambda: b._task is not None and b._task.done(), timeout=3)
+    await a_bus.publish(Event(EventType.CIRCLE_UPDATED, circle_id=3))
+    await asyncio.sleep(0.2)
+    assert seen == [1, 2]
+    await b.stop()
+    await a.stop()
+    await a_cache.aclose()

@@ -34,7 +34,7 @@ async def test_round_trip_with_usage(cache: AsyncCacheManager) -> None:
     assert stats["llm_tokens_saved"] == 15
     assert stats["namespaces"]["llm"]["hits"] == 1
     key = cache.llm.key("gpt-4o", None, MESSAGES, None, {"temperature": 0})
-    assert key.startswith("gathering:llm:_:")
+    assert key.startswith("gathering:llm:shared:")
     assert 3590 <= (await cache.ttl(key) or 0) <= 3600
 
 
@@ -199,3 +199,51 @@ async def test_decorator_single_flight_and_errors(cache: AsyncCacheManager) -> N
     llm.fail = False
     await complete("m", MESSAGES, seed=3, cache_namespace="circle:6")
     assert llm.calls == 3
+
+
+async def test_the_decorator_never_breaks_the_call_it_wraps(
+    cache: AsyncCacheManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[str] = []
+
+    class Message:  # an SDK object orjson cannot encode
+        def __init__(self, content: str) -> None:
+            self.content = content
+
+    class Response:  # an SDK response with model_dump()
+        def __init__(self, text: str) -> None:
+            self.text = text
+
+        def model_dump(self, mode: str = "python") -> dict[str, str]:
+            return {"text": self.text}
+
+        @classmethod
+        def model_validate(cls, data: dict[str, str]) -> Response:
+            return cls(data["text"])
+
+    async def complete(messages: Any, model: str = "default-model", **params: Any) -> Any:
+        calls.append(model)
+        if params.get("unstorable"):
+            return {"obj": object()}
+        return Response("hi")
+
+    plain = cached_completion(cache)(complete)
+    # unhashable request, uncached call: answered normally
+    assert (await plain([Message("x")], temperature=0.7)).text == "hi"
+    assert (await plain([Message("x")], temperature=0)).text == "hi"
+    # the default model is part of the key; SDK objects are not cached without decode=
+    first = await plain([{"role": "user", "content": "q"}], temperature=0)
+    second = await plain([{"role": "user", "content": "q"}], temperature=0)
+    assert type(first) is type(second) is Response
+    assert calls == ["default-model"] * 4
+    # with decode= they are cached, and a hit has the same type as a miss
+    typed = cached_completion(cache, decode=Response.model_validate)(complete)
+    a = await typed([{"role": "user", "content": "q"}], temperature=0)
+    b = await typed([{"role": "user", "content": "q"}], temperature=0)
+    assert isinstance(a, Response)
+    assert isinstance(b, Response)
+    assert b.text == "hi"
+    assert len(calls) == 5
+    # a response that cannot be stored is still returned
+    assert "obj" in await plain([{"role": "user", "content": "z"}], temperature=0, unstorable=1)
+    assert "not cached" in caplog.text

@@ -177,3 +177,26 @@ def test_seed_memory_snippets_via_from_env(monkeypatch: pytest.MonkeyPatch, tmp_
         memory = asyncio.run(seed())
         assert memory.recalls_from_cache == 1
         assert stub.texts_embedded() == 3
+
+
+async def test_forget_clears_everyone_who_could_recall_it(memory: MemoryManager) -> None:
+    memory_id = await memory.remember(1, "User prefers dark mode")
+    await memory.share(memory_id, members=[2, 3])
+    for agent in (1, 2, 3):
+        assert len(await memory.recall(agent, QUERY)) == 1
+    with pytest.raises(ValueError, match="belongs to agent 1"):
+        await memory.forget(2, memory_id)
+    assert await memory.forget(1, memory_id) is True
+    for agent in (1, 2, 3):
+        assert await memory.recall(agent, QUERY) == []
+
+
+async def test_share_without_known_members_is_refused(memory: MemoryManager) -> None:
+    memory_id = await memory.remember(1, "x")
+    with pytest.raises(ValueError, match="members"):
+        await memory.share(memory_id, circle_id=99)  # no cached context for circle 99
+
+
+async def test_warming_refuses_a_single_string(memory: MemoryManager) -> None:
+    with pytest.raises(ArgumentTypeError):
+        await warm_rag_cache(memory, {1: "What are the user's preferences?"})  # type: ignore[dict-item]

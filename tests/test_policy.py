@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -253,3 +254,20 @@ async def test_deadlines_are_per_call() -> None:
     assert results == ["quick"] * 8
     assert await slow == "fallback"
     assert "TimeoutError" in (policy.last_error or "")  # the slow call timed out alone
+
+
+async def test_a_cancel_of_the_callers_own_that_lands_with_the_deadline_propagates() -> None:
+    policy = make(Clock(), operation_timeout=0.1)
+    loop = asyncio.get_running_loop()
+
+    async def caller() -> object:
+        result = await policy.run(asyncio.Event().wait, "fallback")  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        return result
+
+    task = loop.create_task(caller())
+    await asyncio.sleep(0)
+    loop.call_at(loop.time() + 0.05, task.cancel)  # the caller's own cancel...
+    loop.call_soon(time.sleep, 0.2)  # ...and the deadline both due in one loop pass
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis.asyncio as redis_asyncio
+from fakeredis import FakeAsyncRedis, FakeServer
 
 from gathering_cache import ArgumentTypeError, AsyncCacheManager, CacheConfig
 
@@ -20,7 +23,11 @@ async def test_invalidation_counts_and_isolates_agents(cache: AsyncCacheManager)
         assert await cache.get_rag_results(1, query) is None
     assert await cache.get_rag_results(10, "a") == R1
     assert await cache.invalidate_rag_results(1) == 0
-    await cache.set_rag_results(1, "a", R1)  # written after: readable
+    # The seed's flow without generation=: the miss above was before that second
+    # invalidation, so results computed since then are stale and never served...
+    await cache.set_rag_results(1, "a", R1)
+    assert await cache.get_rag_results(1, "a") is None
+    await cache.set_rag_results(1, "a", R1)  # ...while after this fresh miss, they are valid
     assert await cache.get_rag_results(1, "a") == R1
 
 
@@ -53,6 +60,31 @@ async def test_seed_pattern_deletion_still_works(cache: AsyncCacheManager) -> No
     await cache.set_rag_results(1, "b", R1)
     assert await cache.delete_pattern("gathering:rag:agent:1:*") == 2
     assert await cache.get_rag_results(1, "a") is None
+
+
+async def test_the_seeds_get_compute_set_flow_never_caches_across_an_invalidation(
+    cache: AsyncCacheManager,
+) -> None:
+    assert await cache.get_rag_results(1, "q") is None  # miss: compute...
+    await cache.invalidate_rag_results(1)  # ...while the agent's memories change
+    await cache.set_rag_results(1, "q", R1)  # no generation= given
+    assert await cache.get_rag_results(1, "q") is None
+
+
+async def test_an_invalidation_that_could_not_reach_redis_is_owed() -> None:
+    server = FakeServer()
+    cache = AsyncCacheManager(
+        CacheConfig(recovery_interval=0.01), client=FakeAsyncRedis(server=server)
+    )
+    await cache.set_rag_results(1, "q", R1)
+    server.connected = False
+    assert await cache.invalidate_rag_results(1) == 0  # lost on the way
+    assert await cache.invalidate_all_rag_results() is False
+    server.connected = True
+    await asyncio.sleep(0.02)
+    assert await cache.get_rag_results(1, "q") is None  # paid first, then read: stale
+    assert await cache.get_rag_generation(1) == (1, 1)
+    await cache.aclose()
 
 
 async def test_bad_generation_is_refused(cache: AsyncCacheManager) -> None:
