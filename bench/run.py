@@ -446,7 +446,7 @@ def main() -> None:
         "emb_n": 200 if quick else 1000,
         "batch_inner": 10 if quick else 30,
         "sizes": [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000],
-        "w4_reps": 3,
+        "w4_reps": 3 if quick else 5,
         "bench_requests": 20_000 if quick else 200_000,
         "agents": 8,
         "queries": 12 if quick else 50,
