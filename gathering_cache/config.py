@@ -223,9 +223,9 @@ class CacheConfig(BaseSettings):
             raise ValueError("must be between 1 and 65535")
         return value
 
-    @field_validator("db", "retry_attempts")
+    @field_validator("db", "retry_attempts", "embedding_lru_size", "health_check_interval")
     @classmethod
-    def _check_non_negative(cls, value: int) -> int:
+    def _check_non_negative(cls, value: float) -> float:
         if value < 0:
             raise ValueError("must be >= 0")
         return value
@@ -257,20 +257,6 @@ class CacheConfig(BaseSettings):
     def _check_positive_float(cls, value: float) -> float:
         if not value > 0:
             raise ValueError("must be > 0")
-        return value
-
-    @field_validator("embedding_lru_size")
-    @classmethod
-    def _check_lru_size(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError("must be >= 0")
-        return value
-
-    @field_validator("health_check_interval")
-    @classmethod
-    def _check_health_interval(cls, value: float) -> float:
-        if value < 0:
-            raise ValueError("must be >= 0")
         return value
 
     @field_validator("key_prefix")
