@@ -162,14 +162,15 @@ class CacheCore:
         if self._ready_on is not asyncio.get_running_loop():
             await self.ready()
         raw = await self.policy.run(self.store.get, UNAVAILABLE, key)
+        counter = self.stats.namespaces[namespace]
         if raw is None or raw is UNAVAILABLE:
-            self.stats.miss(namespace)
+            counter.misses += 1
             return None
         value = self._decode(raw, accept)
         if value is _MISSING:
-            self.stats.miss(namespace)
+            counter.misses += 1
             return None
-        self.stats.hit(namespace)
+        counter.hits += 1
         return value
 
     async def get_many(self, keys: Sequence[str], namespace: str) -> list[Any]:

@@ -105,7 +105,7 @@ def decode(data: bytes) -> Any:
     if not data.startswith(_JSON):
         raise DecodeError("unknown envelope")
     try:
-        return orjson.loads(memoryview(data)[_JSON_LEN:])
+        return orjson.loads(data[_JSON_LEN:])
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"corrupt payload: {exc}") from None
 

@@ -156,7 +156,14 @@ class DegradationPolicy:
             self.state = BreakerState.HALF_OPEN
             self._probing = probing = True
         limiter = self._limiter
-        holding = limiter is None or limiter.try_acquire()
+        # The limiter's uncontended path, inlined: this runs on every cache call.
+        if limiter is None:
+            holding = True
+        elif limiter._free > 0 and not limiter._waiters:
+            limiter._free -= 1
+            holding = True
+        else:
+            holding = False
         waited_until: float | None = None
         budget = timeout if timeout is not None else self._timeout
         deadlines = self._deadlines
@@ -383,12 +390,9 @@ class _Deadlines:
 
 
 if sys.version_info >= (3, 11):
-
-    def _cancelling(task: asyncio.Task[Any]) -> int:
-        return task.cancelling()
-
-    def _uncancel(task: asyncio.Task[Any]) -> int:
-        return task.uncancel()
+    # The C methods themselves, not Python wrappers: enter() runs on every cache call.
+    _cancelling: Callable[[asyncio.Task[Any]], int] = asyncio.Task.cancelling
+    _uncancel: Callable[[asyncio.Task[Any]], int] = asyncio.Task.uncancel
 
 else:  # pragma: no cover - Python 3.10 does not count cancellations
 
