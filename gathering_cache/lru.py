@@ -14,12 +14,11 @@ class LRU:
     Not thread-safe; every user runs on one event loop.
     """
 
-    __slots__ = ("_data", "capacity", "hits")
+    __slots__ = ("_data", "capacity")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._data: OrderedDict[str, bytes] = OrderedDict()
-        self.hits = 0
 
     def __len__(self) -> int:
         return len(self._data)
@@ -28,7 +27,6 @@ class LRU:
         value = self._data.get(key)
         if value is not None:
             self._data.move_to_end(key)
-            self.hits += 1
         return value
 
     def put(self, key: str, value: bytes) -> None:

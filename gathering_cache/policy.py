@@ -269,19 +269,14 @@ class DegradationPolicy:
 
 class _Limiter:
     """A counting semaphore whose uncontended path takes no await (cheaper than
-    ``asyncio.Semaphore`` on every cache call). FIFO for waiters."""
+    ``asyncio.Semaphore`` on every cache call). FIFO for waiters. The uncontended acquire
+    (``_free > 0 and not _waiters``) is inlined in :meth:`DegradationPolicy.run`."""
 
     __slots__ = ("_free", "_waiters")
 
     def __init__(self, slots: int) -> None:
         self._free = slots
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    def try_acquire(self) -> bool:
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return True
-        return False
 
     async def acquire(self) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
