@@ -48,7 +48,7 @@ async def main() -> None:
             f"requested: {stats['requested']}, saved: {stats['embeddings_saved']} "
             f"({stats['saved_ratio']:.0%}), est. cost saved ${stats['estimated_cost_saved']}"
         )
-        print(f"hits from Redis/cache: {stats['hits_redis']}, coalesced: {stats['coalesced']}")
+        print(f"hits from the store: {stats['hits_store']}, coalesced: {stats['coalesced']}")
         await cache.clear_all()
 
 

@@ -1,4 +1,4 @@
-"""gathering_cache: an asyncio-native Redis cache for AI-agent systems, with graceful
+"""an asyncio-native Redis cache for AI-agent systems, with graceful
 degradation.
 
 Import everything from here::

@@ -20,7 +20,7 @@ from gathering_cache.stats import CacheStats
 
 __all__ = ["UNAVAILABLE", "CacheCore"]
 
-logger = logging.getLogger("gathering_cache")
+logger = logging.getLogger(__name__)
 
 _MISSING: Any = object()
 
@@ -61,7 +61,7 @@ class CacheCore:
         if isinstance(reason, str):  # NullStore: disabled, or redis missing
             self.policy.disable(reason)
             if config.enabled:
-                logger.warning("gathering_cache: %s; running without cache (degraded mode)", reason)
+                logger.warning("%s; running without cache (degraded mode)", reason)
         self._connected = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready_on: asyncio.AbstractEventLoop | None = None
@@ -129,11 +129,11 @@ class CacheCore:
             value = encoding.decode(raw)
         except encoding.DecodeError as exc:
             self.stats.errors += 1
-            logger.debug("gathering_cache: undecodable entry treated as a miss: %s", exc)
+            logger.debug("undecodable entry treated as a miss: %s", exc)
             return _MISSING
         if accept is not None and not accept(value):
             self.stats.errors += 1
-            logger.debug("gathering_cache: entry of unexpected shape treated as a miss")
+            logger.debug("entry of unexpected shape treated as a miss")
             return _MISSING
         return value
 
@@ -207,7 +207,7 @@ class CacheCore:
         if not self._warned_oversized:
             self._warned_oversized = True
             logger.warning(
-                "gathering_cache: not storing %r: %d bytes encoded, above max_value_bytes=%d "
+                "not storing %r: %d bytes encoded, above max_value_bytes=%d "
                 "(further oversized values are counted in stats, not logged)",
                 big[0][0],
                 big[0][1],

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CachedEmbedder", "EmbedderStats"]
 
-logger = logging.getLogger("gathering_cache")
+logger = logging.getLogger(__name__)
 
 BatchFunction = Callable[[list[str]], Awaitable[list[list[float]]] | list[list[float]]]
 
@@ -53,7 +53,7 @@ class EmbedderStats:
     provider_calls: int = 0
     texts_sent: int = 0
     hits_lru: int = 0
-    hits_redis: int = 0
+    hits_store: int = 0
     coalesced: int = 0
     """Texts another coroutine of this process was already computing."""
     from_other_processes: int = 0
@@ -68,7 +68,7 @@ class EmbedderStats:
             "provider_calls": self.provider_calls,
             "texts_sent": self.texts_sent,
             "hits_lru": self.hits_lru,
-            "hits_redis": self.hits_redis,
+            "hits_store": self.hits_store,
             "coalesced": self.coalesced,
             "from_other_processes": self.from_other_processes,
             "provider_errors": self.provider_errors,
@@ -198,7 +198,7 @@ class CachedEmbedder:
                     if source == "lru":
                         self.stats.hits_lru += 1
                     else:
-                        self.stats.hits_redis += 1
+                        self.stats.hits_store += 1
         pending = [text for text in unique if text not in found]
         while pending:
             mine: list[str] = []
@@ -322,7 +322,7 @@ class CachedEmbedder:
             pending = [t for t, ok in zip(still, taken, strict=True) if not ok]
         rest = [t for t in texts if t not in results]
         if rest:
-            logger.debug("gathering_cache: computing %d texts after waiting on others", len(rest))
+            logger.debug("computing %d texts after waiting on others", len(rest))
             results.update(await self._embed_and_store(rest))
         return results
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["EmbeddingCache", "check_vector"]
 
 Vector = Sequence[float]
-Source = Literal["redis", "lru"] | None
+Source = Literal["store", "lru"] | None
 
 
 def check_vector(embedding: object, dimensions: int | None = None) -> list[float]:
@@ -89,7 +89,9 @@ def _numpy() -> Any:
     try:
         import numpy
     except ImportError:  # pragma: no cover - numpy is an optional extra
-        raise InvalidArgumentError("as_numpy=True needs numpy (pip install numpy)") from None
+        raise InvalidArgumentError(
+            "as_numpy=True needs numpy: pip install 'gathering-cache[numpy]'"
+        ) from None
     return numpy
 
 
@@ -145,7 +147,7 @@ class EmbeddingCache:
         if vector is None:
             return None, None
         self.lru.put(key, raw)
-        return vector, "redis"
+        return vector, "store"
 
     async def get(
         self,
@@ -175,7 +177,7 @@ class EmbeddingCache:
     async def lookup(
         self, texts: Sequence[str], model: str | None = None, dimensions: int | None = None
     ) -> list[tuple[array[float] | None, Source]]:
-        """Each text's cached vector (or None) and its source: ``"redis"``, ``"lru"`` (Redis
+        """Each text's cached vector (or None) and its source: ``"store"``, ``"lru"`` (Redis
         unavailable) or ``None`` (a miss). One round trip; counted in stats."""
         if isinstance(texts, str):
             raise ArgumentTypeError("texts must be a sequence of str, not a single str")

@@ -28,7 +28,7 @@ from gathering_cache.errors import ArgumentTypeError, InvalidArgumentError
 
 __all__ = ["Event", "EventBus", "EventHandler", "EventType", "RedisEventBridge"]
 
-logger = logging.getLogger("gathering_cache")
+logger = logging.getLogger(__name__)
 
 
 class EventType(str, enum.Enum):
@@ -139,9 +139,7 @@ class EventBus:
                     await result
             except Exception:
                 self.handler_errors += 1
-                logger.exception(
-                    "gathering_cache: handler %r failed on %s", handler, event.type.name
-                )
+                logger.exception("handler %r failed on %s", handler, event.type.name)
         if not event.relayed:
             for forwarder in list(self._forwarders):
                 await forwarder(event)
@@ -229,7 +227,7 @@ class RedisEventBridge:
                 await subscriber.start()
                 if self.last_error is not None:
                     self.reconnects += 1
-                    logger.info("gathering_cache: event bridge re-subscribed to %s", self.channel)
+                    logger.info("event bridge re-subscribed to %s", self.channel)
                 self.connected = True
                 self._subscribed.set()
                 delay = 0.05
@@ -241,7 +239,7 @@ class RedisEventBridge:
                 self._subscribed.clear()
                 if self.connected:
                     logger.warning(
-                        "gathering_cache: event bridge disconnected (%s: %s); retrying",
+                        "event bridge disconnected (%s: %s); retrying",
                         type(exc).__name__,
                         exc,
                     )
@@ -260,7 +258,7 @@ class RedisEventBridge:
                 return  # our own event, back from Redis
             event = Event.from_wire(message["event"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            logger.warning("gathering_cache: ignoring a malformed bridge message: %s", exc)
+            logger.warning("ignoring a malformed bridge message: %s", exc)
             return
         self.received += 1
         await self.bus.publish(event)

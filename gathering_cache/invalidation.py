@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CacheInvalidator"]
 
-logger = logging.getLogger("gathering_cache")
+logger = logging.getLogger(__name__)
 
 
 def _ints(values: Any) -> list[int] | None:
@@ -61,7 +61,7 @@ class CacheInvalidator:
             await self.cache.invalidate_rag_results(agent_id)
             self.invalidated_agents += 1
         elif agent_id is not None:  # an id we cannot read (from another process?): be safe
-            logger.warning("gathering_cache: event names agent %r; invalidating everyone", agent_id)
+            logger.warning("event names agent %r; invalidating everyone", agent_id)
             await self.cache.invalidate_all_rag_results()
             self.invalidated_everyone += 1
 
@@ -84,7 +84,7 @@ class CacheInvalidator:
             if context is not None:
                 members = _ints(context.get("members"))
         if members is None:
-            logger.debug("gathering_cache: membership unknown; invalidating every agent's RAG")
+            logger.debug("membership unknown; invalidating every agent's RAG")
             await self.cache.invalidate_all_rag_results()
             self.invalidated_everyone += 1
             return

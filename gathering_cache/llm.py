@@ -65,7 +65,7 @@ TRANSPORT_PARAMS = frozenset(
 
 R = TypeVar("R")
 
-logger = logging.getLogger("gathering_cache")
+logger = logging.getLogger(__name__)
 
 
 def is_deterministic(params: Mapping[str, Any]) -> bool:
@@ -242,6 +242,7 @@ def cached_completion(
 
     def decorate(function: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
         signature = inspect.signature(function)
+        warned_causes: set[str] = set()
 
         @functools.wraps(function)
         async def wrapper(*args: Any, **kwargs: Any) -> R:
@@ -264,8 +265,14 @@ def cached_completion(
             try:
                 key = llm.key(model, prompt, messages, space, arguments)
             except (CacheError, TypeError, ValueError) as exc:
-                # The cache must never break the call it wraps: run it uncached.
-                logger.warning("gathering_cache: not caching this LLM call: %s", exc)
+                # The cache must never break the call it wraps: run it uncached. Warned once
+                # per cause (the same unhashable argument recurs on every call).
+                cause = f"{type(exc).__name__}: {exc}"
+                if cause not in warned_causes and len(warned_causes) < _MAX_CAUSES:
+                    warned_causes.add(cause)
+                    logger.warning("not caching this LLM call (said once per cause): %s", exc)
+                else:
+                    logger.debug("not caching this LLM call: %s", exc)
                 return await function(*args, **kwargs)
             entry = await llm.read(key)
             if entry is not None:
@@ -288,7 +295,7 @@ def cached_completion(
                         check_ttl(ttl) or cache.config.llm_response_ttl,
                     )
                 except CacheError as exc:  # the answer was paid for: return it anyway
-                    logger.warning("gathering_cache: LLM response not cached: %s", exc)
+                    logger.warning("LLM response not cached: %s", exc)
                 return response
 
             async def lookup() -> Any:
@@ -312,7 +319,7 @@ def cached_completion(
                     if not warned:
                         warned.append(True)
                         logger.warning(
-                            "gathering_cache: %s responses are not cached without decode= "
+                            "%s responses are not cached without decode= "
                             "(e.g. decode=%s.model_validate)",
                             type(response).__name__,
                             type(response).__name__,
@@ -328,6 +335,8 @@ def cached_completion(
 
 
 _UNSTORABLE: Any = object()
+_MAX_CAUSES = 64
+"""Distinct causes warned about per decorated function (then only debug-logged)."""
 
 
 def _usage(response: Any, getter: Callable[[Any], Mapping[str, Any] | None] | None) -> Any:

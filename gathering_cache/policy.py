@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 __all__ = ["BreakerState", "DegradationPolicy"]
 
-logger = logging.getLogger("gathering_cache")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -192,14 +192,14 @@ class DegradationPolicy:
                     self.state = BreakerState.OPEN
             elif self._is_data_error(exc):
                 self.data_errors += 1
-                logger.debug("gathering_cache: data error treated as a miss: %s", exc)
+                logger.debug("data error treated as a miss: %s", exc)
                 if probing:
                     self._success(probing=True)
             elif bulk and expired:
                 # The whole SCAN ran out of time (a large keyspace); each of its round trips
                 # answered in time, or the step bound would have failed it as a fault.
                 self.bulk_timeouts += 1
-                logger.debug("gathering_cache: bulk operation ran out of time")
+                logger.debug("bulk operation ran out of time")
             else:
                 self._failure(exc, probing)
             return fallback
@@ -231,12 +231,12 @@ class DegradationPolicy:
             if probing:  # a call that started before the outage does not decide the probe
                 self.state = BreakerState.OPEN
                 self._opened_at = self._clock()
-                logger.debug("gathering_cache: probe failed (%s); still degraded", self.last_error)
+                logger.debug("probe failed (%s); still degraded", self.last_error)
         elif self.state is BreakerState.CLOSED:
             if self.consecutive_failures >= self._threshold:
                 self._open()
             else:
-                logger.debug("gathering_cache: store call failed (%s)", self.last_error)
+                logger.debug("store call failed (%s)", self.last_error)
 
     def _open(self) -> None:
         if self.state is BreakerState.DISABLED:
@@ -248,7 +248,7 @@ class DegradationPolicy:
             self.outages += 1
             self.reason = f"Redis unavailable: {self.last_error}"
             logger.warning(
-                "gathering_cache: %s; running without cache (degraded mode), retrying every %.1f s",
+                "%s; running without cache (degraded mode), retrying every %.1f s",
                 self.reason,
                 self._recovery,
             )
@@ -264,7 +264,7 @@ class DegradationPolicy:
             self._degraded_total += outage
             self._degraded_since = None
             self.reason = None
-            logger.info("gathering_cache: Redis cache recovered after %.1f s", outage)
+            logger.info("Redis cache recovered after %.1f s", outage)
 
 
 class _Limiter:

@@ -20,7 +20,7 @@ from gathering_cache.errors import ConfigurationError, ProviderError
 
 __all__ = ["EmbeddingProvider", "OpenAIEmbeddings"]
 
-logger = logging.getLogger("gathering_cache")
+logger = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -149,7 +149,7 @@ class OpenAIEmbeddings:
                     )
                 delay = self._delay(attempt, response.headers.get("retry-after"))
             attempt += 1
-            logger.debug("gathering_cache: embedding provider retry %d in %.2f s", attempt, delay)
+            logger.debug("embedding provider retry %d in %.2f s", attempt, delay)
             await asyncio.sleep(delay)
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:

@@ -28,7 +28,7 @@ from gathering_cache.keys import RAG, check_id, check_text, check_ttl
 
 __all__ = ["Generation", "RagCache"]
 
-logger = logging.getLogger("gathering_cache")
+logger = logging.getLogger(__name__)
 
 Generation = tuple[int, int]
 """(agent generation, global generation) at the moment results started being computed."""
@@ -163,7 +163,7 @@ class RagCache:
                 # During an outage the breaker has said so already; otherwise say it here.
                 log = logger.warning if self._core.policy.available else logger.debug
                 log(
-                    "gathering_cache: invalidating agent %d's RAG results failed; this "
+                    "invalidating agent %d's RAG results failed; this "
                     "process will not read them until the invalidation reaches Redis",
                     agent_id,
                 )

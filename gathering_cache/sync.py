@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CacheManager"]
 
-logger = logging.getLogger("gathering_cache")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -99,7 +99,7 @@ def _shutdown(portal: _Portal, manager: AsyncCacheManager) -> None:
         try:
             portal.call(manager.aclose(), timeout=5)
         except Exception as exc:  # closing must not fail the caller or interpreter exit
-            logger.debug("gathering_cache: error while closing: %s", exc)
+            logger.debug("error while closing: %s", exc)
         portal.stop()
 
 
@@ -156,7 +156,7 @@ class CacheManager:
             config = self._async.config
             if self._injected:
                 logger.warning(
-                    "gathering_cache: CacheManager used after fork with an injected client; "
+                    "CacheManager used after fork with an injected client; "
                     "building a new client from its config"
                 )
             self._start(config, None)
@@ -194,7 +194,7 @@ class CacheManager:
             return self._portal.call(coro, self._bulk_timeout if bulk else self._timeout)
         except concurrent.futures.TimeoutError:
             # The core bounds every call itself; reaching this means the loop was starved.
-            logger.warning("gathering_cache: call did not finish in time; answering degraded")
+            logger.warning("call did not finish in time; answering degraded")
             return fallback
 
     # -- lifecycle ----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = ["WarmProgress", "WarmReport", "warm_rag_cache"]
 
-logger = logging.getLogger("gathering_cache")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,7 @@ async def warm_rag_cache(
                     await memory.recall(agent_id, query)
                     outcome = "computed"
             except Exception as exc:
-                logger.warning(
-                    "gathering_cache: warming %r for agent %d failed: %s", query, agent_id, exc
-                )
+                logger.warning("warming %r for agent %d failed: %s", query, agent_id, exc)
                 outcome = "failed"
         counts[outcome] += 1
         done += 1

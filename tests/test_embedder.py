@@ -64,7 +64,7 @@ async def test_second_embed_comes_from_the_cache(cache: AsyncCacheManager) -> No
     assert len(provider.calls) == 1
     stats = embedder.stats.snapshot()
     assert stats["provider_calls"] == 1
-    assert stats["hits_redis"] == 1
+    assert stats["hits_store"] == 1
     assert stats["estimated_cost_saved"] == 0.0001
     assert await cache.get_embedding("Hello world", model="m") == first
 
@@ -283,7 +283,7 @@ def test_seed_embedding_service_snippet(
 
     embedder = asyncio.run(main())
     assert stub.texts_embedded() == 1
-    assert embedder.stats.hits_redis == 1
+    assert embedder.stats.hits_store == 1
 
 
 # -- across processes ----------------------------------------------------------------------------

@@ -281,4 +281,4 @@ class _RedisSubscriber(Subscriber):
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):  # closing a broken connection may fail again
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
