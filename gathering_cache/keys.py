@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import re
 from typing import Final
 from urllib.parse import quote
 
@@ -35,7 +34,6 @@ __all__ = [
     "check_key",
     "check_model",
     "check_text",
-    "glob_to_regex",
     "check_ttl",
     "text_hash",
 ]
@@ -189,56 +187,3 @@ class KeySpace:
                 "delete_pattern only deletes keys under the prefix"
             )
         return pattern
-
-
-@functools.lru_cache(maxsize=256)
-def glob_to_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a Redis glob pattern into an anchored regular expression."""
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        ch = pattern[i]
-        if ch == "*":
-            out.append(".*")
-        elif ch == "?":
-            out.append(".")
-        elif ch == "\\" and i + 1 < n:
-            i += 1
-            out.append(re.escape(pattern[i]))
-        elif ch == "[":
-            end, body = _bracket(pattern, i + 1)
-            if end < 0:  # no closing bracket: Redis matches the rest literally
-                out.append(re.escape(ch))
-            else:
-                out.append(body)
-                i = end
-        else:
-            out.append(re.escape(ch))
-        i += 1
-    return re.compile("".join(out), re.DOTALL)
-
-
-def _bracket(pattern: str, start: int) -> tuple[int, str]:
-    """Translate ``[...]`` starting after the ``[``; returns (index of ``]``, regex)."""
-    i, n = start, len(pattern)
-    negate = i < n and pattern[i] == "^"
-    if negate:
-        i += 1
-    items: list[str] = []
-    while i < n and pattern[i] != "]":
-        ch = pattern[i]
-        if ch == "\\" and i + 1 < n:
-            i += 1
-            items.append(re.escape(pattern[i]))
-        elif i + 2 < n and pattern[i + 1] == "-" and pattern[i + 2] != "]":
-            lo, hi = sorted((ch, pattern[i + 2]))
-            items.append(f"{re.escape(lo)}-{re.escape(hi)}")
-            i += 2
-        else:
-            items.append(re.escape(ch))
-        i += 1
-    if i >= n:
-        return -1, ""
-    if not items:
-        return i, "[^\\s\\S]" if not negate else "[\\s\\S]"
-    return i, f"[{'^' if negate else ''}{''.join(items)}]"

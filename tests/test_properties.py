@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gathering_cache import AsyncCacheManager, CacheConfig
-from gathering_cache.backends.memory import glob_to_regex
+from gathering_cache.globmatch import compile_glob
 from tests.servers import RedisServer
 
 KEYS = [f"gathering:k{i}" for i in range(5)] + ["gathering:[x]", "gathering:a*b", "other:k0"]
@@ -55,7 +55,7 @@ async def check(cache: AsyncCacheManager, ops: list[tuple[Any, ...]]) -> None:
     model: dict[str, tuple[Any, int | None]] = {}
 
     def matching(pattern: str) -> list[str]:
-        return [k for k in model if glob_to_regex(pattern).fullmatch(k)]
+        return [k for k in model if compile_glob(pattern).fullmatch(k)]
 
     for op in ops:
         name = op[0]

@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gathering_cache.backends.base import Progress, Store, Subscriber
-from gathering_cache.keys import glob_to_regex
+from gathering_cache.globmatch import compile_glob
 
-__all__ = ["MemoryStore", "glob_to_regex"]
+__all__ = ["MemoryStore"]
 
 
 class MemoryStore(Store):
@@ -57,7 +57,7 @@ class MemoryStore(Store):
             self.evictions += 1
 
     def _matching(self, pattern: str) -> list[str]:
-        regex = glob_to_regex(pattern)
+        regex = compile_glob(pattern)
         now = self._clock()
         matched = []
         for key, (_, expires) in list(self._data.items()):
@@ -111,7 +111,7 @@ class MemoryStore(Store):
         return max(0, round(expires - self._clock()))
 
     async def scan_delete(self, pattern: str, progress: Progress, keep: str | None = None) -> int:
-        kept = glob_to_regex(keep) if keep is not None else None
+        kept = compile_glob(keep) if keep is not None else None
         for key in self._matching(pattern):
             if kept is not None and kept.fullmatch(key):
                 continue
@@ -123,7 +123,7 @@ class MemoryStore(Store):
         return progress.done
 
     def _matching_sets(self, pattern: str) -> list[str]:
-        regex = glob_to_regex(pattern)
+        regex = compile_glob(pattern)
         now = self._clock()
         return [k for k, (_, expires) in self._sets.items() if expires > now and regex.fullmatch(k)]
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from gathering_cache.backends.base import Progress, Store, Subscriber
-from gathering_cache.keys import glob_to_regex
+from gathering_cache.globmatch import compile_glob
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _timeout
@@ -193,10 +193,10 @@ class RedisStore(Store):
                 return
 
     async def scan_delete(self, pattern: str, progress: Progress, keep: str | None = None) -> int:
-        kept = glob_to_regex(keep) if keep is not None else None
+        kept = compile_glob(keep) if keep is not None else None
         async for keys in self._scan(pattern, progress):
             if kept is not None:
-                keys = [k for k in keys if not kept.fullmatch(k.decode(errors="replace"))]
+                keys = [k for k in keys if not kept.fullmatch(k)]
             for start in range(0, len(keys), DELETE_BATCH):
                 chunk = keys[start : start + DELETE_BATCH]
                 progress.done += int(await self._step(self._client.unlink(*chunk), progress))
