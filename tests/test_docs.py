@@ -19,6 +19,7 @@ Conventions the docs follow, checked here:
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -120,6 +121,25 @@ def test_result_comments_are_on_print_lines(block: Block) -> None:
     for line in block.source.splitlines():
         if RESULT.search(line):
             assert line.lstrip().startswith("print("), (block.name, line)
+
+
+SHOWN_RESULT = re.compile(r"#\s*(?:[-\d\[{('\"]|True\b|False\b|None\b)")
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=lambda b: b.name)
+def test_no_result_shown_on_a_line_that_prints_nothing(block: Block) -> None:
+    """``cache.get(k)  # 42`` on a line whose value is thrown away claims a result nobody
+    sees, and drifts: a result is shown with ``print(...)  # -> 42``."""
+    lines = block.source.splitlines()
+    for node in ast.walk(ast.parse(block.source)):
+        if not isinstance(node, ast.Expr) or node.lineno != node.end_lineno:
+            continue
+        call = node.value.value if isinstance(node.value, ast.Await) else node.value
+        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "print":
+            continue
+        line = lines[node.lineno - 1]
+        comment = line[node.end_col_offset :]
+        assert not SHOWN_RESULT.search(comment), (block.name, line)
 
 
 def test_no_unused_imports_or_undefined_names(tmp_path: Path) -> None:
