@@ -1,18 +1,22 @@
 """Every fenced ``python`` block of README.md and docs/*.md runs as pasted.
 
-Each block is run in a fresh interpreter (so a fresh event loop and a fresh environment), once
-on the in-process memory backend and once against a real redis-server, with the environment a
-reader would have: ``from_env()`` finds the backend through the environment variables.
+Each block runs as ``__main__`` in a fresh process (a child forked from one interpreter that
+has only imported the library: no event loop, thread or manager yet), with stdout captured,
+once on the in-process memory backend and once against a real redis-server (flushed before and
+after). The environment is the one a reader would have: ``from_env()`` finds the backend
+through the environment variables, and nothing else points the block at a server.
 
 Conventions the docs follow, checked here:
 
 - A result shown in a comment is printed by the block: ``print(x)  # -> 3``. The test checks
   that those lines appear in the block's output, in order. A ``# ->`` comment anywhere but on
-  a ``print(`` line is refused, so a doc cannot claim a result it does not show.
+  a ``print(`` line is refused, and so is a literal-looking comment (``# 42``, ``# [0.1]``,
+  ``# None``) on a line whose value is thrown away: a doc cannot claim a result it does not
+  show.
 - No top-level ``await`` (an ``asyncio.run(main())`` wrapper instead), no unused imports and no
   undefined names (pyflakes' rules through ruff).
 - A block that deliberately cannot run is preceded by ``<!-- not-run: reason -->``; those are
-  listed in ``NOT_RUN`` below, so the list stays short and each entry is justified.
+  listed in ``NOT_RUN_BLOCKS`` below, so the list stays short and each entry is justified.
 - ``# redis -> text`` (or ``# memory -> text``) claims a line printed on that backend only:
   the test checks it is printed on that run and not printed on the other.
 """
@@ -38,6 +42,7 @@ ROOT = Path(__file__).parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[ \t]*$")
+CLOSING = re.compile(r"^[ \t]*```[ \t]*$")
 NOT_RUN = re.compile(r"<!--\s*not-run:\s*(?P<reason>.+?)\s*-->")
 RESULT = re.compile(r"#\s*(?:(?P<backend>redis|memory)\s+)?->\s*(?P<text>.*?)\s*$")
 
@@ -79,9 +84,7 @@ def python_blocks() -> list[Block]:
                 continue
             indent = opening["indent"]
             end = i + 1
-            while end < len(lines) and not (
-                FENCE.match(lines[end]) and FENCE.match(lines[end])["lang"] == ""  # type: ignore[index]
-            ):
+            while end < len(lines) and not CLOSING.match(lines[end]):
                 end += 1
             if opening["lang"] in ("python", "py"):
                 body = [
@@ -192,7 +195,10 @@ import atexit, gc, json, os, sys, time, traceback, warnings
 
 warnings.simplefilter("default")
 import gathering_cache  # noqa: F401  (preloaded; a child's module state is still untouched)
-import numpy  # noqa: F401
+try:
+    import numpy  # noqa: F401
+except ImportError:  # the numpy extra is optional
+    pass
 
 for line in sys.stdin:
     job = json.loads(line)
