@@ -1,7 +1,7 @@
 """gathering-cache demo: set/get, embeddings, RAG recall with invalidation, stats.
 
 Runs on Redis when one answers at REDIS_URL (or REDIS_HOST/REDIS_PORT, default
-localhost:6379), otherwise on the embedded in-process memory backend, and says which.
+localhost:6379), otherwise on the in-process memory backend, and says which in one line.
 Keys live under ``gathering-demo:`` so the demo never touches another application's data.
 
     make demo            # or: python examples/demo.py
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 
 from gathering_cache import AsyncCacheManager, CacheConfig
@@ -51,24 +52,34 @@ async def recall(
 
 
 async def open_cache() -> tuple[AsyncCacheManager, str]:
+    """A connected manager and one line saying where it runs."""
     config = CacheConfig.from_env().model_copy(update={"key_prefix": PREFIX})
     if config.backend == "redis":
+        where = config.redacted_url or f"{config.host}:{config.port}"
         cache = AsyncCacheManager(config)
-        if await cache.connect():
-            where = config.redacted_url or f"{config.host}:{config.port}"
-            return cache, f"Redis at {where}"
+        # The library warns when Redis does not answer and says it will keep retrying; this
+        # probe's manager is discarded at once, so that warning would not be true here.
+        library_log = logging.getLogger("gathering_cache")
+        level = library_log.level
+        library_log.setLevel(logging.ERROR)
+        try:
+            connected = await cache.connect()
+        finally:
+            library_log.setLevel(level)
+        if connected:
+            return cache, f"running on Redis at {where}"
         await cache.aclose()
-        reason = "no Redis answered"
+        reason = f"no Redis answered at {where} (set REDIS_URL to use one)"
     else:
-        reason = "CACHE_BACKEND=memory"
+        reason = "the environment asks for backend=memory"
     memory = AsyncCacheManager(config.model_copy(update={"backend": "memory"}))
     await memory.connect()
-    return memory, f"the in-process memory backend ({reason})"
+    return memory, f"{reason}; running on the in-process memory backend"
 
 
 async def main() -> None:
     cache, where = await open_cache()
-    print(f"gathering-cache demo running on {where}\n")
+    print(f"gathering-cache demo: {where}\n")
     async with cache:
         await cache.clear_all()
 
