@@ -60,7 +60,7 @@ async def open_cache() -> tuple[AsyncCacheManager, str]:
         await cache.aclose()
         reason = "no Redis answered"
     else:
-        reason = "CACHE_BACKEND=memory"
+        reason = "GATHERING_CACHE_BACKEND=memory"
     memory = AsyncCacheManager(config.model_copy(update={"backend": "memory"}))
     await memory.connect()
     return memory, f"the in-process memory backend ({reason})"
