@@ -183,6 +183,7 @@ _URL_PARAMETERS_REFUSED = {
     "connect_timeout": "redis-py's name is socket_connect_timeout (the connect_timeout field, "
     "GATHERING_CACHE_CONNECT_TIMEOUT)",
     "legacy_responses": "replies are always read in the RESP2 shape",
+    "ssl": "TLS comes from the scheme: use rediss://",
     "encoding": "values are bytes; the library does no text decoding",
     "encoding_errors": "values are bytes; the library does no text decoding",
     **dict.fromkeys(
@@ -392,7 +393,9 @@ class CacheConfig(BaseSettings):
 
         Args:
             url: a ``redis://``, ``rediss://`` or ``unix://`` URL.
-            overrides: other fields. One the URL also sets must agree with it.
+            overrides: other fields. The URL's host, port, db, user name and password win
+                over these keywords, as with redis-py; a field that one of its query
+                parameters sets must agree with it.
 
         Raises:
             ConfigurationError: the URL or a field is invalid, a query parameter is unknown
@@ -436,9 +439,9 @@ class CacheConfig(BaseSettings):
             return None
         return value
 
-    @field_validator("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", mode="before")
+    @field_validator("url", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", mode="before")
     @classmethod
-    def _blank_path_is_none(cls, value: Any) -> Any:
+    def _blank_is_none(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             return None
         return value
@@ -608,6 +611,7 @@ def _url_settings(url: str, source: str) -> dict[str, tuple[Any, str]]:
         if not parts.path:
             raise fail("a unix:// URL needs a socket path (unix:///run/redis.sock)")
         settings["ssl"] = (False, "the unix:// scheme")
+        settings["db"] = (0, "the URL")  # ?db= below, else 0: the URL is the whole location
     else:
         if not parts.hostname:
             raise fail(f"a {parts.scheme}:// URL needs a host")
@@ -637,6 +641,8 @@ def _url_settings(url: str, source: str) -> dict[str, tuple[Any, str]]:
             raise fail(
                 "query parameter 'decode_responses' must not be true: cached values are bytes"
             )
+        if name in ("username", "password") and name in settings:
+            continue  # redis-py: the user info (user:password@) wins over the query
         if name in _URL_PARAMETERS:
             field, parse = _URL_PARAMETERS[name]
             try:

@@ -450,6 +450,7 @@ def test_the_url_location_wins_over_the_seed_variables(monkeypatch: pytest.Monke
         ("redis://h/5", 5),
         ("redis://h/5?db=6", 6),  # redis-py: ?db= before the path
         ("unix:///run/redis.sock?db=2", 2),
+        ("unix:///run/redis.sock", 0),
     ],
 )
 def test_the_url_db(url: str, db: int) -> None:
@@ -486,6 +487,7 @@ def test_unix_socket_url() -> None:
         ("key_prefix=x:", "GATHERING_CACHE_KEY_PREFIX"),
         ("operation_timeout=1", "GATHERING_CACHE_OPERATION_TIMEOUT"),
         ("connect_timeout=1", "socket_connect_timeout"),
+        ("ssl=true", "rediss://"),
         ("retry_on_timeout=yes", "retry_attempts"),
         ("retry_on_error=TimeoutError", "GATHERING_CACHE_RETRY_ATTEMPTS"),
         ("timeout=3", "operation_timeout"),
@@ -588,6 +590,7 @@ def test_surrounding_whitespace_in_a_url_is_stripped(tmp_path: Path) -> None:
     assert config.url == "redis://cache.example:6379/2"
     assert config.db == 2
     assert CacheConfig(url=" redis://h/1\n").db == 1
+    assert CacheConfig(url="  ").url is None
 
 
 @pytest.mark.parametrize("field", ["ssl_ca_certs", "ssl_certfile", "ssl_keyfile"])
@@ -685,3 +688,14 @@ def test_a_nested_config_read_from_the_application_environment_hides_secrets(
     assert SECRET not in str(info.value)
     monkeypatch.setenv("APP_CACHE__URL", f"redis://default:{SECRET}@h:6379?socket_timeout=2")
     assert AppSettings().cache.socket_timeout == 2
+
+
+def test_the_user_info_wins_over_query_credentials_as_in_redis_py() -> None:
+    config = CacheConfig(url=f"redis://app:{SECRET}@h/0?username=other&password=other")
+    assert config.username == "app"
+    assert config.password is not None
+    assert config.password.get_secret_value() == SECRET
+    config = CacheConfig(url=f"redis://h/0?username=app&password={SECRET}")
+    assert config.username == "app"
+    assert config.password is not None
+    assert config.password.get_secret_value() == SECRET
