@@ -619,7 +619,7 @@ def _url_settings(url: str, source: str) -> dict[str, tuple[Any, str]]:
         settings["port"] = (_url_port(parts.netloc, fail), "the URL's port")
         db_path = unquote(parts.path).replace("/", "")
         if db_path and not db_path.isdigit():
-            raise fail(f"the path of a {parts.scheme}:// URL is the db number, not {db_path!r}")
+            raise fail(f"the path of a {parts.scheme}:// URL is the db number (/0, /1 ...)")
         settings["db"] = (int(db_path) if db_path else 0, "the URL's path")
         settings["ssl"] = (parts.scheme == "rediss", f"the {parts.scheme}:// scheme")
     # Like redis-py: the user info, percent-decoded; an empty user or password is not one.
@@ -678,10 +678,12 @@ def _url_port(netloc: str, fail: Callable[[str], ConfigurationError]) -> int:
     port = text.rpartition(":")[2]
     if port == "":
         return 6379
+    # The text after "host:" is not echoed: in "redis://user:password" (no @host) it is a
+    # password.
     if not port.isascii() or not port.isdigit():
-        raise fail(f"the port {port!r} is not a number")
+        raise fail("the port is not a number (credentials go before @: user:password@host)")
     if not 1 <= int(port) <= 65535:
-        raise fail(f"the port {int(port)} is out of range 1-65535")
+        raise fail("the port is out of range 1-65535")
     return int(port)
 
 
@@ -795,11 +797,11 @@ def _nested_validation_error(exc: ConfigurationError, values: Mapping[str, Any])
     """``exc`` as a ValidationError whose input is safe to show."""
     field = exc.field
     value = values.get(field)
-    if field == "url" and isinstance(value, str):
-        shown: Any = _redact_url(value)
-    elif field in CacheConfig.model_fields and field != "password":
-        shown = value
-    else:  # the password, or an unknown name (a misspelt password, perhaps)
+    # Not the url: a malformed one may hide a password where redaction cannot find it
+    # ("redis://user:password" without @host). Nor an unknown name (a misspelt password?).
+    if field in CacheConfig.model_fields and field not in ("password", "url"):
+        shown: Any = value
+    else:
         shown = "**********"
     return ValidationError.from_exception_data(
         "CacheConfig",
