@@ -323,7 +323,7 @@ class CacheConfig(BaseSettings):
                     super().__init__(**values)
                 except ValidationError as exc:
                     # ``from None``: the chained ValidationError could echo a secret input.
-                    raise _configuration_error(exc) from None
+                    raise _configuration_error(exc, values) from None
             except ConfigurationError as exc:
                 if _called_by_pydantic():
                     # Validated as a field of another model (an application's own settings):
@@ -763,7 +763,9 @@ def _field_of(loc: str) -> str:
     return loc
 
 
-def _configuration_error(exc: ValidationError) -> ConfigurationError:
+def _configuration_error(exc: ValidationError, given: Mapping[str, Any]) -> ConfigurationError:
+    """The first error of ``exc``, naming the field and where its value came from: a variable
+    (``from_env``), or the URL for a field that ``given`` (the keywords) does not name."""
     errors = exc.errors(include_input=False, include_url=False)
     first = errors[0]
     cause = (first.get("ctx") or {}).get("error")
@@ -778,6 +780,9 @@ def _configuration_error(exc: ValidationError) -> ConfigurationError:
             message = message[len("Value error, ") :]
         if field != loc:
             message += f" (from {loc.upper()})"
+        elif field in CacheConfig.model_fields and field not in given:
+            # Neither a keyword nor a variable: _apply_url set it from the URL.
+            message += " (from REDIS_URL)" if _READ_ENVIRONMENT.get() else " (from url)"
     if len(errors) > 1:
         others = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors[1:])
         message += f" (also invalid: {others})"

@@ -702,3 +702,19 @@ def test_the_user_info_wins_over_query_credentials_as_in_redis_py() -> None:
     assert config.username == "app"
     assert config.password is not None
     assert config.password.get_secret_value() == SECRET
+
+
+def test_an_error_in_a_value_the_url_set_names_the_url(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = tmp_path / "ca.pem"
+    with pytest.raises(ConfigurationError, match=r"no such file.*\(from url\)") as info:
+        CacheConfig(url=f"rediss://h?ssl_ca_certs={missing}")
+    assert info.value.field == "ssl_ca_certs"
+    monkeypatch.setenv("REDIS_URL", f"rediss://h?ssl_ca_certs={missing}")
+    with pytest.raises(ConfigurationError, match=r"\(from REDIS_URL\)") as info:
+        CacheConfig.from_env()
+    assert info.value.field == "ssl_ca_certs"
+    with pytest.raises(ConfigurationError) as info:  # a keyword is named as it was given
+        CacheConfig(host="h", ssl=True, ssl_ca_certs=str(missing))
+    assert "(from" not in str(info.value)
