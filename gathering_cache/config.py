@@ -605,7 +605,11 @@ def _url_settings(url: str, source: str) -> dict[str, tuple[Any, str]]:
         raise fail("contains whitespace (percent-encode a space as %20)")
     if not url.lower().startswith(tuple(f"{scheme}://" for scheme in _URL_SCHEMES)):
         raise fail("must start with redis://, rediss:// or unix://")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.hostname  # noqa: B018 -- raises ValueError on unbalanced IPv6 brackets
+    except ValueError:
+        raise fail("is not a valid URL (unbalanced [ ] around an IPv6 address?)") from None
     settings: dict[str, tuple[Any, str]] = {}
     if parts.scheme == "unix":
         if not parts.path:

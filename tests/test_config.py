@@ -574,6 +574,7 @@ def test_model_copy_reads_a_new_url_afresh() -> None:
         ("redis://h:6379/zero", "is the db number"),
         ("redis://h:6379/0 x", "whitespace"),
         ("redis:/h", "must start with"),
+        ("redis://[::1:6379", "IPv6"),
         ("http://h", "must start with"),
     ],
 )
