@@ -41,9 +41,9 @@ from gathering_cache.errors import ConfigurationError
 
 __all__ = ["CacheConfig"]
 
-ENV_PREFIX = "GATHERING_CACHE_"
+_ENV_PREFIX = "GATHERING_CACHE_"
 # The seed's variable names (and REDIS_URL / REDIS_USERNAME), kept exactly; every other field
-# is ENV_PREFIX + its name in upper case.
+# is _ENV_PREFIX + its name in upper case.
 _SEED_VARIABLES = {
     "host": "REDIS_HOST",
     "port": "REDIS_PORT",
@@ -63,9 +63,9 @@ _READ_ENVIRONMENT: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 
 
-def env_variable(field: str) -> str:
+def _env_variable(field: str) -> str:
     """The environment variable :meth:`CacheConfig.from_env` reads ``field`` from."""
-    return _SEED_VARIABLES.get(field, ENV_PREFIX + field.upper())
+    return _SEED_VARIABLES.get(field, _ENV_PREFIX + field.upper())
 
 
 def _seed_env(default: Any, field: str) -> Any:
@@ -224,7 +224,7 @@ class CacheConfig(BaseSettings):
     model_config = SettingsConfigDict(
         # Every field without a seed variable is read from GATHERING_CACHE_<FIELD>. An explicit
         # alias (rather than env_prefix) puts the variable's name in validation errors.
-        alias_generator=AliasGenerator(validation_alias=env_variable),
+        alias_generator=AliasGenerator(validation_alias=_env_variable),
         extra="ignore",
         frozen=True,
         populate_by_name=True,
@@ -659,7 +659,7 @@ def _url_settings(url: str, source: str) -> dict[str, tuple[Any, str]]:
         elif name in CacheConfig.model_fields:
             raise fail(
                 f"unknown query parameter {name!r}; set the field {name} "
-                f"({env_variable(name)}) instead"
+                f"({_env_variable(name)}) instead"
             )
         else:
             raise fail(f"unknown query parameter {name!r}")
@@ -695,7 +695,7 @@ def _key_of(data: Mapping[str, Any], field: str) -> str | None:
     """The key under which ``data`` holds ``field``: its name or its variable."""
     if field in data:
         return field
-    variable = env_variable(field)
+    variable = _env_variable(field)
     for key in data:
         if key.upper() == variable:
             return key
@@ -762,7 +762,7 @@ def _field_of(loc: str) -> str:
     if loc in CacheConfig.model_fields:
         return loc
     for name in CacheConfig.model_fields:
-        if env_variable(name) == loc.upper():
+        if _env_variable(name) == loc.upper():
             return name
     return loc
 
