@@ -71,7 +71,7 @@ async def open_cache() -> tuple[AsyncCacheManager, str]:
         await cache.aclose()
         reason = f"no Redis answered at {where} (set REDIS_URL to use one)"
     else:
-        reason = "the environment asks for backend=memory"
+        reason = "GATHERING_CACHE_BACKEND=memory"
     memory = AsyncCacheManager(config.model_copy(update={"backend": "memory"}))
     await memory.connect()
     return memory, f"{reason}; running on the in-process memory backend"

@@ -3,21 +3,37 @@
 ``CacheConfig(...)`` uses only what it is given and the defaults. The environment and a
 ``.env`` file are read by :meth:`CacheConfig.from_env` alone, under the seed's variable names
 (``REDIS_HOST``, ``REDIS_PORT``, ``REDIS_DB``, ``REDIS_PASSWORD``, ``CACHE_ENABLED``), plus
-``REDIS_URL``, ``REDIS_USERNAME`` and ``CACHE_<FIELD>`` for every other field
-(``CACHE_EMBEDDING_TTL``, ``CACHE_KEY_PREFIX``, ``CACHE_BACKEND`` ...).
+``REDIS_URL``, ``REDIS_USERNAME`` and ``GATHERING_CACHE_<FIELD>`` for every other field
+(``GATHERING_CACHE_EMBEDDING_TTL``, ``GATHERING_CACHE_KEY_PREFIX`` ...). The prefix is not
+``CACHE_``: ``CACHE_URL`` belongs to the 12-factor convention (django-cache-url and others)
+and is never read. A variable the library does not read is never an error.
+
+A ``url`` is read as redis-py's ``from_url`` reads it, and the fields show what it says: its
+host, port, db, user name, password and TLS scheme, and its query parameters
+(``?socket_timeout=``, ``?ssl_cert_reqs=`` ...), each set on the field it maps to.
 """
 
 from __future__ import annotations
 
 import contextvars
-import functools
+import math
 import os
-from collections.abc import Iterator, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasGenerator,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from typing_extensions import Self
 
@@ -25,12 +41,21 @@ from gathering_cache.errors import ConfigurationError
 
 __all__ = ["CacheConfig"]
 
+_ENV_PREFIX = "GATHERING_CACHE_"
+# The seed's variable names (and REDIS_URL / REDIS_USERNAME), kept exactly; every other field
+# is _ENV_PREFIX + its name in upper case.
+_SEED_VARIABLES = {
+    "host": "REDIS_HOST",
+    "port": "REDIS_PORT",
+    "db": "REDIS_DB",
+    "password": "REDIS_PASSWORD",
+    "enabled": "CACHE_ENABLED",
+    "url": "REDIS_URL",
+    "username": "REDIS_USERNAME",
+}
+
 _GLOB_CHARS = frozenset("*?[]\\")
 _URL_SCHEMES = ("redis", "rediss", "unix")
-# Query parameters a URL may carry. The others redis-py would accept (socket_timeout,
-# max_connections, protocol ...) would silently override the settings this library tunes, and
-# unknown ones would fail at connect time: both are refused here, naming the field to use.
-_URL_QUERY_ALLOWED = frozenset({"db", "password", "username", "ssl_check_hostname"})
 
 # Set only while from_env() builds a config: plain construction never reads the environment.
 _READ_ENVIRONMENT: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -38,25 +63,168 @@ _READ_ENVIRONMENT: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 
 
-def _env(default: Any, *names: str) -> Any:
-    """A field read from the given environment variables (by ``from_env`` only)."""
-    return Field(default, validation_alias=AliasChoices(*names))
+def _env_variable(field: str) -> str:
+    """The environment variable :meth:`CacheConfig.from_env` reads ``field`` from."""
+    return _SEED_VARIABLES.get(field, _ENV_PREFIX + field.upper())
+
+
+def _seed_env(default: Any, field: str) -> Any:
+    """A field read from its seed variable (the others get theirs from the alias generator)."""
+    return Field(default, validation_alias=_SEED_VARIABLES[field])
+
+
+# -- URL query parameters ------------------------------------------------------------------------
+# Values arrive as strings from a URL, and as strings or native values from keywords and the
+# environment (to compare the two when both are given), so each parser takes either.
+
+_FALSE_STRINGS = ("0", "F", "FALSE", "N", "NO", "OFF")  # redis-py's to_bool
+_TRUE_STRINGS = ("1", "T", "TRUE", "Y", "YES", "ON")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().upper()
+    if text in _FALSE_STRINGS:
+        return False
+    if text in _TRUE_STRINGS:
+        return True
+    raise ValueError("must be a boolean (true/false, yes/no, on/off, 1/0)")
+
+
+def _to_int(value: Any, minimum: int) -> int:
+    if isinstance(value, bool):
+        raise ValueError("must be an integer")
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ValueError("must be an integer") from None
+    if number < minimum:
+        raise ValueError(f"must be >= {minimum}")
+    return number
+
+
+def _to_float(value: Any, *, positive: bool) -> float:
+    if isinstance(value, bool):
+        raise ValueError("must be a number")
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise ValueError("must be > 0" if positive else "must be >= 0")
+    return number
+
+
+def _to_text(value: Any) -> str:
+    return str(value)
+
+
+def _to_cert_reqs(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in ("none", "optional", "required"):
+        raise ValueError("must be one of none, optional, required")
+    return text
+
+
+def _to_protocol(value: Any) -> int:
+    return _check_protocol(_to_int(value, 0))
+
+
+def _check_protocol(value: int) -> int:
+    if value != 2:
+        raise ValueError(
+            "only 2 (RESP2) is supported: the library reads every reply in the RESP2 shape, "
+            "and redis-py drops RESP3 push frames on ordinary connections"
+        )
+    return value
+
+
+def _check_client_name(value: str) -> str:
+    # Redis itself refuses spaces, newlines and other special characters in CLIENT SETNAME
+    # (only '!'..'~'); refusing here beats a failure on every connect.
+    if not value or any(not "!" <= char <= "~" for char in value):
+        raise ValueError("must be printable ASCII without spaces")
+    return value
+
+
+# redis-py URL query parameter -> (CacheConfig field, parser), with redis-py's meaning.
+_URL_PARAMETERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "db": ("db", lambda v: _to_int(v, 0)),
+    "username": ("username", _to_text),
+    "password": ("password", _to_text),
+    "socket_timeout": ("socket_timeout", lambda v: _to_float(v, positive=True)),
+    "socket_connect_timeout": ("connect_timeout", lambda v: _to_float(v, positive=True)),
+    "health_check_interval": ("health_check_interval", lambda v: _to_float(v, positive=False)),
+    "max_connections": ("max_connections", lambda v: _to_int(v, 1)),
+    "client_name": ("client_name", lambda v: _check_client_name(str(v))),
+    "protocol": ("protocol", _to_protocol),
+    "ssl_cert_reqs": ("ssl_cert_reqs", _to_cert_reqs),
+    "ssl_ca_certs": ("ssl_ca_certs", _to_text),
+    "ssl_certfile": ("ssl_certfile", _to_text),
+    "ssl_keyfile": ("ssl_keyfile", _to_text),
+    "ssl_check_hostname": ("ssl_check_hostname", _to_bool),
+}
+# Fields the URL's location and credentials set: they win over the fields silently, as with
+# redis-py (a .env with REDIS_HOST=localhost beside REDIS_URL is common and harmless).
+_URL_LOCATION_FIELDS = frozenset({"host", "port", "db", "username", "password"})
+
+_USE_OWN_CLIENT = (
+    "is not supported by gathering-cache; for it, build a redis.asyncio client yourself "
+    "and pass it as client="
+)
+_RETRIES = "retries are set with retry_attempts (GATHERING_CACHE_RETRY_ATTEMPTS)"
+# redis-py URL parameters with no CacheConfig field, and what to use instead.
+_URL_PARAMETERS_REFUSED = {
+    "retry_on_timeout": _RETRIES,
+    "retry_on_error": _RETRIES,
+    "timeout": "the wait for a connection is bounded by operation_timeout "
+    "(GATHERING_CACHE_OPERATION_TIMEOUT)",
+    "connect_timeout": "redis-py's name is socket_connect_timeout (the connect_timeout field, "
+    "GATHERING_CACHE_CONNECT_TIMEOUT)",
+    "legacy_responses": "replies are always read in the RESP2 shape",
+    "ssl": "TLS comes from the scheme: use rediss://",
+    "encoding": "values are bytes; the library does no text decoding",
+    "encoding_errors": "values are bytes; the library does no text decoding",
+    **dict.fromkeys(
+        (
+            "socket_keepalive",
+            "socket_keepalive_options",
+            "socket_read_size",
+            "socket_type",
+            "ssl_ca_path",
+            "ssl_ca_data",
+            "ssl_password",
+            "ssl_ciphers",
+            "ssl_min_version",
+            "ssl_include_verify_flags",
+            "ssl_exclude_verify_flags",
+            "lib_name",
+            "lib_version",
+        ),
+        _USE_OWN_CLIENT,
+    ),
+}
 
 
 class CacheConfig(BaseSettings):
     """Cache configuration (the seed's ``CacheConfig``, with connection and policy knobs).
 
     Construct it with keywords like the seed's dataclass
-    (``CacheConfig(host="redis.example.com", port=6380, enabled=False)``) or from the
-    environment with :meth:`from_env`. Instances are immutable; use
-    ``config.model_copy(update={...})`` for a variant. Invalid values raise
-    :class:`~gathering_cache.ConfigurationError` naming the field.
+    (``CacheConfig(host="redis.example.com", port=6380, enabled=False)``), from a URL with
+    :meth:`from_url`, or from the environment with :meth:`from_env`. Instances are immutable;
+    use ``config.model_copy(update={...})`` for a variant. Invalid values raise
+    :class:`~gathering_cache.ConfigurationError` naming the field (and, from the
+    environment, the variable).
 
-    The password (and any password inside ``url``) never appears in ``repr``/``str``.
+    The password (and any password inside ``url``) never appears in ``repr``/``str`` or in
+    an error message.
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="CACHE_",
+        # Every field without a seed variable is read from GATHERING_CACHE_<FIELD>. An explicit
+        # alias (rather than env_prefix) puts the variable's name in validation errors.
+        alias_generator=AliasGenerator(validation_alias=_env_variable),
         extra="ignore",
         frozen=True,
         populate_by_name=True,
@@ -65,10 +233,10 @@ class CacheConfig(BaseSettings):
     )
 
     # Connection (the seed's fields and defaults)
-    host: str = _env("localhost", "REDIS_HOST", "CACHE_HOST")
-    port: int = _env(6379, "REDIS_PORT", "CACHE_PORT")
-    db: int = _env(0, "REDIS_DB", "CACHE_DB")
-    password: SecretStr | None = _env(None, "REDIS_PASSWORD", "CACHE_PASSWORD")
+    host: str = _seed_env("localhost", "host")
+    port: int = _seed_env(6379, "port")
+    db: int = _seed_env(0, "db")
+    password: SecretStr | None = _seed_env(None, "password")
 
     # TTL defaults in seconds (the seed's)
     embedding_ttl: int = 86400
@@ -77,20 +245,30 @@ class CacheConfig(BaseSettings):
     llm_response_ttl: int = 3600
 
     # Behaviour (the seed's)
-    enabled: bool = _env(True, "CACHE_ENABLED")
+    enabled: bool = _seed_env(True, "enabled")
     key_prefix: str = "gathering:"
+    """Prefix of every domain key. It must end with a separator (``:`` or any character that
+    is not a letter, digit or space): ``clear_all`` deletes ``<key_prefix>*``, and without a
+    separator ``"gathering"`` would also match another application's ``gatheringX:`` keys."""
 
     # Connection, beyond the seed
-    url: str | None = _env(None, "REDIS_URL", "CACHE_URL")
-    """redis://, rediss:// or unix:// URL; wins over host/port/db when set (and over
-    ``password`` / ``username`` when it carries them)."""
-    username: str | None = _env(None, "REDIS_USERNAME", "CACHE_USERNAME")
+    url: str | None = _seed_env(None, "url")
+    """redis://, rediss:// or unix:// URL, read as redis-py reads it. What it says wins over
+    host/port/db/username/password/ssl, and its query parameters set their fields
+    (``?socket_timeout=2`` sets ``socket_timeout``)."""
+    username: str | None = _seed_env(None, "username")
     ssl: bool = False
+    """TLS for host/port connections; with a ``url`` it follows the scheme (``rediss://``)."""
     ssl_ca_certs: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     ssl_cert_reqs: Literal["none", "optional", "required"] = "required"
     ssl_check_hostname: bool = True
+    client_name: str | None = None
+    """``CLIENT SETNAME`` for every connection (shows in ``CLIENT LIST``)."""
+    protocol: int = 2
+    """The Redis protocol version. Only 2 (RESP2): the library reads replies in the RESP2
+    shape, and redis-py drops RESP3 push frames on ordinary connections."""
     backend: Literal["redis", "memory"] = "redis"
 
     # Timeouts and pool: sub-second, because a slow cache is worse than no cache.
@@ -138,18 +316,31 @@ class CacheConfig(BaseSettings):
                 for name in values
                 if name not in type(self).model_fields and not name.startswith("_")
             ]
-            if unknown:  # a typo must not pass silently, as with the seed's dataclass
-                raise ConfigurationError(unknown[0], "unknown field")
             try:
-                super().__init__(**values)
-            except ValidationError as exc:
-                # ``from None``: the chained ValidationError could echo a secret input.
-                raise _configuration_error(exc) from None
+                if unknown:  # a typo must not pass silently, as with the seed's dataclass
+                    raise ConfigurationError(unknown[0], "unknown field")
+                try:
+                    super().__init__(**values)
+                except ValidationError as exc:
+                    # ``from None``: the chained ValidationError could echo a secret input.
+                    raise _configuration_error(exc, values) from None
+            except ConfigurationError as exc:
+                if _called_by_pydantic():
+                    # Validated as a field of another model (an application's own settings):
+                    # pydantic would wrap a ValueError with the whole input dict, password
+                    # and URL included, and show it unless *that* model hides inputs. A
+                    # ValidationError is merged instead, with the input given here.
+                    raise _nested_validation_error(exc, values) from None
+                raise
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy with ``update`` applied, validated like a new config (pydantic's own
-        ``model_copy`` would skip validation)."""
-        values = {name: getattr(self, name) for name in type(self).model_fields}
+        ``model_copy`` would skip validation). What the ``url`` sets is read again from the
+        URL (the new one, if ``update`` has one)."""
+        from_url = _url_settings(self.url, "url") if self.url else {}
+        values = {
+            name: getattr(self, name) for name in type(self).model_fields if name not in from_url
+        }
         values.update(update or {})
         return type(self)(**values)
 
@@ -170,12 +361,17 @@ class CacheConfig(BaseSettings):
     def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> CacheConfig:
         """Build a config from the environment and a ``.env`` file.
 
+        Variables: ``REDIS_HOST``, ``REDIS_PORT``, ``REDIS_DB``, ``REDIS_PASSWORD``,
+        ``CACHE_ENABLED`` (the seed's), ``REDIS_URL``, ``REDIS_USERNAME``, and
+        ``GATHERING_CACHE_<FIELD>`` for every other field. Others are ignored.
+
         Args:
             dotenv_path: the ``.env`` file to read. ``None`` reads ``./.env`` when it exists.
                 Variables already in the environment win over the file.
 
         Raises:
-            ConfigurationError: a value is invalid, or ``dotenv_path`` does not exist.
+            ConfigurationError: a value is invalid (the message names the variable), or
+                ``dotenv_path`` does not exist.
         """
         if dotenv_path is not None and not Path(dotenv_path).is_file():
             raise ConfigurationError("dotenv_path", f"no such file: {os.fspath(dotenv_path)!r}")
@@ -186,14 +382,75 @@ class CacheConfig(BaseSettings):
         finally:
             _READ_ENVIRONMENT.reset(token)
 
+    @classmethod
+    def from_url(cls, url: str, **overrides: Any) -> CacheConfig:
+        """Build a config from a redis-py URL, like ``redis.asyncio.Redis.from_url``.
+
+        ``CacheConfig.from_url(url, key_prefix="app:")`` is ``CacheConfig(url=url,
+        key_prefix="app:")``. The URL's query parameters set the fields they map to
+        (``?socket_timeout=2``, ``?ssl_cert_reqs=none``, ``?client_name=agent-1`` ...) and win
+        over the tuned defaults.
+
+        Args:
+            url: a ``redis://``, ``rediss://`` or ``unix://`` URL.
+            overrides: other fields. The URL's host, port, db, user name and password win
+                over these keywords, as with redis-py; a field that one of its query
+                parameters sets must agree with it.
+
+        Raises:
+            ConfigurationError: the URL or a field is invalid, a query parameter is unknown
+                (the message names the field to use instead), or an override contradicts
+                the URL.
+        """
+        return cls(url=url, **overrides)
+
     # -- validation ---------------------------------------------------------------------------
 
-    @field_validator("password", "url", "username", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_url(cls, data: Any) -> Any:
+        """Set the fields the URL speaks for, from the URL (redis-py's precedence)."""
+        if not isinstance(data, dict):
+            return data
+        url_key = _key_of(data, "url")
+        if url_key is None:
+            return data
+        raw = data[url_key]
+        if not isinstance(raw, str) or not raw.strip():
+            return data
+        url_source = _source(url_key)
+        url = raw.strip()  # a trailing space from a .env line is not part of the URL
+        settings = _url_settings(url, url_source)
+        data = dict(data)
+        data[url_key] = url
+        for field, (value, origin) in settings.items():
+            key = _key_of(data, field)
+            if key is not None:
+                if field not in _URL_LOCATION_FIELDS:
+                    _check_agreement(field, key, data[key], value, origin, url_source)
+                del data[key]
+            data[field] = value
+        return data
+
+    @field_validator("password", "url", "username", "client_name", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         if isinstance(value, str) and value == "":
             return None
         return value
+
+    @field_validator("url", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("backend", "ssl_cert_reqs", "embedding_precision", mode="before")
+    @classmethod
+    def _enum_case_insensitive(cls, value: Any) -> Any:
+        # GATHERING_CACHE_BACKEND=Memory is as clear as =memory.
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator(
         "port",
@@ -208,6 +465,7 @@ class CacheConfig(BaseSettings):
         "failure_threshold",
         "memory_max_entries",
         "embedding_lru_size",
+        "protocol",
         mode="before",
     )
     @classmethod
@@ -222,6 +480,16 @@ class CacheConfig(BaseSettings):
         if not 1 <= value <= 65535:
             raise ValueError("must be between 1 and 65535")
         return value
+
+    @field_validator("protocol")
+    @classmethod
+    def _validate_protocol(cls, value: int) -> int:
+        return _check_protocol(value)
+
+    @field_validator("client_name")
+    @classmethod
+    def _validate_client_name(cls, value: str | None) -> str | None:
+        return None if value is None else _check_client_name(value)
 
     @field_validator("db", "retry_attempts", "embedding_lru_size", "health_check_interval")
     @classmethod
@@ -259,42 +527,37 @@ class CacheConfig(BaseSettings):
             raise ValueError("must be > 0")
         return value
 
+    @field_validator("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _check_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Checked now, naming the field, rather than failing at connect time as a bare
+        # "No such file or directory". Only when TLS is on: otherwise the file is unused.
+        if value is not None and info.data.get("ssl") and not Path(value).is_file():
+            reason = "is not a file" if Path(value).exists() else "no such file"
+            raise ValueError(f"{reason}: {value!r}")
+        return value
+
     @field_validator("key_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
         if not value:
             raise ValueError("must not be empty")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"must be valid text (a lone surrogate at index {exc.start})"
+            ) from None
         bad = sorted(_GLOB_CHARS.intersection(value))
         if bad:
             raise ValueError(f"must not contain glob metacharacters {''.join(bad)!r}")
-        return value
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 -- raises ValueError on a malformed port
-        except ValueError:
-            raise ValueError("malformed URL") from None
-        if parts.scheme not in _URL_SCHEMES:
-            raise ValueError(f"scheme must be one of {', '.join(_URL_SCHEMES)}")
-        for name, query_value in parse_qsl(parts.query, keep_blank_values=True):
-            if name not in _URL_QUERY_ALLOWED:
-                hint = f"; set CacheConfig.{name} instead" if name in cls.model_fields else ""
-                raise ValueError(f"query parameter {name!r} is not supported{hint}")
-            if name == "db" and not query_value.isdigit():
-                raise ValueError("query parameter 'db' must be a non-negative integer")
-        path_db = parts.path.strip("/")
-        if parts.scheme != "unix" and path_db and not path_db.isdigit():
-            raise ValueError("the path of a redis:// URL is the db number")
-        if parts.scheme == "unix":
-            if not parts.path:
-                raise ValueError("unix:// URL needs a socket path")
-        elif not parts.hostname:
-            raise ValueError(f"{parts.scheme}:// URL needs a host")
+        last = value[-1]
+        if last.isalnum() or last.isspace():
+            raise ValueError(
+                "must end with a separator such as ':' (e.g. 'gathering:'): clear_all "
+                "deletes '<key_prefix>*', which without one also matches other prefixes"
+                + (" (it ends with whitespace)" if last.isspace() else "")
+            )
         return value
 
     # -- derived values -----------------------------------------------------------------------
@@ -304,23 +567,20 @@ class CacheConfig(BaseSettings):
         """``url`` with any password replaced by ``***``; safe to log or show."""
         return _redact_url(self.url) if self.url else None
 
+    @property
+    def socket_path(self) -> str | None:
+        """The Unix socket path of a ``unix://`` URL, else ``None``."""
+        if self.url and urlsplit(self.url).scheme == "unix":
+            return unquote(urlsplit(self.url).path)
+        return None
+
     def endpoint(self) -> dict[str, Any]:
         """Where the cache connects, without secrets: host, port, db (and url if set)."""
-        if self.url:
-            # As redis-py reads it: ?db= first, then the path; else 0 (the URL wins).
-            parts = urlsplit(self.url)
-            query_db = dict(parse_qsl(parts.query)).get("db")
-            path_db = parts.path.strip("/") if parts.scheme != "unix" else ""
-            db = int(query_db) if query_db else int(path_db) if path_db else 0
-            if parts.scheme == "unix":
-                return {"host": parts.path, "port": None, "db": db, "url": self.redacted_url}
-            return {
-                "host": parts.hostname,
-                "port": parts.port or 6379,
-                "db": db,
-                "url": self.redacted_url,
-            }
-        return {"host": self.host, "port": self.port, "db": self.db}
+        if not self.url:
+            return {"host": self.host, "port": self.port, "db": self.db}
+        if self.socket_path is not None:
+            return {"host": self.socket_path, "port": None, "db": self.db, "url": self.redacted_url}
+        return {"host": self.host, "port": self.port, "db": self.db, "url": self.redacted_url}
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
@@ -330,19 +590,163 @@ class CacheConfig(BaseSettings):
                 yield name, value
 
 
+# -- URL reading -----------------------------------------------------------------------------------
+
+
+def _url_settings(url: str, source: str) -> dict[str, tuple[Any, str]]:
+    """field -> (value, where in the URL it comes from), as redis-py's ``parse_url`` reads
+    ``url``. Raises ConfigurationError("url", ...) naming ``source`` when ``url`` is invalid.
+    Nothing secret goes into a message."""
+
+    def fail(message: str) -> ConfigurationError:
+        return ConfigurationError("url", message + (f" (from {source})" if source != "url" else ""))
+
+    if any(char.isspace() for char in url):
+        raise fail("contains whitespace (percent-encode a space as %20)")
+    if not url.lower().startswith(tuple(f"{scheme}://" for scheme in _URL_SCHEMES)):
+        raise fail("must start with redis://, rediss:// or unix://")
+    try:
+        parts = urlsplit(url)
+        parts.hostname  # noqa: B018 -- raises ValueError on unbalanced IPv6 brackets
+    except ValueError:
+        raise fail("is not a valid URL (unbalanced [ ] around an IPv6 address?)") from None
+    settings: dict[str, tuple[Any, str]] = {}
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise fail("a unix:// URL needs a socket path (unix:///run/redis.sock)")
+        settings["ssl"] = (False, "the unix:// scheme")
+        settings["db"] = (0, "the URL")  # ?db= below, else 0: the URL is the whole location
+    else:
+        if not parts.hostname:
+            raise fail(f"a {parts.scheme}:// URL needs a host")
+        settings["host"] = (unquote(parts.hostname), "the URL's host")
+        settings["port"] = (_url_port(parts.netloc, fail), "the URL's port")
+        db_path = unquote(parts.path).replace("/", "")
+        if db_path and not db_path.isdigit():
+            raise fail(f"the path of a {parts.scheme}:// URL is the db number (/0, /1 ...)")
+        settings["db"] = (int(db_path) if db_path else 0, "the URL's path")
+        settings["ssl"] = (parts.scheme == "rediss", f"the {parts.scheme}:// scheme")
+    # Like redis-py: the user info, percent-decoded; an empty user or password is not one.
+    if parts.username:
+        settings["username"] = (unquote(parts.username), "the URL's user name")
+    if parts.password:
+        settings["password"] = (unquote(parts.password), "the URL's password")
+
+    seen: set[str] = set()
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in seen:
+            raise fail(f"query parameter {name!r} is given more than once")
+        seen.add(name)
+        if value == "":
+            continue  # redis-py's parse_qs drops blank values
+        if name == "decode_responses":
+            if _decode_responses_off(value):
+                continue
+            raise fail(
+                "query parameter 'decode_responses' must not be true: cached values are bytes"
+            )
+        if name in ("username", "password") and name in settings:
+            continue  # redis-py: the user info (user:password@) wins over the query
+        if name in _URL_PARAMETERS:
+            field, parse = _URL_PARAMETERS[name]
+            try:
+                parsed = parse(value)
+            except ValueError as exc:
+                raise fail(f"query parameter {name!r}: {exc}") from None
+            settings[field] = (parsed, f"?{name}=")
+        elif name in _URL_PARAMETERS_REFUSED:
+            raise fail(f"query parameter {name!r}: {_URL_PARAMETERS_REFUSED[name]}")
+        elif name in CacheConfig.model_fields:
+            raise fail(
+                f"unknown query parameter {name!r}; set the field {name} "
+                f"({_env_variable(name)}) instead"
+            )
+        else:
+            raise fail(f"unknown query parameter {name!r}")
+    return settings
+
+
+def _decode_responses_off(value: str) -> bool:
+    try:
+        return not _to_bool(value)
+    except ValueError:
+        return False
+
+
+def _url_port(netloc: str, fail: Callable[[str], ConfigurationError]) -> int:
+    """The port of ``netloc`` (6379 when absent), with a message that names it."""
+    hostport = netloc.rpartition("@")[2]
+    text = hostport.rpartition("]")[2] if hostport.startswith("[") else hostport
+    if ":" not in text:
+        return 6379
+    port = text.rpartition(":")[2]
+    if port == "":
+        return 6379
+    # The text after "host:" is not echoed: in "redis://user:password" (no @host) it is a
+    # password.
+    if not port.isascii() or not port.isdigit():
+        raise fail("the port is not a number (credentials go before @: user:password@host)")
+    if not 1 <= int(port) <= 65535:
+        raise fail("the port is out of range 1-65535")
+    return int(port)
+
+
+def _key_of(data: Mapping[str, Any], field: str) -> str | None:
+    """The key under which ``data`` holds ``field``: its name or its variable."""
+    if field in data:
+        return field
+    variable = _env_variable(field)
+    for key in data:
+        if key.upper() == variable:
+            return key
+    return None
+
+
+def _check_agreement(
+    field: str, key: str, given: Any, from_url: Any, origin: str, url_source: str
+) -> None:
+    """A field set both explicitly and by the URL must agree: which of two explicit values
+    was meant cannot be guessed."""
+    if field == "ssl":
+        try:
+            agrees = _to_bool(given) == from_url
+        except ValueError:
+            agrees = False
+        if not agrees:
+            raise ConfigurationError(
+                "ssl",
+                f"{_source(key)}={given!r} contradicts {origin} of {url_source} "
+                "(TLS comes from the scheme: rediss:// is TLS, redis:// is not)",
+            )
+        return
+    parse = next(p for f, p in _URL_PARAMETERS.values() if f == field)
+    try:
+        agrees = parse(given) == from_url
+    except ValueError:
+        agrees = False
+    if not agrees:
+        raise ConfigurationError(
+            field,
+            f"{_source(key)}={given!r} contradicts {origin}{from_url!r} in {url_source}; "
+            "set it in one place",
+        )
+
+
+def _source(key: str) -> str:
+    """How the user named a value: the field, or the variable it was read from."""
+    return key if key in CacheConfig.model_fields else key.upper()
+
+
 def _redact_url(url: str) -> str:
     """The URL with every password (``user:pass@`` and ``?password=``) replaced by ``***``."""
     parts = urlsplit(url)
-    if parts.password is None and "password" not in dict(parse_qsl(parts.query)):
+    has_password = parts.password is not None
+    if not has_password and "password" not in dict(parse_qsl(parts.query)):
         return url  # nothing to hide; urlunsplit would also mangle unix:///path
     netloc = parts.netloc
-    if parts.password is not None:
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{parts.username or ''}:***@{host}"
-        if parts.port is not None:
-            netloc += f":{parts.port}"
+    if has_password:
+        netloc = f"{parts.netloc.rpartition('@')[0].partition(':')[0]}:***@"
+        netloc += parts.netloc.rpartition("@")[2]
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
@@ -350,31 +754,72 @@ def _redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-@functools.cache
-def _field_of_alias() -> dict[str, str]:
-    """Environment variable name (upper case) -> field name."""
-    mapping: dict[str, str] = {}
-    for name, info in CacheConfig.model_fields.items():
-        alias = info.validation_alias
-        if isinstance(alias, AliasChoices):
-            for choice in alias.choices:
-                if isinstance(choice, str):
-                    mapping[choice.upper()] = name
-        mapping[f"CACHE_{name.upper()}"] = name
-    return mapping
+# -- errors ----------------------------------------------------------------------------------------
 
 
-def _configuration_error(exc: ValidationError) -> ConfigurationError:
+def _field_of(loc: str) -> str:
+    """The field an error location names: a field name, or the variable it was read from."""
+    if loc in CacheConfig.model_fields:
+        return loc
+    for name in CacheConfig.model_fields:
+        if _env_variable(name) == loc.upper():
+            return name
+    return loc
+
+
+def _configuration_error(exc: ValidationError, given: Mapping[str, Any]) -> ConfigurationError:
+    """The first error of ``exc``, naming the field and where its value came from: a variable
+    (``from_env``), or the URL for a field that ``given`` (the keywords) does not name."""
     errors = exc.errors(include_input=False, include_url=False)
     first = errors[0]
-    loc = ".".join(str(part) for part in first["loc"]) or "config"
-    field = _field_of_alias().get(loc.upper(), loc)
-    message = str(first["msg"])
-    if message.startswith("Value error, "):
-        message = message[len("Value error, ") :]
-    if field != loc:
-        message += f" (from {loc})"
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, ConfigurationError):  # raised whole by a model validator
+        field = cause.field
+        message = str(cause)[len(field) + 2 :]
+    else:
+        loc = ".".join(str(part) for part in first["loc"]) or "config"
+        field = _field_of(loc)
+        message = str(first["msg"])
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        if field != loc:
+            message += f" (from {loc.upper()})"
+        elif field in CacheConfig.model_fields and field not in given:
+            # Neither a keyword nor a variable: _apply_url set it from the URL.
+            message += " (from REDIS_URL)" if _READ_ENVIRONMENT.get() else " (from url)"
     if len(errors) > 1:
         others = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors[1:])
         message += f" (also invalid: {others})"
     return ConfigurationError(field, message)
+
+
+def _called_by_pydantic() -> bool:
+    """Whether ``CacheConfig.__init__`` was called by pydantic validating an outer model
+    (``cls(**data)`` from pydantic-core has no Python frame, so the caller seen is pydantic's
+    ``validate_python``/``__init__``), not by user code, ``from_env`` or ``model_copy``."""
+    caller = sys._getframe(2)  # 0: this, 1: __init__, 2: its caller
+    module = str(caller.f_globals.get("__name__", ""))
+    return module.split(".")[0] in ("pydantic", "pydantic_settings")
+
+
+def _nested_validation_error(exc: ConfigurationError, values: Mapping[str, Any]) -> ValidationError:
+    """``exc`` as a ValidationError whose input is safe to show."""
+    field = exc.field
+    value = values.get(field)
+    # Not the url: a malformed one may hide a password where redaction cannot find it
+    # ("redis://user:password" without @host). Nor an unknown name (a misspelt password?).
+    if field in CacheConfig.model_fields and field not in ("password", "url"):
+        shown: Any = value
+    else:
+        shown = "**********"
+    return ValidationError.from_exception_data(
+        "CacheConfig",
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("configuration_error", "{message}", {"message": str(exc)}),
+                loc=(field,),
+                input=shown,
+            )
+        ],
+        hide_input=True,
+    )

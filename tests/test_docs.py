@@ -310,7 +310,7 @@ def run_block(runner: Runner, block: Block, backend: str, env: dict[str, str], c
 @pytest.mark.parametrize("block", RUN, ids=lambda b: b.name)
 def test_block_runs_on_memory_backend(block: Block, runner: Runner, tmp_path: Path) -> None:
     # Both spellings of the backend variable, until the GATHERING_CACHE_ names land.
-    env = clean_env(CACHE_BACKEND="memory", GATHERING_CACHE_BACKEND="memory")
+    env = clean_env(GATHERING_CACHE_BACKEND="memory")
     run_block(runner, block, "memory", env, tmp_path)
 
 

@@ -262,7 +262,7 @@ def test_seed_embedding_service_snippet(
     monkeypatch.setenv("OPENAI_API_KEY", "sk-seed")
     monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
     monkeypatch.setenv("OPENAI_EMBEDDING_MODEL", "text-embedding-3-small")
-    monkeypatch.setenv("CACHE_BACKEND", "memory")
+    monkeypatch.setenv("GATHERING_CACHE_BACKEND", "memory")
     snippet = textwrap.dedent(
         """
         embedder = EmbeddingService.from_env()

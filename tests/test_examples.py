@@ -62,7 +62,11 @@ EXPECTED = {
 
 
 def run_example(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CACHE_"))}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("REDIS_", "CACHE_", "GATHERING_CACHE_"))
+    }
     return subprocess.run(
         [sys.executable, str(path)],
         capture_output=True,

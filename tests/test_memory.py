@@ -157,7 +157,7 @@ def test_seed_memory_snippets_via_from_env(monkeypatch: pytest.MonkeyPatch, tmp_
     with StubEmbeddingServer() as stub:
         monkeypatch.chdir(tmp_path)
         monkeypatch.setenv("OPENAI_BASE_URL", stub.base_url)
-        monkeypatch.setenv("CACHE_BACKEND", "memory")
+        monkeypatch.setenv("GATHERING_CACHE_BACKEND", "memory")
 
         async def seed() -> MemoryManager:
             memory = MemoryManager.from_env()

@@ -133,18 +133,18 @@ config = CacheConfig(
 def seed_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path) -> str:  # type: ignore[no-untyped-def]
     """The environment the seed's .env describes, pointing at a real server or none."""
     monkeypatch.chdir(tmp_path)
-    for name in ("REDIS_URL", "REDIS_PASSWORD", "REDIS_USERNAME", "CACHE_KEY_PREFIX"):
+    for name in ("REDIS_URL", "REDIS_PASSWORD", "REDIS_USERNAME", "GATHERING_CACHE_KEY_PREFIX"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CACHE_ENABLED", "true")
     monkeypatch.setenv("REDIS_DB", "0")
     if request.param == "memory":
-        monkeypatch.setenv("CACHE_BACKEND", "memory")
+        monkeypatch.setenv("GATHERING_CACHE_BACKEND", "memory")
     else:
         server: RedisServer = request.getfixturevalue("redis_server")
         flush = redis.Redis.from_url(server.url)
         flush.flushdb()
         flush.close()
-        monkeypatch.setenv("CACHE_BACKEND", "redis")
+        monkeypatch.setenv("GATHERING_CACHE_BACKEND", "redis")
         monkeypatch.setenv("REDIS_HOST", "127.0.0.1")
         monkeypatch.setenv("REDIS_PORT", str(server.port))
     name: str = request.param
@@ -185,7 +185,7 @@ def test_quick_start_without_redis_reports_degraded(
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("REDIS_URL", raising=False)
-    monkeypatch.delenv("CACHE_BACKEND", raising=False)
+    monkeypatch.delenv("GATHERING_CACHE_BACKEND", raising=False)
     monkeypatch.setenv("REDIS_HOST", "127.0.0.1")
     monkeypatch.setenv("REDIS_PORT", str(free_port()))
     ns = run(QUICK_START, {})

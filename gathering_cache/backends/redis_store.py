@@ -17,7 +17,6 @@ import contextlib
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import urlsplit
 
 from gathering_cache.backends.base import Progress, Store, Subscriber
 from gathering_cache.globmatch import compile_glob
@@ -64,7 +63,15 @@ return 0
 
 def build_client(config: CacheConfig) -> Redis:
     """Build a ``redis.asyncio.Redis`` on a bounded pool from ``config`` (the policy's
-    limiter keeps calls within the pool, so it never runs out)."""
+    limiter keeps calls within the pool, so it never runs out).
+
+    Built from the fields alone, never with ``from_url``: the config has already read its
+    ``url`` (host, port, db, credentials, TLS, query parameters) into the fields, so what
+    ``config`` shows (``config.socket_timeout`` also bounds SCAN steps) is what the client
+    does, and redis-py's rule that URL options beat keyword arguments cannot undo a field.
+    """
+    from redis.asyncio.connection import UnixDomainSocketConnection
+
     kwargs: dict[str, Any] = {
         # The degradation policy admits at most this many calls at once, so the pool never
         # runs out (no MaxConnectionsError) and needs no BlockingConnectionPool, whose
@@ -77,27 +84,28 @@ def build_client(config: CacheConfig) -> Redis:
         "socket_connect_timeout": config.connect_timeout,
         "retry": Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), config.retry_attempts),
         "health_check_interval": config.health_check_interval,
-        "protocol": 2,
+        # RESP2 (the config refuses 3): one reply shape, and pub/sub messages arrive as
+        # replies rather than as RESP3 push frames, which redis-py drops.
+        "protocol": config.protocol,
+        "db": config.db,
         "username": config.username,
         "password": config.password.get_secret_value() if config.password else None,
+        "client_name": config.client_name,
     }
-    ssl_kwargs = {
-        "ssl_ca_certs": config.ssl_ca_certs,
-        "ssl_certfile": config.ssl_certfile,
-        "ssl_keyfile": config.ssl_keyfile,
-        "ssl_cert_reqs": config.ssl_cert_reqs,
-        "ssl_check_hostname": config.ssl_check_hostname,
-    }
-    if config.url:
-        if urlsplit(config.url).scheme == "rediss":
-            kwargs.update(ssl_kwargs)
-        pool = ConnectionPool.from_url(config.url, **kwargs)
+    if config.socket_path is not None:
+        kwargs.update(connection_class=UnixDomainSocketConnection, path=config.socket_path)
     else:
-        kwargs.update(host=config.host, port=config.port, db=config.db)
+        kwargs.update(host=config.host, port=config.port)
         if config.ssl:
-            kwargs.update(ssl_kwargs, connection_class=SSLConnection)
-        pool = ConnectionPool(**kwargs)
-    return redis_asyncio.Redis.from_pool(pool)
+            kwargs.update(
+                connection_class=SSLConnection,
+                ssl_ca_certs=config.ssl_ca_certs,
+                ssl_certfile=config.ssl_certfile,
+                ssl_keyfile=config.ssl_keyfile,
+                ssl_cert_reqs=config.ssl_cert_reqs,
+                ssl_check_hostname=config.ssl_check_hostname,
+            )
+    return redis_asyncio.Redis.from_pool(ConnectionPool(**kwargs))
 
 
 class RedisStore(Store):
