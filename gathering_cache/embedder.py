@@ -28,8 +28,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from gathering_cache.embeddings import check_vector
-from gathering_cache.errors import ArgumentTypeError, InvalidArgumentError, ProviderError
-from gathering_cache.keys import check_dimensions, check_model
+from gathering_cache.errors import ArgumentTypeError, ProviderError
+from gathering_cache.keys import (
+    check_dimensions,
+    check_limit,
+    check_lock_ttl,
+    check_model,
+    check_number,
+)
 from gathering_cache.manager import AsyncCacheManager
 from gathering_cache.providers import EmbeddingProvider, OpenAIEmbeddings
 from gathering_cache.singleflight import OwnerGone, retrieve_exception
@@ -118,19 +124,17 @@ class CachedEmbedder:
             self._call = _as_async(provider)
         else:
             raise ArgumentTypeError("provider must be an EmbeddingProvider or a function")
-        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int):
-            raise ArgumentTypeError("max_batch_size must be an int")
-        if max_batch_size <= 0 or lock_ttl <= 0 or wait_timeout < 0:
-            raise InvalidArgumentError("max_batch_size and lock_ttl must be > 0")
         self.provider = provider
         self.cache = cache
         self.model = check_model(model)
         self.dimensions = check_dimensions(dimensions)
-        self.max_batch_size = max_batch_size
-        self.lock_ttl_ms = int(lock_ttl * 1000)
-        self.wait_timeout = wait_timeout
-        self.cross_process = cross_process
-        self.stats = EmbedderStats(price_per_embedding=price_per_embedding)
+        self.max_batch_size = check_limit(max_batch_size, "max_batch_size")
+        self.lock_ttl_ms = check_lock_ttl(lock_ttl)
+        self.wait_timeout = check_number(wait_timeout, "wait_timeout")
+        self.cross_process = bool(cross_process)
+        self.stats = EmbedderStats(
+            price_per_embedding=check_number(price_per_embedding, "price_per_embedding")
+        )
         self._inflight: dict[str, asyncio.Future[array[float] | list[float]]] = {}
         self._background: set[asyncio.Future[None]] = set()
         self._owns: list[Any] = []

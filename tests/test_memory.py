@@ -191,10 +191,11 @@ async def test_forget_clears_everyone_who_could_recall_it(memory: MemoryManager)
         assert await memory.recall(agent, QUERY) == []
 
 
-async def test_share_without_known_members_is_refused(memory: MemoryManager) -> None:
+async def test_share_without_known_members_invalidates_everyone(memory: MemoryManager) -> None:
     memory_id = await memory.remember(1, "x")
-    with pytest.raises(ValueError, match="members"):
-        await memory.share(memory_id, circle_id=99)  # no cached context for circle 99
+    await memory.recall(2, QUERY)
+    await memory.share(memory_id, circle_id=99)  # no cached context for circle 99
+    assert await memory.cache.get_rag_results(2, QUERY) is None
 
 
 async def test_warming_refuses_a_single_string(memory: MemoryManager) -> None:
