@@ -35,6 +35,7 @@ from gathering_cache.keys import (
     check_lock_ttl,
     check_model,
     check_number,
+    check_text,
 )
 from gathering_cache.manager import AsyncCacheManager
 from gathering_cache.providers import EmbeddingProvider, OpenAIEmbeddings
@@ -187,10 +188,9 @@ class CachedEmbedder:
             ProviderError: the provider failed or answered something unusable.
         """
         if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise ArgumentTypeError("texts must be a sequence of str")
+            raise ArgumentTypeError(f"texts must be a sequence of str, not {type(texts).__name__}")
         for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise ArgumentTypeError(f"texts[{index}] must be a str, not {type(text).__name__}")
+            check_text(text, f"texts[{index}]")
         self.stats.requested += len(texts)
         unique = list(dict.fromkeys(texts))
         found: dict[str, array[float] | list[float]] = {}
@@ -355,6 +355,10 @@ class CachedEmbedder:
         return self._checked(vectors, len(texts))
 
     def _checked(self, vectors: Any, expected: int) -> list[list[float]]:
+        tolist = getattr(vectors, "tolist", None)
+        if callable(tolist) and not isinstance(vectors, (str, bytes)):
+            # A 2-D numpy array (what sentence-transformers' encode() returns), any layout.
+            vectors = tolist()
         if not isinstance(vectors, Sequence) or isinstance(vectors, (str, bytes)):
             self.stats.provider_errors += 1
             raise ProviderError(f"provider returned {type(vectors).__name__}, not a list")

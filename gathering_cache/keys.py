@@ -86,9 +86,12 @@ def check_key(key: object) -> str:
 
 
 def check_text(text: object, what: str = "text") -> str:
-    """Return ``text`` if it is a str (empty allowed: it hashes like any other)."""
+    """Return ``text`` if it is a str that UTF-8 can encode (empty allowed: it hashes like
+    any other); a lone surrogate raises InvalidArgumentError naming ``what``."""
     if not isinstance(text, str):
         raise ArgumentTypeError(f"{what} must be a str, not {type(text).__name__}")
+    if not text.isascii():
+        _utf8(text, what)
     return text
 
 

@@ -71,6 +71,8 @@ logger = logging.getLogger(__name__)
 def is_deterministic(params: Mapping[str, Any]) -> bool:
     """Whether a call with these parameters gives the same answer every time (as far as the
     provider allows): temperature 0, or a fixed seed."""
+    if not isinstance(params, Mapping):
+        raise ArgumentTypeError(f"params must be a mapping, not {type(params).__name__}")
     temperature = params.get("temperature")
     return (
         isinstance(temperature, (int, float))

@@ -30,7 +30,7 @@ from gathering_cache.embedder import BatchFunction, CachedEmbedder
 from gathering_cache.errors import ArgumentTypeError, InvalidArgumentError, SerializationError
 from gathering_cache.events import Event, EventBus, EventType, RedisEventBridge
 from gathering_cache.invalidation import CacheInvalidator
-from gathering_cache.keys import check_id, check_limit, check_text, text_hash
+from gathering_cache.keys import check_id, check_limit, check_text
 from gathering_cache.manager import AsyncCacheManager
 from gathering_cache.providers import EmbeddingProvider
 from gathering_cache.singleflight import retrieve_exception
@@ -183,7 +183,16 @@ class MemoryManager:
         default_limit: int = 5,
     ) -> None:
         if not isinstance(cache, AsyncCacheManager):
-            raise ArgumentTypeError("cache must be an AsyncCacheManager")
+            raise ArgumentTypeError(
+                f"cache must be an AsyncCacheManager, not {type(cache).__name__}"
+            )
+        if vector_store is not None and not isinstance(vector_store, VectorStore):
+            raise ArgumentTypeError(
+                "vector_store must have add / search / delete (a VectorStore), not "
+                f"{type(vector_store).__name__}"
+            )
+        if bus is not None and not isinstance(bus, EventBus):
+            raise ArgumentTypeError(f"bus must be an EventBus, not {type(bus).__name__}")
         self.cache = cache
         self.embedder = (
             embedder if isinstance(embedder, CachedEmbedder) else CachedEmbedder(embedder, cache)
@@ -261,7 +270,6 @@ class MemoryManager:
         await self._start()
         agent_id = check_id(agent_id, "agent_id")
         check_text(content, "content")
-        text_hash(content)  # a lone surrogate: refused here, whatever the cache's state
         circle_id = _optional_id(circle_id, "circle_id")
         project_id = _optional_id(project_id, "project_id")
         if metadata is not None and not isinstance(metadata, Mapping):
@@ -403,7 +411,6 @@ class MemoryManager:
         await self._start()
         agent_id = check_id(agent_id, "agent_id")
         check_text(query, "query")
-        text_hash(query)  # a lone surrogate: refused here, whatever the cache's state
         if filters is not None and not isinstance(filters, Mapping):
             raise ArgumentTypeError(f"filters must be a mapping, not {type(filters).__name__}")
         limit = self.default_limit if limit is None else check_limit(limit)

@@ -10,6 +10,7 @@ import logging
 import os
 import random
 from array import array
+from collections.abc import Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
@@ -18,7 +19,13 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gathering_cache.errors import ArgumentTypeError, ConfigurationError, ProviderError
-from gathering_cache.keys import check_count, check_dimensions, check_model, check_number
+from gathering_cache.keys import (
+    check_count,
+    check_dimensions,
+    check_model,
+    check_number,
+    check_text,
+)
 
 __all__ = ["EmbeddingProvider", "OpenAIEmbeddings"]
 
@@ -161,12 +168,18 @@ class OpenAIEmbeddings:
         """Embed a batch; one vector per text, in order.
 
         Raises:
+            ArgumentTypeError / InvalidArgumentError: ``texts`` is not a list of str (a
+                single str included), or holds a lone surrogate.
             ProviderError: a non-retryable HTTP error, retries exhausted, or a malformed
                 answer.
         """
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise ArgumentTypeError(f"texts must be a list of str, not {type(texts).__name__}")
+        for index, text in enumerate(texts):
+            check_text(text, f"texts[{index}]")
         payload: dict[str, Any] = {
             "model": self.model,
-            "input": texts,
+            "input": list(texts),
             "encoding_format": self.encoding_format,
         }
         if self.dimensions is not None:

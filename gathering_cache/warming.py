@@ -7,13 +7,10 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from gathering_cache.errors import ArgumentTypeError
 from gathering_cache.keys import check_id, check_limit, check_text
-
-if TYPE_CHECKING:
-    from gathering_cache.memory import MemoryManager
+from gathering_cache.memory import MemoryManager
 
 __all__ = ["WarmProgress", "WarmReport", "warm_rag_cache"]
 
@@ -63,6 +60,8 @@ async def warm_rag_cache(
         ArgumentTypeError / InvalidArgumentError: queries not a mapping of id to a list of
             str, concurrency not a positive int, progress not callable.
     """
+    if not isinstance(memory, MemoryManager):
+        raise ArgumentTypeError(f"memory must be a MemoryManager, not {type(memory).__name__}")
     if not isinstance(queries, Mapping) or any(
         isinstance(q, (str, bytes)) or not isinstance(q, Sequence) for q in queries.values()
     ):

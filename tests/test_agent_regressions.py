@@ -21,14 +21,17 @@ from gathering_cache import (
     AsyncCacheManager,
     CacheConfig,
     CachedEmbedder,
+    CacheInvalidator,
     ConfigurationError,
     EmbeddingService,
+    EventBus,
     InMemoryVectorStore,
     InvalidArgumentError,
     MemoryManager,
     OpenAIEmbeddings,
     SerializationError,
     cached_completion,
+    is_deterministic,
     warm_rag_cache,
 )
 from gathering_cache.encoding import encode_vector
@@ -491,3 +494,44 @@ def test_openai_provider_arguments_are_checked() -> None:
         OpenAIEmbeddings(base_url=local, timeout=0)
     with pytest.raises(ArgumentTypeError, match="api_key"):
         OpenAIEmbeddings(base_url=local, api_key=123)  # type: ignore[arg-type]
+
+
+# -- next to the reported items: other arguments, other array-likes -----------------------------
+
+
+async def test_helper_constructors_check_their_arguments(memory: MemoryManager) -> None:
+    cache = memory.cache
+    with pytest.raises(ArgumentTypeError, match="vector_store"):
+        MemoryManager(cache, provider, "store")  # type: ignore[arg-type]
+    with pytest.raises(ArgumentTypeError, match="bus"):
+        MemoryManager(cache, provider, bus="bus")  # type: ignore[arg-type]
+    with pytest.raises(ArgumentTypeError, match="memory"):
+        await warm_rag_cache("memory", {1: [QUERY]})  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="query"):
+        await warm_rag_cache(memory, {1: [QUERY, SURROGATE]})
+    with pytest.raises(ArgumentTypeError, match="cache"):
+        CacheInvalidator("cache", EventBus())  # type: ignore[arg-type]
+    with pytest.raises(ArgumentTypeError, match="bus"):
+        CacheInvalidator(cache, "bus")  # type: ignore[arg-type]
+    with pytest.raises(ArgumentTypeError, match="params"):
+        is_deterministic(0)  # type: ignore[arg-type]
+
+
+async def test_a_provider_may_return_a_numpy_matrix(cache: AsyncCacheManager) -> None:
+    def encode(texts: list[str]) -> Any:  # as sentence-transformers' encode() does
+        return np.asfortranarray(np.array([vector_for(t, 8) for t in texts], dtype=np.float32))
+
+    embedder = CachedEmbedder(encode, cache, model="st")
+    assert await embedder.embed_many(["a", "b"]) == [vector_for("a", 8), vector_for("b", 8)]
+    assert await cache.get_embedding("b", model="st") == vector_for("b", 8)
+
+
+async def test_the_openai_provider_refuses_a_single_string() -> None:
+    with StubEmbeddingServer() as stub:
+        provider = OpenAIEmbeddings("m", base_url=stub.base_url)
+        with pytest.raises(ArgumentTypeError, match="texts"):
+            await provider.embed("hello")  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match=r"texts\[1\]"):
+            await provider.embed(["ok", SURROGATE])
+        assert stub.requests == []
+        await provider.aclose()
