@@ -136,10 +136,10 @@ def encode_vector(vector: list[float], precision: Precision = "lossless") -> byt
     if _BIG_ENDIAN:  # pragma: no cover - stored little-endian on every machine
         packed.byteswap()
     body = packed.tobytes()
-    if packed.typecode == "f" and _non_finite_packed(body, 4):
+    if packed.typecode == "f" and _maybe_non_finite(body, 0, 4) and not _finite(packed):
         # The input is finite (checked by the caller): an infinity here is a value beyond
         # float32's range (about 3.4e38) that array("f") silently turned into inf.
-        index = next(i for i, v in enumerate(array("f", body)) if not math.isfinite(v))
+        index = next(i for i, v in enumerate(packed) if not math.isfinite(v))
         raise InvalidArgumentError(
             f"embedding[{index}] is {vector[index]!r}, beyond the float32 range "
             "(embedding_precision='float32' stores float32)"
@@ -154,14 +154,15 @@ def encode_vector(vector: list[float], precision: Precision = "lossless") -> byt
 # against ~15 for math.isfinite on each; the exact test runs only when one is there.
 
 
-def _non_finite_packed(body: bytes, size: int) -> bool:
-    top = bytes(body[size - 1 :: size])
-    if b"\x7f" not in top and b"\xff" not in top:
-        return False
-    values = array("f" if size == 4 else "d", body)
-    if _BIG_ENDIAN:  # pragma: no cover
-        values.byteswap()
-    return not all(math.isfinite(v) for v in values)
+def _maybe_non_finite(data: bytes, start: int, size: int) -> bool:
+    """Whether the little-endian floats of ``size`` bytes from ``start`` may hold an infinity
+    or a NaN (no false negatives)."""
+    top = data[start + size - 1 :: size]
+    return b"\x7f" in top or b"\xff" in top
+
+
+def _finite(values: array[float]) -> bool:
+    return all(math.isfinite(v) for v in values)
 
 
 def decode_vector(data: bytes) -> array[float]:
@@ -182,11 +183,11 @@ def decode_vector(data: bytes) -> array[float]:
     body = memoryview(data)[_JSON_LEN:]
     if not body or len(body) % size:
         raise DecodeError("truncated vector")
-    if _non_finite_packed(data[_JSON_LEN:], size):
-        # Never written by encode_vector (its input is checked finite): planted or corrupt.
-        raise DecodeError("non-finite value in vector")
     vector: array[float] = array(typecode)
     vector.frombytes(body)
     if _BIG_ENDIAN:  # pragma: no cover
         vector.byteswap()
+    if _maybe_non_finite(data, _JSON_LEN, size) and not _finite(vector):
+        # Never written by encode_vector (its input is checked finite): planted or corrupt.
+        raise DecodeError("non-finite value in vector")
     return vector
