@@ -144,7 +144,12 @@ class CachedEmbedder:
     def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> CachedEmbedder:
         """An embedder on :class:`OpenAIEmbeddings` (OPENAI_API_KEY, OPENAI_BASE_URL,
         OPENAI_EMBEDDING_MODEL) with the cache from the same environment (REDIS_*, CACHE_*).
-        :meth:`aclose` closes both."""
+        :meth:`aclose` closes both.
+
+        Raises:
+            ConfigurationError: OPENAI_API_KEY is not set while OPENAI_BASE_URL is OpenAI's
+                own API (the default); a local OpenAI-compatible server needs no key.
+        """
         provider = OpenAIEmbeddings.from_env(dotenv_path)
         cache = AsyncCacheManager.from_env(dotenv_path)
         embedder = cls(provider, cache)

@@ -10,8 +10,10 @@ that is not a packed vector, or whose length differs from the dimensions the key
 a miss.
 
 The seed's in-process LRU (``embedding_lru_size`` entries) is filled on Redis hits and sets and
-answers while Redis is unavailable; a Redis miss evicts the entry, so data that Redis lost
-(a restart, a flush) is never served from the LRU once Redis answers again.
+answers while Redis is unavailable (a fault, an open breaker, a shed call); a Redis miss evicts
+the entry, so data that Redis lost (a restart, a flush) is never served from the LRU once Redis
+answers again. A cache disabled in config or closed answers nothing, LRU included: every read
+is a miss.
 """
 
 from __future__ import annotations

@@ -215,7 +215,12 @@ class MemoryManager:
     def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> MemoryManager:
         """A manager wired from the environment: the cache (REDIS_*, CACHE_*), the embedder
         (OPENAI_*), an in-memory vector store, and — on Redis — an event bridge to the other
-        processes, started on first use. :meth:`aclose` releases them."""
+        processes, started on first use. :meth:`aclose` releases them.
+
+        Raises:
+            ConfigurationError: OPENAI_API_KEY is not set while OPENAI_BASE_URL is OpenAI's
+                own API (the default), or another invalid setting.
+        """
         embedder = CachedEmbedder.from_env(dotenv_path)
         manager = cls(embedder.cache, embedder)
         manager._owned = [embedder]

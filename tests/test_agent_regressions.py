@@ -535,3 +535,16 @@ async def test_the_openai_provider_refuses_a_single_string() -> None:
             await provider.embed(["ok", SURROGATE])
         assert stub.requests == []
         await provider.aclose()
+
+
+@pytest.mark.parametrize("state", ["disabled", "closed"])
+async def test_the_embedding_lru_does_not_answer_when_disabled_or_closed(
+    make_cache: Factory, state: str
+) -> None:
+    cache = await make_cache(enabled=state != "disabled")
+    await cache.set_embedding("seen", [0.5, 0.25])
+    await cache.get_embedding("seen")
+    if state == "closed":
+        await cache.aclose()
+    assert await cache.get_embedding("seen") is None
+    assert await cache.get_embeddings(["seen"]) == [None]
