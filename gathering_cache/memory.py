@@ -20,7 +20,7 @@ import itertools
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -33,7 +33,6 @@ from gathering_cache.invalidation import CacheInvalidator
 from gathering_cache.keys import check_id, check_limit, check_text
 from gathering_cache.manager import AsyncCacheManager
 from gathering_cache.providers import EmbeddingProvider
-from gathering_cache.singleflight import retrieve_exception
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -306,7 +305,7 @@ class MemoryManager:
         self,
         memory_id: str,
         *,
-        members: Sequence[int] | None = None,
+        members: Iterable[int] | None = None,
         circle_id: int | None = None,
         project_id: int | None = None,
     ) -> None:
@@ -320,8 +319,8 @@ class MemoryManager:
         itself; :class:`InMemoryVectorStore`, which knows no circles, widens nobody's view.
 
         Raises:
-            ArgumentTypeError: memory_id not a str, members not a sequence of ints, an id that
-                is not an int.
+            ArgumentTypeError: memory_id not a str, members not an iterable of ints (a list,
+                a set ...), an id that is not an int.
             InvalidArgumentError: unknown memory, or a store without ``share``.
         """
         await self._start()
@@ -330,7 +329,7 @@ class MemoryManager:
         circle_id = _optional_id(circle_id, "circle_id")
         project_id = _optional_id(project_id, "project_id")
         if members is not None:
-            if isinstance(members, (str, bytes)) or not isinstance(members, Sequence):
+            if isinstance(members, (str, bytes, Mapping)) or not isinstance(members, Iterable):
                 raise ArgumentTypeError(
                     f"members must be a sequence of agent ids, not {type(members).__name__}"
                 )
@@ -477,7 +476,6 @@ class MemoryManager:
         self._tasks.add(task)  # asyncio keeps only weak references to tasks
 
         def done(_: asyncio.Task[int]) -> None:
-            retrieve_exception(task)  # a failure is the caller's to await, not a log line
             self._tasks.discard(task)
             left = self._dirty[agent_id] - 1
             if left:

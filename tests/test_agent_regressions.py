@@ -108,6 +108,10 @@ async def test_share_checks_its_arguments(memory: MemoryManager) -> None:
         await memory.share(memory_id, circle_id="5")  # type: ignore[arg-type]
     with pytest.raises(ArgumentTypeError, match="memory_id"):
         await memory.forget(1, 5)  # type: ignore[arg-type]
+    with pytest.raises(ArgumentTypeError, match="members"):
+        await memory.share(memory_id, members={2: "x"})  # a mapping: ambiguous, refused
+    await memory.share(memory_id, members={2, 3})  # any iterable of ids
+    assert len(await memory.recall(3, QUERY)) == 1
 
 
 # -- invalidate_cache from sync code (issue 9 #6, issue 10 #16) ---------------------------------
