@@ -96,11 +96,9 @@ class OpenAIEmbeddings:
         backoff_cap: float = 8.0,
         client: httpx.AsyncClient | None = None,
     ) -> None:
-        if model == "":
+        if model is None or model == "":
             raise ConfigurationError("model", "must not be empty")
-        model = check_model(model) or ""
-        if not model:  # None
-            raise ConfigurationError("model", "must not be empty")
+        model = check_model(model) or model  # a str that can be a key segment
         if api_key is not None and not isinstance(api_key, str):
             raise ArgumentTypeError(f"api_key must be a str, not {type(api_key).__name__}")
         if not isinstance(base_url, str):
@@ -112,7 +110,7 @@ class OpenAIEmbeddings:
             # Local OpenAI-compatible servers (vLLM, Ollama ...) need none: their URL differs.
             raise ConfigurationError(
                 "api_key",
-                f"no API key for {base_url}: set OPENAI_API_KEY (or pass api_key=); for a "
+                "no API key for api.openai.com: set OPENAI_API_KEY (or pass api_key=); for a "
                 "local OpenAI-compatible server that needs none, set OPENAI_BASE_URL to it",
             )
         if encoding_format not in ("float", "base64"):
