@@ -205,9 +205,11 @@ class MemoryManager:
         self.bridge: RedisEventBridge | None = None
         self.recalls = 0
         self.recalls_from_cache = 0
-        self._dirty: dict[int, int] = {}
+        # Agents whose background invalidation (invalidate_cache) has not finished: their
+        # cache is not read meanwhile. The tasks also keep them alive (asyncio holds only weak
+        # references to tasks).
+        self._dirty: dict[int, set[asyncio.Task[int]]] = {}
         self._warned_uncacheable = False
-        self._tasks: set[asyncio.Task[int]] = set()
         self._owned: list[Any] = []
 
     @classmethod
@@ -419,7 +421,9 @@ class MemoryManager:
             raise ArgumentTypeError(f"filters must be a mapping, not {type(filters).__name__}")
         limit = self.default_limit if limit is None else check_limit(limit)
         self.recalls += 1
-        cacheable = not filters and limit == self.default_limit and agent_id not in self._dirty
+        cacheable = not filters and limit == self.default_limit
+        if cacheable and agent_id in self._dirty:
+            cacheable = not await self._invalidating(agent_id)
         generation = None
         if cacheable:
             cached = await self.cache.get_rag_results(agent_id, query)
@@ -471,20 +475,33 @@ class MemoryManager:
                 "another thread: asyncio.run_coroutine_threadsafe("
                 "memory.cache.invalidate_rag_results(agent_id), loop).result()"
             ) from None
-        self._dirty[agent_id] = self._dirty.get(agent_id, 0) + 1
         task = loop.create_task(self.cache.invalidate_rag_results(agent_id))
-        self._tasks.add(task)  # asyncio keeps only weak references to tasks
+        self._dirty.setdefault(agent_id, set()).add(task)
 
         def done(_: asyncio.Task[int]) -> None:
-            self._tasks.discard(task)
-            left = self._dirty[agent_id] - 1
-            if left:
-                self._dirty[agent_id] = left
-            else:
-                del self._dirty[agent_id]
+            tasks = self._dirty.get(agent_id)
+            if tasks is not None:
+                tasks.discard(task)
+                if not tasks:
+                    del self._dirty[agent_id]
 
         task.add_done_callback(done)
         return task
+
+    async def _invalidating(self, agent_id: int) -> bool:
+        """Whether an invalidation of ``agent_id`` started by :meth:`invalidate_cache` is still
+        running. A task whose loop was closed before it finished never will (nor will its
+        done callback run): its invalidation is done here instead, so the agent is neither
+        served stale results nor kept off the cache forever."""
+        tasks = self._dirty.get(agent_id, set())
+        orphaned = [t for t in tasks if not t.done() and t.get_loop().is_closed()]
+        tasks.difference_update([t for t in tasks if t.done()] + orphaned)
+        if orphaned:
+            await self.cache.invalidate_rag_results(agent_id)
+        if tasks:
+            return True
+        self._dirty.pop(agent_id, None)
+        return False
 
     def stats(self) -> dict[str, Any]:
         return {

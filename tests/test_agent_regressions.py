@@ -552,3 +552,35 @@ async def test_the_embedding_lru_does_not_answer_when_disabled_or_closed(
         await cache.aclose()
     assert await cache.get_embedding("seen") is None
     assert await cache.get_embeddings(["seen"]) == [None]
+
+
+@pytest.mark.filterwarnings(
+    "ignore::RuntimeWarning",  # the never-run task's coroutine, collected
+    "ignore::pytest.PytestUnraisableExceptionWarning",
+)
+def test_an_invalidation_whose_loop_closed_is_done_by_the_next_recall() -> None:
+    cache = AsyncCacheManager(CacheConfig(backend="memory"))  # usable from any loop
+    memory = MemoryManager(cache, provider)
+    first = asyncio.new_event_loop()
+
+    async def remember_recall_invalidate() -> None:
+        await memory.remember(1, "User prefers dark mode")
+        await memory.recall(1, QUERY)
+        memory.invalidate_cache(1)  # returns before the task runs
+
+    first.run_until_complete(remember_recall_invalidate())
+    first.close()  # the invalidation task never ran
+    second = asyncio.new_event_loop()
+    try:
+
+        async def recall_twice() -> tuple[int, int]:
+            store = memory.store
+            assert isinstance(store, InMemoryVectorStore)
+            before = (store.searches, memory.recalls_from_cache)
+            await memory.recall(1, QUERY)  # not the entry cached before the invalidation
+            await memory.recall(1, QUERY)  # and the agent uses the cache again
+            return store.searches - before[0], memory.recalls_from_cache - before[1]
+
+        assert second.run_until_complete(recall_twice()) == (1, 1)
+    finally:
+        second.close()
