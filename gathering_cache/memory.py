@@ -427,7 +427,8 @@ class MemoryManager:
         generation = None
         if cacheable:
             cached = await self.cache.get_rag_results(agent_id, query)
-            if cached is not None:
+            # Stored data is not trusted: recall returns dicts, whatever was planted.
+            if cached is not None and all(isinstance(r, dict) for r in cached):
                 self.recalls_from_cache += 1
                 return cached
             # Read before computing: results computed across an invalidation are never served.

@@ -584,3 +584,17 @@ def test_an_invalidation_whose_loop_closed_is_done_by_the_next_recall() -> None:
         assert second.run_until_complete(recall_twice()) == (1, 1)
     finally:
         second.close()
+
+
+async def test_recall_never_serves_planted_results_that_are_not_memories(
+    memory: MemoryManager,
+) -> None:
+    await memory.remember(1, "User prefers dark mode")
+    generation = await memory.cache.get_rag_generation(1)
+    planted: list[Any] = [1, "two", None]
+    await memory.cache.set_rag_results(1, QUERY, planted, generation=generation)
+    found = await memory.recall(1, QUERY)
+    assert [r["content"] for r in found] == ["User prefers dark mode"]
+    assert memory.recalls_from_cache == 0
+    assert await memory.recall(1, QUERY) == found  # the good results replaced them
+    assert memory.recalls_from_cache == 1
