@@ -28,8 +28,15 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from gathering_cache.embeddings import check_vector
-from gathering_cache.errors import ArgumentTypeError, InvalidArgumentError, ProviderError
-from gathering_cache.keys import check_dimensions, check_model
+from gathering_cache.errors import ArgumentTypeError, ProviderError
+from gathering_cache.keys import (
+    check_dimensions,
+    check_limit,
+    check_lock_ttl,
+    check_model,
+    check_number,
+    check_text,
+)
 from gathering_cache.manager import AsyncCacheManager
 from gathering_cache.providers import EmbeddingProvider, OpenAIEmbeddings
 from gathering_cache.singleflight import OwnerGone, retrieve_exception
@@ -118,19 +125,17 @@ class CachedEmbedder:
             self._call = _as_async(provider)
         else:
             raise ArgumentTypeError("provider must be an EmbeddingProvider or a function")
-        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int):
-            raise ArgumentTypeError("max_batch_size must be an int")
-        if max_batch_size <= 0 or lock_ttl <= 0 or wait_timeout < 0:
-            raise InvalidArgumentError("max_batch_size and lock_ttl must be > 0")
         self.provider = provider
         self.cache = cache
         self.model = check_model(model)
         self.dimensions = check_dimensions(dimensions)
-        self.max_batch_size = max_batch_size
-        self.lock_ttl_ms = int(lock_ttl * 1000)
-        self.wait_timeout = wait_timeout
-        self.cross_process = cross_process
-        self.stats = EmbedderStats(price_per_embedding=price_per_embedding)
+        self.max_batch_size = check_limit(max_batch_size, "max_batch_size")
+        self.lock_ttl_ms = check_lock_ttl(lock_ttl)
+        self.wait_timeout = check_number(wait_timeout, "wait_timeout")
+        self.cross_process = bool(cross_process)
+        self.stats = EmbedderStats(
+            price_per_embedding=check_number(price_per_embedding, "price_per_embedding")
+        )
         self._inflight: dict[str, asyncio.Future[array[float] | list[float]]] = {}
         self._background: set[asyncio.Future[None]] = set()
         self._owns: list[Any] = []
@@ -139,7 +144,12 @@ class CachedEmbedder:
     def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> CachedEmbedder:
         """An embedder on :class:`OpenAIEmbeddings` (OPENAI_API_KEY, OPENAI_BASE_URL,
         OPENAI_EMBEDDING_MODEL) with the cache from the same environment (REDIS_*, CACHE_*).
-        :meth:`aclose` closes both."""
+        :meth:`aclose` closes both.
+
+        Raises:
+            ConfigurationError: OPENAI_API_KEY is not set while OPENAI_BASE_URL is OpenAI's
+                own API (the default); a local OpenAI-compatible server needs no key.
+        """
         provider = OpenAIEmbeddings.from_env(dotenv_path)
         cache = AsyncCacheManager.from_env(dotenv_path)
         embedder = cls(provider, cache)
@@ -183,10 +193,9 @@ class CachedEmbedder:
             ProviderError: the provider failed or answered something unusable.
         """
         if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise ArgumentTypeError("texts must be a sequence of str")
+            raise ArgumentTypeError(f"texts must be a sequence of str, not {type(texts).__name__}")
         for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise ArgumentTypeError(f"texts[{index}] must be a str, not {type(text).__name__}")
+            check_text(text, f"texts[{index}]")
         self.stats.requested += len(texts)
         unique = list(dict.fromkeys(texts))
         found: dict[str, array[float] | list[float]] = {}
@@ -351,6 +360,10 @@ class CachedEmbedder:
         return self._checked(vectors, len(texts))
 
     def _checked(self, vectors: Any, expected: int) -> list[list[float]]:
+        tolist = getattr(vectors, "tolist", None)
+        if callable(tolist) and not isinstance(vectors, (str, bytes)):
+            # A 2-D numpy array (what sentence-transformers' encode() returns), any layout.
+            vectors = tolist()
         if not isinstance(vectors, Sequence) or isinstance(vectors, (str, bytes)):
             self.stats.provider_errors += 1
             raise ProviderError(f"provider returned {type(vectors).__name__}, not a list")

@@ -10,8 +10,10 @@ that is not a packed vector, or whose length differs from the dimensions the key
 a miss.
 
 The seed's in-process LRU (``embedding_lru_size`` entries) is filled on Redis hits and sets and
-answers while Redis is unavailable; a Redis miss evicts the entry, so data that Redis lost
-(a restart, a flush) is never served from the LRU once Redis answers again.
+answers while Redis is unavailable (a fault, an open breaker, a shed call); a Redis miss evicts
+the entry, so data that Redis lost (a restart, a flush) is never served from the LRU once Redis
+answers again. A cache disabled in config or closed answers nothing, LRU included: every read
+is a miss.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ Source = Literal["store", "lru"] | None
 def check_vector(embedding: object, dimensions: int | None = None) -> list[float]:
     """Return the embedding as a list of floats, or raise naming the problem.
 
+    Any array-like of real numbers is taken: a list or tuple, an ``array.array``, a numpy
+    array of any layout (strided, transposed, Fortran-order views included).
+
     Raises:
         ArgumentTypeError: not a sequence of real numbers (a str, a dict, a bool item, ...).
         InvalidArgumentError: empty, NaN or infinity in it, or not ``dimensions`` long.
@@ -50,8 +55,12 @@ def check_vector(embedding: object, dimensions: int | None = None) -> list[float
         raise ArgumentTypeError(
             f"embedding must be a sequence of floats, not {type(embedding).__name__}"
         )
-    tolist = getattr(embedding, "tolist", None)  # numpy arrays
+    tolist = getattr(embedding, "tolist", None)  # numpy arrays (views included), memoryview
     items: Sequence[Any] = tolist() if callable(tolist) else embedding  # type: ignore[assignment]
+    if not isinstance(items, (list, Sequence)):  # a numpy scalar: tolist() gave a number
+        raise ArgumentTypeError(
+            f"embedding must be a sequence of floats, not {type(embedding).__name__}"
+        )
     if len(items) == 0:
         raise InvalidArgumentError("embedding must not be empty")
     try:
@@ -65,14 +74,22 @@ def check_vector(embedding: object, dimensions: int | None = None) -> list[float
         fast = False
     if not fast:
         for index, item in enumerate(items):
-            if isinstance(item, bool) or not isinstance(item, (int, float)):
+            # Any real number the fast path's float() conversion takes (numpy scalars,
+            # Decimal, Fraction ...), so both paths accept the same items.
+            if isinstance(item, (bool, str, bytes, bytearray)):
+                value = None
+            else:
+                try:
+                    value = float(item)
+                except (TypeError, ValueError):
+                    value = None
+                except OverflowError:  # an int too large for a float
+                    value = math.inf
+            if value is None:
                 raise ArgumentTypeError(
                     f"embedding[{index}] must be a real number, not {type(item).__name__}"
                 )
-            try:
-                finite = math.isfinite(item)
-            except OverflowError:  # an int too large for a float
-                finite = False
+            finite = math.isfinite(value)
             if not finite:
                 raise InvalidArgumentError(
                     f"embedding[{index}] is {item!r:.40}; vectors must be finite floats"
@@ -83,6 +100,13 @@ def check_vector(embedding: object, dimensions: int | None = None) -> list[float
             f"embedding has {len(packed)} values but dimensions={dimensions} was given"
         )
     return packed.tolist()
+
+
+def _check_texts(texts: object) -> None:
+    if isinstance(texts, str):
+        raise ArgumentTypeError("texts must be a sequence of str, not a single str")
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
+        raise ArgumentTypeError(f"texts must be a sequence of str, not {type(texts).__name__}")
 
 
 def _numpy() -> Any:
@@ -179,8 +203,7 @@ class EmbeddingCache:
     ) -> list[tuple[array[float] | None, Source]]:
         """Each text's cached vector (or None) and its source: ``"store"``, ``"lru"`` (Redis
         unavailable) or ``None`` (a miss). One round trip; counted in stats."""
-        if isinstance(texts, str):
-            raise ArgumentTypeError("texts must be a sequence of str, not a single str")
+        _check_texts(texts)
         keys = [self.key(text, model, dimensions) for text in texts]
         if not keys:
             return []
@@ -242,8 +265,13 @@ class EmbeddingCache:
         model: str | None = None,
         dimensions: int | None = None,
     ) -> bool:
-        if isinstance(texts, str):
-            raise ArgumentTypeError("texts must be a sequence of str, not a single str")
+        _check_texts(texts)
+        if isinstance(embeddings, (str, bytes, bytearray)) or not (
+            isinstance(embeddings, Sequence) or hasattr(embeddings, "tolist")
+        ):
+            raise ArgumentTypeError(
+                f"embeddings must be a sequence of vectors, not {type(embeddings).__name__}"
+            )
         if len(texts) != len(embeddings):
             raise InvalidArgumentError(
                 f"{len(texts)} texts but {len(embeddings)} embeddings were given"

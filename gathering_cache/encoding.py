@@ -19,7 +19,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from gathering_cache.errors import SerializationError
+from gathering_cache.errors import InvalidArgumentError, SerializationError
 
 __all__ = [
     "DecodeError",
@@ -73,8 +73,17 @@ def encode(value: Any) -> bytes:
 
 
 def _refuse(value: Any) -> Any:
+    # orjson serialises C-contiguous numpy arrays only; views (strided, transposed,
+    # Fortran-order) land here and are taken as the nested lists they hold. What those lists
+    # contain is checked again by orjson (and lands here again if it is not JSON-like).
+    if _is_numpy_array(value):
+        return value.tolist()
     # Dataclasses and datetimes would come back as dicts and strings: not what was stored.
     raise TypeError(f"Type is not JSON-like: {type(value).__name__}")
+
+
+def _is_numpy_array(value: Any) -> bool:
+    return type(value).__module__ == "numpy" and type(value).__name__ == "ndarray"
 
 
 def _non_finite(value: Any, path: str) -> str | None:
@@ -116,13 +125,44 @@ def encode_vector(vector: list[float], precision: Precision = "lossless") -> byt
     ``lossless``: float32 when every value is exactly representable in float32 (as the
     vectors of APIs that ship float32, such as OpenAI's), else float64. ``float32``: always
     float32, rounding values that need more precision.
+
+    Raises:
+        InvalidArgumentError: with ``float32``, a value beyond float32's range (it would
+            become infinity).
     """
     packed = array("f", vector)
     if precision == "lossless" and packed.tolist() != vector:
         packed = array("d", vector)
     if _BIG_ENDIAN:  # pragma: no cover - stored little-endian on every machine
         packed.byteswap()
-    return (_F32 if packed.typecode == "f" else _F64) + packed.tobytes()
+    body = packed.tobytes()
+    if packed.typecode == "f" and _maybe_non_finite(body, 0, 4) and not _finite(packed):
+        # The input is finite (checked by the caller): an infinity here is a value beyond
+        # float32's range (about 3.4e38) that array("f") silently turned into inf.
+        index = next(i for i, v in enumerate(packed) if not math.isfinite(v))
+        raise InvalidArgumentError(
+            f"embedding[{index}] is {vector[index]!r}, beyond the float32 range "
+            "(embedding_precision='float32' stores float32)"
+        )
+    return (_F32 if packed.typecode == "f" else _F64) + body
+
+
+# The most significant byte of a little-endian float32 or float64 holds the sign and the top
+# 7 bits of the exponent. Infinity and NaN have an exponent of all ones, so their top byte is
+# 0x7f or 0xff; a finite value with that top byte is above 1.7e38 (float32) or 2.7e303
+# (float64). Looking for those two bytes (memchr) costs a few microseconds for 1536 values,
+# against ~15 for math.isfinite on each; the exact test runs only when one is there.
+
+
+def _maybe_non_finite(data: bytes, start: int, size: int) -> bool:
+    """Whether the little-endian floats of ``size`` bytes from ``start`` may hold an infinity
+    or a NaN (no false negatives)."""
+    top = data[start + size - 1 :: size]
+    return b"\x7f" in top or b"\xff" in top
+
+
+def _finite(values: array[float]) -> bool:
+    return all(math.isfinite(v) for v in values)
 
 
 def decode_vector(data: bytes) -> array[float]:
@@ -130,7 +170,8 @@ def decode_vector(data: bytes) -> array[float]:
 
     Raises:
         DecodeError: not a packed vector of ours (a JSON value, foreign bytes, a payload whose
-            length is not a whole number of floats, or an empty vector).
+            length is not a whole number of floats, an empty vector, or one holding NaN or
+            infinity, which the write side refuses).
     """
     header = data[:_JSON_LEN]
     if header == _F32:
@@ -146,4 +187,7 @@ def decode_vector(data: bytes) -> array[float]:
     vector.frombytes(body)
     if _BIG_ENDIAN:  # pragma: no cover
         vector.byteswap()
+    if _maybe_non_finite(data, _JSON_LEN, size) and not _finite(vector):
+        # Never written by encode_vector (its input is checked finite): planted or corrupt.
+        raise DecodeError("non-finite value in vector")
     return vector

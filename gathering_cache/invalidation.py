@@ -16,12 +16,11 @@ kept recalling stale results; here every member's cache is cleared.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from gathering_cache.errors import ArgumentTypeError
 from gathering_cache.events import Event, EventBus, EventType
-
-if TYPE_CHECKING:
-    from gathering_cache.manager import AsyncCacheManager
+from gathering_cache.manager import AsyncCacheManager
 
 __all__ = ["CacheInvalidator"]
 
@@ -38,6 +37,12 @@ class CacheInvalidator:
     """Subscribes to a bus and invalidates what each event makes stale."""
 
     def __init__(self, cache: AsyncCacheManager, bus: EventBus) -> None:
+        if not isinstance(cache, AsyncCacheManager):
+            raise ArgumentTypeError(
+                f"cache must be an AsyncCacheManager, not {type(cache).__name__}"
+            )
+        if not isinstance(bus, EventBus):
+            raise ArgumentTypeError(f"bus must be an EventBus, not {type(bus).__name__}")
         self.cache = cache
         self.bus = bus
         self.invalidated_agents = 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 from typing import Final
 from urllib.parse import quote
 
@@ -29,10 +30,15 @@ __all__ = [
     "GENERIC",
     "NAMESPACES",
     "KeySpace",
+    "check_count",
     "check_dimensions",
     "check_id",
     "check_key",
+    "check_limit",
+    "check_lock_ttl",
     "check_model",
+    "check_namespace",
+    "check_number",
     "check_text",
     "check_ttl",
     "text_hash",
@@ -78,9 +84,12 @@ def check_key(key: object) -> str:
 
 
 def check_text(text: object, what: str = "text") -> str:
-    """Return ``text`` if it is a str (empty allowed: it hashes like any other)."""
+    """Return ``text`` if it is a str that UTF-8 can encode (empty allowed: it hashes like
+    any other); a lone surrogate raises InvalidArgumentError naming ``what``."""
     if not isinstance(text, str):
         raise ArgumentTypeError(f"{what} must be a str, not {type(text).__name__}")
+    if not text.isascii():
+        _utf8(text, what)
     return text
 
 
@@ -92,14 +101,68 @@ def check_id(value: object, name: str) -> int:
 
 
 def check_model(model: object) -> str | None:
-    """Return ``model`` if it is ``None`` or a non-empty str."""
+    """Return ``model`` if it is ``None`` or a non-empty, encodable str."""
     if model is None:
         return None
     if not isinstance(model, str):
         raise ArgumentTypeError(f"model must be a str, not {type(model).__name__}")
     if not model:
         raise InvalidArgumentError("model must not be empty")
+    if not model.isascii():
+        _utf8(model, "model")  # it becomes a key segment: a lone surrogate cannot
     return model
+
+
+def check_namespace(namespace: object) -> str | None:
+    """Return ``namespace`` (an LLM cache tenant) if it is ``None`` or a non-empty,
+    encodable str."""
+    if namespace is None:
+        return None
+    if not isinstance(namespace, str):
+        raise ArgumentTypeError(
+            f"namespace must be a non-empty str or None, not {type(namespace).__name__}"
+        )
+    if not namespace:
+        raise InvalidArgumentError("namespace must not be empty (None shares entries)")
+    if not namespace.isascii():
+        _utf8(namespace, "namespace")
+    return namespace
+
+
+def check_limit(limit: object, name: str = "limit") -> int:
+    """Return ``limit`` if it is a positive int (bool excluded)."""
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise ArgumentTypeError(f"{name} must be an int, not {type(limit).__name__}: {limit!r}")
+    if limit <= 0:
+        raise InvalidArgumentError(f"{name} must be > 0, not {limit}")
+    return limit
+
+
+def check_count(value: object, name: str) -> int:
+    """Return ``value`` if it is an int >= 0 (bool excluded)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgumentTypeError(f"{name} must be an int, not {type(value).__name__}: {value!r}")
+    if value < 0:
+        raise InvalidArgumentError(f"{name} must be >= 0, not {value}")
+    return value
+
+
+def check_number(value: object, name: str, *, minimum: float = 0.0) -> float:
+    """Return ``value`` (seconds, a price ...) as a float if it is a finite real number
+    >= ``minimum`` (bool excluded)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ArgumentTypeError(f"{name} must be a number, not {type(value).__name__}: {value!r}")
+    if not math.isfinite(value) or value < minimum:
+        raise InvalidArgumentError(f"{name} must be a finite number >= {minimum}, not {value!r}")
+    return float(value)
+
+
+def check_lock_ttl(lock_ttl: object) -> int:
+    """A single-flight lock lifetime in seconds, returned in whole milliseconds (what Redis
+    ``SET PX`` takes). Below 1 ms it would round to ``PX 0``, which Redis refuses on every
+    call (and cross-process single-flight would be silently off): refused."""
+    seconds = check_number(lock_ttl, "lock_ttl", minimum=0.001)
+    return max(1, round(seconds * 1000))
 
 
 def check_dimensions(dimensions: object) -> int | None:
@@ -181,6 +244,8 @@ class KeySpace:
         """
         if not isinstance(pattern, str):
             raise ArgumentTypeError(f"pattern must be a str, not {type(pattern).__name__}")
+        if not pattern.isascii():
+            _utf8(pattern, "pattern")  # checked here, so the answer is the same when degraded
         if not pattern.startswith(self.prefix):
             raise PatternError(
                 f"pattern {pattern!r} is outside the key prefix {self.prefix!r}; "

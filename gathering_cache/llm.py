@@ -36,7 +36,7 @@ from gathering_cache.errors import (
     InvalidArgumentError,
     SerializationError,
 )
-from gathering_cache.keys import LLM, check_model, check_ttl
+from gathering_cache.keys import LLM, check_model, check_namespace, check_ttl
 from gathering_cache.singleflight import SingleFlight
 
 if TYPE_CHECKING:
@@ -71,6 +71,8 @@ logger = logging.getLogger(__name__)
 def is_deterministic(params: Mapping[str, Any]) -> bool:
     """Whether a call with these parameters gives the same answer every time (as far as the
     provider allows): temperature 0, or a fixed seed."""
+    if not isinstance(params, Mapping):
+        raise ArgumentTypeError(f"params must be a mapping, not {type(params).__name__}")
     temperature = params.get("temperature")
     return (
         isinstance(temperature, (int, float))
@@ -115,8 +117,7 @@ class LLMCache:
             raise ArgumentTypeError(f"prompt must be a str, not {type(prompt).__name__}")
         if messages is not None and not isinstance(messages, (list, tuple)):
             raise ArgumentTypeError(f"messages must be a list, not {type(messages).__name__}")
-        if namespace is not None and (not isinstance(namespace, str) or not namespace):
-            raise ArgumentTypeError("namespace must be a non-empty str or None")
+        namespace = check_namespace(namespace)
         request = {
             "model": model,
             "prompt": prompt,
@@ -189,8 +190,7 @@ class LLMCache:
         return await self._core.set_raw(key, data, expiry)
 
     async def invalidate(self, namespace: str | None) -> int:
-        if namespace is not None and (not isinstance(namespace, str) or not namespace):
-            raise ArgumentTypeError("namespace must be a non-empty str or None")
+        namespace = check_namespace(namespace)
         space = f"ns-{quote(namespace, safe='')}" if namespace is not None else "shared"
         return await self._core.delete_pattern(f"{self._core.keys.prefix}{LLM}:{space}:*")
 
@@ -232,9 +232,22 @@ def cached_completion(
             are cached only when ``decode`` is given (dumped with ``model_dump(mode="json")``),
             so a hit returns the same type as a miss.
 
-    A request that cannot be hashed, or a response that cannot be stored, is logged and
-    answered uncached: the cache never breaks the call it wraps.
+    A request that cannot be hashed, a response that cannot be stored, or a cached entry
+    that ``decode`` refuses (one written by an older version of the response type) is logged
+    and answered by calling the function: the cache never breaks the call it wraps.
+
+    Raises:
+        ArgumentTypeError / InvalidArgumentError: a bad decorator argument (``namespace``,
+            ``ttl``, ``lock_ttl`` (at least 0.001 s), ``wait_timeout``, or a hook that is not
+            callable), when decorating rather than on every call.
     """
+    if not isinstance(getattr(cache, "_core", None), CacheCore):  # manager imports this module
+        raise ArgumentTypeError(f"cache must be an AsyncCacheManager, not {type(cache).__name__}")
+    check_namespace(namespace)
+    check_ttl(ttl)
+    for name, hook in (("usage", usage), ("encode", encode), ("decode", decode)):
+        if hook is not None and not callable(hook):
+            raise ArgumentTypeError(f"{name} must be callable, not {type(hook).__name__}")
     flight: SingleFlight[Any] = SingleFlight(
         cache._core, lock_ttl=lock_ttl, wait_timeout=wait_timeout
     )
@@ -246,7 +259,8 @@ def cached_completion(
 
         @functools.wraps(function)
         async def wrapper(*args: Any, **kwargs: Any) -> R:
-            space = kwargs.pop("cache_namespace", namespace)
+            # The cache's own argument: a bad one is a programming error, raised.
+            space = check_namespace(kwargs.pop("cache_namespace", namespace))
             forced = kwargs.pop("cache_force", force)
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()  # a default model is part of the request too
@@ -276,7 +290,9 @@ def cached_completion(
                 return await function(*args, **kwargs)
             entry = await llm.read(key)
             if entry is not None:
-                return _decoded(entry)  # type: ignore[no-any-return]
+                found = _decoded(entry)
+                if found is not _UNDECODABLE:
+                    return found  # type: ignore[no-any-return]
 
             async def compute() -> Any:
                 response = await function(*args, **kwargs)
@@ -300,12 +316,28 @@ def cached_completion(
 
             async def lookup() -> Any:
                 found = await llm.read(key)
-                return None if found is None else _decoded(found)
+                if found is None:
+                    return None
+                value = _decoded(found)
+                return None if value is _UNDECODABLE else value
 
             return await flight.run(key, compute, lookup)  # type: ignore[no-any-return]
 
+        decode_failures: list[bool] = []
+
         def _decoded(entry: dict[str, Any]) -> Any:
-            return decode(entry["response"]) if decode else entry["response"]
+            if decode is None:
+                return entry["response"]
+            try:
+                return decode(entry["response"])
+            except Exception as exc:
+                # Stored data is not trusted: an entry of an older response schema (or planted)
+                # is a miss, recomputed and overwritten, not an error in the caller's call.
+                log = logger.debug if decode_failures else logger.warning
+                decode_failures.append(True)
+                del decode_failures[1:]
+                log("cached LLM response refused by decode=, recomputing: %r", exc)
+                return _UNDECODABLE
 
         warned: list[bool] = []
 
@@ -335,6 +367,7 @@ def cached_completion(
 
 
 _UNSTORABLE: Any = object()
+_UNDECODABLE: Any = object()
 _MAX_CAUSES = 64
 """Distinct causes warned about per decorated function (then only debug-logged)."""
 

@@ -14,19 +14,23 @@ and tests; any object with ``add`` / ``search`` / ``delete`` (and ``share``) can
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import itertools
+import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from gathering_cache import encoding
 from gathering_cache.embedder import BatchFunction, CachedEmbedder
-from gathering_cache.errors import ArgumentTypeError, InvalidArgumentError
+from gathering_cache.errors import ArgumentTypeError, InvalidArgumentError, SerializationError
 from gathering_cache.events import Event, EventBus, EventType, RedisEventBridge
 from gathering_cache.invalidation import CacheInvalidator
-from gathering_cache.keys import check_id, check_text
+from gathering_cache.keys import check_id, check_limit, check_text
 from gathering_cache.manager import AsyncCacheManager
 from gathering_cache.providers import EmbeddingProvider
 
@@ -34,6 +38,28 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = ["InMemoryVectorStore", "MemoryManager", "VectorStore"]
+
+logger = logging.getLogger(__name__)
+
+
+def _optional_id(value: object, name: str) -> int | None:
+    return None if value is None else check_id(value, name)
+
+
+@functools.lru_cache(maxsize=64)
+def _accepts_cached(function: Any, name: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: do not guess
+        return False
+    return name in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+
+
+def _accepts(method: Any, name: str) -> bool:
+    """Whether ``method`` takes a keyword argument ``name``."""
+    return _accepts_cached(getattr(method, "__func__", method), name)
 
 
 @runtime_checkable
@@ -156,7 +182,16 @@ class MemoryManager:
         default_limit: int = 5,
     ) -> None:
         if not isinstance(cache, AsyncCacheManager):
-            raise ArgumentTypeError("cache must be an AsyncCacheManager")
+            raise ArgumentTypeError(
+                f"cache must be an AsyncCacheManager, not {type(cache).__name__}"
+            )
+        if vector_store is not None and not isinstance(vector_store, VectorStore):
+            raise ArgumentTypeError(
+                "vector_store must have add / search / delete (a VectorStore), not "
+                f"{type(vector_store).__name__}"
+            )
+        if bus is not None and not isinstance(bus, EventBus):
+            raise ArgumentTypeError(f"bus must be an EventBus, not {type(bus).__name__}")
         self.cache = cache
         self.embedder = (
             embedder if isinstance(embedder, CachedEmbedder) else CachedEmbedder(embedder, cache)
@@ -166,19 +201,27 @@ class MemoryManager:
         )
         self.bus = bus if bus is not None else EventBus()
         self.invalidator = CacheInvalidator(cache, self.bus)
-        self.default_limit = default_limit
+        self.default_limit = check_limit(default_limit, "default_limit")
         self.bridge: RedisEventBridge | None = None
         self.recalls = 0
         self.recalls_from_cache = 0
-        self._dirty: dict[int, int] = {}
-        self._tasks: set[asyncio.Task[int]] = set()
+        # Agents whose background invalidation (invalidate_cache) has not finished: their
+        # cache is not read meanwhile. The tasks also keep them alive (asyncio holds only weak
+        # references to tasks).
+        self._dirty: dict[int, set[asyncio.Task[int]]] = {}
+        self._warned_uncacheable = False
         self._owned: list[Any] = []
 
     @classmethod
     def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> MemoryManager:
         """A manager wired from the environment: the cache (REDIS_*, CACHE_*), the embedder
         (OPENAI_*), an in-memory vector store, and — on Redis — an event bridge to the other
-        processes, started on first use. :meth:`aclose` releases them."""
+        processes, started on first use. :meth:`aclose` releases them.
+
+        Raises:
+            ConfigurationError: OPENAI_API_KEY is not set while OPENAI_BASE_URL is OpenAI's
+                own API (the default), or another invalid setting.
+        """
         embedder = CachedEmbedder.from_env(dotenv_path)
         manager = cls(embedder.cache, embedder)
         manager._owned = [embedder]
@@ -221,14 +264,34 @@ class MemoryManager:
         project_id: int | None = None,
     ) -> str:
         """Store a memory of ``agent_id``; publishes MEMORY_CREATED (the agent's RAG cache is
-        cleared before this returns). Returns the memory id."""
+        cleared before this returns). Returns the memory id.
+
+        Raises:
+            ArgumentTypeError: an id that is not an int, content not a str, metadata not a
+                mapping.
+            InvalidArgumentError: content that is not valid Unicode (a lone surrogate).
+            SerializationError: metadata that is not JSON-like (a datetime, a set, NaN ...):
+                recall results carry it into the cache. Nothing is stored.
+        """
         await self._start()
         agent_id = check_id(agent_id, "agent_id")
         check_text(content, "content")
+        circle_id = _optional_id(circle_id, "circle_id")
+        project_id = _optional_id(project_id, "project_id")
         if metadata is not None and not isinstance(metadata, Mapping):
-            raise ArgumentTypeError("metadata must be a mapping")
+            raise ArgumentTypeError(f"metadata must be a mapping, not {type(metadata).__name__}")
+        stored = dict(metadata or {})
+        try:
+            # Search results carry the metadata into the RAG cache: what it cannot hold
+            # (a datetime, a set ...) would make every later recall of this agent fail.
+            encoding.encode(stored)
+        except SerializationError as exc:
+            raise SerializationError(
+                f"metadata must be JSON-like (str, number, bool, None, list, dict), since "
+                f"recall results are cached: {exc}"
+            ) from None
         vector = await self.embedder.embed(content)
-        memory_id = await self.store.add(agent_id, content, vector, dict(metadata or {}))
+        memory_id = await self.store.add(agent_id, content, vector, stored)
         await self.bus.publish(
             Event(
                 EventType.MEMORY_CREATED,
@@ -244,7 +307,7 @@ class MemoryManager:
         self,
         memory_id: str,
         *,
-        members: Sequence[int] | None = None,
+        members: Iterable[int] | None = None,
         circle_id: int | None = None,
         project_id: int | None = None,
     ) -> None:
@@ -252,28 +315,49 @@ class MemoryManager:
         publish MEMORY_SHARED: every agent that can now see it gets a fresh recall.
 
         ``members`` may be omitted for a circle whose context (with ``members``) is cached;
-        with membership unknown, every agent's RAG results are invalidated.
+        with membership unknown, every agent's RAG results are invalidated (O(1)), and the
+        vector store is asked to share with no agent named: a store whose ``share`` takes
+        ``circle_id=`` / ``project_id=`` keywords receives them and resolves the members
+        itself; :class:`InMemoryVectorStore`, which knows no circles, widens nobody's view.
+
+        Raises:
+            ArgumentTypeError: memory_id not a str, members not an iterable of ints (a list,
+                a set ...), an id that is not an int.
+            InvalidArgumentError: unknown memory, or a store without ``share``.
         """
         await self._start()
+        if not isinstance(memory_id, str):
+            raise ArgumentTypeError(f"memory_id must be a str, not {type(memory_id).__name__}")
+        circle_id = _optional_id(circle_id, "circle_id")
+        project_id = _optional_id(project_id, "project_id")
         if members is not None:
+            if isinstance(members, (str, bytes, Mapping)) or not isinstance(members, Iterable):
+                raise ArgumentTypeError(
+                    f"members must be a sequence of agent ids, not {type(members).__name__}"
+                )
             members = [check_id(m, "members[]") for m in members]
         elif circle_id is not None:
             context = await self.cache.get_circle_context(circle_id)
             if context is not None and isinstance(context.get("members"), list):
-                members = [m for m in context["members"] if isinstance(m, int)]
-        if members is None:
-            raise InvalidArgumentError(
-                "share() needs members=, or a circle_id whose context (with members) is cached"
-            )
+                members = [
+                    m for m in context["members"] if isinstance(m, int) and not isinstance(m, bool)
+                ]
         share = getattr(self.store, "share", None)
         if share is None:
             raise InvalidArgumentError("this vector store cannot share memories")
-        owner = await share(memory_id, list(members or []))
+        scope = {
+            name: value
+            for name, value in (("circle_id", circle_id), ("project_id", project_id))
+            if value is not None and _accepts(share, name)
+        }
+        owner = await share(memory_id, list(members or []), **scope)
         if owner is None:
             raise InvalidArgumentError(f"unknown memory {memory_id!r}")
         data: dict[str, Any] = {"memory_id": memory_id, "agent_id": owner}
         if members is not None:
             data["members"] = list(members)
+        # Without members, CacheInvalidator looks for the circle's cached context once more,
+        # then invalidates every agent's RAG results.
         await self.bus.publish(
             Event(
                 EventType.MEMORY_SHARED,
@@ -293,6 +377,8 @@ class MemoryManager:
         """
         await self._start()
         agent_id = check_id(agent_id, "agent_id")
+        if not isinstance(memory_id, str):
+            raise ArgumentTypeError(f"memory_id must be a str, not {type(memory_id).__name__}")
         audience = getattr(self.store, "audience", None)
         seen_by = audience(memory_id) if callable(audience) else None
         if seen_by is not None and seen_by[0] != agent_id:
@@ -320,20 +406,29 @@ class MemoryManager:
         """The memories of ``agent_id`` closest to ``query``, best first.
 
         Unfiltered recalls of the default size go through the RAG cache; filtered ones (and
-        other limits) always search.
+        other limits) always search. Results the cache cannot hold (a custom store's
+        datetime field) are returned uncached, with one warning.
+
+        Raises:
+            ArgumentTypeError: agent_id or limit not an int, query not a str, filters not a
+                mapping.
+            InvalidArgumentError: limit <= 0, a query that is not valid Unicode.
         """
         await self._start()
         agent_id = check_id(agent_id, "agent_id")
         check_text(query, "query")
         if filters is not None and not isinstance(filters, Mapping):
-            raise ArgumentTypeError("filters must be a mapping")
-        limit = self.default_limit if limit is None else limit
+            raise ArgumentTypeError(f"filters must be a mapping, not {type(filters).__name__}")
+        limit = self.default_limit if limit is None else check_limit(limit)
         self.recalls += 1
-        cacheable = not filters and limit == self.default_limit and agent_id not in self._dirty
+        cacheable = not filters and limit == self.default_limit
+        if cacheable and agent_id in self._dirty:
+            cacheable = not await self._invalidating(agent_id)
         generation = None
         if cacheable:
             cached = await self.cache.get_rag_results(agent_id, query)
-            if cached is not None:
+            # Stored data is not trusted: recall returns dicts, whatever was planted.
+            if cached is not None and all(isinstance(r, dict) for r in cached):
                 self.recalls_from_cache += 1
                 return cached
             # Read before computing: results computed across an invalidation are never served.
@@ -341,8 +436,18 @@ class MemoryManager:
         vector = await self.embedder.embed(query)
         results = await self.store.search(agent_id, vector, limit, filters or None)
         if cacheable and generation is not None:
-            await self.cache.set_rag_results(agent_id, query, results, generation=generation)
+            try:
+                await self.cache.set_rag_results(agent_id, query, results, generation=generation)
+            except (SerializationError, ArgumentTypeError) as exc:
+                # The store returned what the cache cannot hold (remember() refuses such
+                # metadata, but another store may add fields of its own): answer uncached.
+                self._warn_uncacheable(exc)
         return results
+
+    def _warn_uncacheable(self, exc: Exception) -> None:
+        log = logger.debug if self._warned_uncacheable else logger.warning
+        self._warned_uncacheable = True
+        log("recall results not cached (said once): %s", exc)
 
     def invalidate_cache(self, agent_id: int) -> asyncio.Task[int]:
         """Clear the RAG cache of ``agent_id`` (the seed's ``memory.invalidate_cache``).
@@ -350,23 +455,54 @@ class MemoryManager:
         Usable as written in the seed, without ``await``: this process stops reading the
         agent's cache at once, and the invalidation runs in the background. Await the
         returned task to wait for it (its result is the number of entries removed).
-        Must be called with an event loop running.
+
+        Raises:
+            ArgumentTypeError: agent_id is not an int.
+            RuntimeError: no event loop is running in this thread (sync code). The manager's
+                connections belong to the loop it runs on, so the invalidation must run
+                there: from sync code on another thread, use
+                ``asyncio.run_coroutine_threadsafe(memory.cache.invalidate_rag_results(agent_id),
+                loop).result()``. Nothing is changed.
         """
         agent_id = check_id(agent_id, "agent_id")
-        self._dirty[agent_id] = self._dirty.get(agent_id, 0) + 1
-        task = asyncio.get_running_loop().create_task(self.cache.invalidate_rag_results(agent_id))
-        self._tasks.add(task)  # asyncio keeps only weak references to tasks
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            # Checked before marking the agent: a mark without a task would never be cleared.
+            raise RuntimeError(
+                "memory.invalidate_cache() schedules the invalidation on the running event "
+                "loop, and none is running in this thread. Call it from async code (no await "
+                "needed), `await memory.cache.invalidate_rag_results(agent_id)`, or from "
+                "another thread: asyncio.run_coroutine_threadsafe("
+                "memory.cache.invalidate_rag_results(agent_id), loop).result()"
+            ) from None
+        task = loop.create_task(self.cache.invalidate_rag_results(agent_id))
+        self._dirty.setdefault(agent_id, set()).add(task)
 
         def done(_: asyncio.Task[int]) -> None:
-            self._tasks.discard(task)
-            left = self._dirty[agent_id] - 1
-            if left:
-                self._dirty[agent_id] = left
-            else:
-                del self._dirty[agent_id]
+            tasks = self._dirty.get(agent_id)
+            if tasks is not None:
+                tasks.discard(task)
+                if not tasks:
+                    del self._dirty[agent_id]
 
         task.add_done_callback(done)
         return task
+
+    async def _invalidating(self, agent_id: int) -> bool:
+        """Whether an invalidation of ``agent_id`` started by :meth:`invalidate_cache` is still
+        running. A task whose loop was closed before it finished never will (nor will its
+        done callback run): its invalidation is done here instead, so the agent is neither
+        served stale results nor kept off the cache forever."""
+        tasks = self._dirty.get(agent_id, set())
+        orphaned = [t for t in tasks if not t.done() and t.get_loop().is_closed()]
+        tasks.difference_update([t for t in tasks if t.done()] + orphaned)
+        if orphaned:
+            await self.cache.invalidate_rag_results(agent_id)
+        if tasks:
+            return True
+        self._dirty.pop(agent_id, None)
+        return False
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -10,13 +10,22 @@ import logging
 import os
 import random
 from array import array
+from collections.abc import Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gathering_cache.errors import ConfigurationError, ProviderError
+from gathering_cache.errors import ArgumentTypeError, ConfigurationError, ProviderError
+from gathering_cache.keys import (
+    check_count,
+    check_dimensions,
+    check_model,
+    check_number,
+    check_text,
+)
 
 __all__ = ["EmbeddingProvider", "OpenAIEmbeddings"]
 
@@ -42,6 +51,12 @@ class _OpenAISettings(BaseSettings):
     dimensions: int | None = Field(None, validation_alias="OPENAI_EMBEDDING_DIMENSIONS")
 
 
+def _needs_key(base_url: str) -> bool:
+    """Whether ``base_url`` is OpenAI's own API, which refuses requests without a key."""
+    host = (urlsplit(base_url).hostname or "").rstrip(".").lower()
+    return host == "api.openai.com"
+
+
 class OpenAIEmbeddings:
     """``POST {base_url}/embeddings`` of the OpenAI API and the servers that copy it.
 
@@ -50,7 +65,8 @@ class OpenAIEmbeddings:
 
     Args:
         model: the embedding model name.
-        api_key: sent as a bearer token when given (local servers often need none).
+        api_key: sent as a bearer token when given. Required for ``api.openai.com``
+            (refused at construction without one); local servers often need none.
         base_url: the API root, ``https://api.openai.com/v1`` by default.
         dimensions: ask the model for vectors of this size (models that support it).
         encoding_format: ``"base64"`` (float32, compact; what the OpenAI SDK uses) or
@@ -58,6 +74,12 @@ class OpenAIEmbeddings:
         timeout: seconds per HTTP request.
         max_retries: retries after the first attempt for retryable failures.
         client: an ``httpx.AsyncClient`` to use (not closed by :meth:`aclose`).
+
+    Raises:
+        ConfigurationError: no ``api_key`` for OpenAI's own API, an empty model, a base_url
+            that is not http(s), an unknown encoding_format.
+        ArgumentTypeError / InvalidArgumentError: an argument of the wrong type or value
+            (``client`` not an ``httpx.AsyncClient``, ``max_retries`` negative, ...).
     """
 
     def __init__(
@@ -74,15 +96,40 @@ class OpenAIEmbeddings:
         backoff_cap: float = 8.0,
         client: httpx.AsyncClient | None = None,
     ) -> None:
-        if not model:
+        if model is None or model == "":
             raise ConfigurationError("model", "must not be empty")
+        model = check_model(model) or model  # a str that can be a key segment
+        if api_key is not None and not isinstance(api_key, str):
+            raise ArgumentTypeError(f"api_key must be a str, not {type(api_key).__name__}")
+        if not isinstance(base_url, str):
+            raise ArgumentTypeError(f"base_url must be a str, not {type(base_url).__name__}")
         if not base_url.startswith(("http://", "https://")):
             raise ConfigurationError("base_url", "must be an http:// or https:// URL")
+        if not api_key and _needs_key(base_url):
+            # OpenAI answers 401 to a request without a key, after the retries; say so now.
+            # Local OpenAI-compatible servers (vLLM, Ollama ...) need none: their URL differs.
+            raise ConfigurationError(
+                "api_key",
+                "no API key for api.openai.com: set OPENAI_API_KEY (or pass api_key=); for a "
+                "local OpenAI-compatible server that needs none, set OPENAI_BASE_URL to it",
+            )
+        if encoding_format not in ("float", "base64"):
+            raise ConfigurationError(
+                "encoding_format", f"must be 'float' or 'base64', not {encoding_format!r}"
+            )
+        if client is not None and not isinstance(client, httpx.AsyncClient):
+            raise ArgumentTypeError(
+                f"client must be an httpx.AsyncClient, not {type(client).__name__}"
+            )
         self.model = model
-        self.dimensions = dimensions
+        self.dimensions = check_dimensions(dimensions)
         self.encoding_format = encoding_format
-        self.max_retries = max_retries
-        self._backoff = (backoff_base, backoff_cap)
+        self.max_retries = check_count(max_retries, "max_retries")
+        self._backoff = (
+            check_number(backoff_base, "backoff_base"),
+            check_number(backoff_cap, "backoff_cap"),
+        )
+        timeout = check_number(timeout, "timeout", minimum=0.001)
         self._url = base_url.rstrip("/") + "/embeddings"
         self._api_key = SecretStr(api_key) if api_key else None
         self._owned = client is None
@@ -91,7 +138,12 @@ class OpenAIEmbeddings:
     @classmethod
     def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> OpenAIEmbeddings:
         """Configure from OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_EMBEDDING_MODEL and
-        OPENAI_EMBEDDING_DIMENSIONS (environment first, then the ``.env`` file)."""
+        OPENAI_EMBEDDING_DIMENSIONS (environment first, then the ``.env`` file).
+
+        Raises:
+            ConfigurationError: OPENAI_API_KEY is not set while OPENAI_BASE_URL is OpenAI's
+                own API (the default); a local server's URL needs no key.
+        """
         env_file = os.fspath(dotenv_path) if dotenv_path is not None else ".env"
         if dotenv_path is not None and not os.path.isfile(env_file):
             raise ConfigurationError("dotenv_path", f"no such file: {env_file!r}")
@@ -114,12 +166,18 @@ class OpenAIEmbeddings:
         """Embed a batch; one vector per text, in order.
 
         Raises:
+            ArgumentTypeError / InvalidArgumentError: ``texts`` is not a list of str (a
+                single str included), or holds a lone surrogate.
             ProviderError: a non-retryable HTTP error, retries exhausted, or a malformed
                 answer.
         """
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise ArgumentTypeError(f"texts must be a list of str, not {type(texts).__name__}")
+        for index, text in enumerate(texts):
+            check_text(text, f"texts[{index}]")
         payload: dict[str, Any] = {
             "model": self.model,
-            "input": texts,
+            "input": list(texts),
             "encoding_format": self.encoding_format,
         }
         if self.dimensions is not None:

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 from gathering_cache.core import UNAVAILABLE, CacheCore
+from gathering_cache.keys import check_lock_ttl, check_number
 
 __all__ = ["OwnerGone", "SingleFlight", "retrieve_exception"]
 
@@ -33,14 +34,18 @@ class SingleFlight(Generic[T]):
 
     Args:
         core: the cache core (its store holds the locks).
-        lock_ttl: seconds a lock lives if its owner dies.
+        lock_ttl: seconds a lock lives if its owner dies (at least 0.001: Redis counts in
+            milliseconds).
         wait_timeout: seconds to wait for another process before computing anyway.
+
+    Raises:
+        ArgumentTypeError / InvalidArgumentError: a bad ``lock_ttl`` or ``wait_timeout``.
     """
 
     def __init__(self, core: CacheCore, *, lock_ttl: float = 30.0, wait_timeout: float = 10.0):
         self._core = core
-        self._lock_ttl_ms = int(lock_ttl * 1000)
-        self._wait_timeout = wait_timeout
+        self._lock_ttl_ms = check_lock_ttl(lock_ttl)
+        self._wait_timeout = check_number(wait_timeout, "wait_timeout")
         self._inflight: dict[str, asyncio.Future[T]] = {}
         self.coalesced = 0
         self.from_other_processes = 0

@@ -7,13 +7,10 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from gathering_cache.errors import ArgumentTypeError
-from gathering_cache.keys import check_id, check_text
-
-if TYPE_CHECKING:
-    from gathering_cache.memory import MemoryManager
+from gathering_cache.keys import check_id, check_limit, check_text
+from gathering_cache.memory import MemoryManager
 
 __all__ = ["WarmProgress", "WarmReport", "warm_rag_cache"]
 
@@ -58,9 +55,20 @@ async def warm_rag_cache(
     Returns:
         Counts of queries computed, found already cached, and failed (a failure is logged and
         does not stop the others).
+
+    Raises:
+        ArgumentTypeError / InvalidArgumentError: queries not a mapping of id to a list of
+            str, concurrency not a positive int, progress not callable.
     """
-    if not isinstance(queries, Mapping) or any(isinstance(q, str) for q in queries.values()):
+    if not isinstance(memory, MemoryManager):
+        raise ArgumentTypeError(f"memory must be a MemoryManager, not {type(memory).__name__}")
+    if not isinstance(queries, Mapping) or any(
+        isinstance(q, (str, bytes)) or not isinstance(q, Sequence) for q in queries.values()
+    ):
         raise ArgumentTypeError("queries must map agent ids to lists of queries")
+    concurrency = check_limit(concurrency, "concurrency")
+    if progress is not None and not callable(progress):
+        raise ArgumentTypeError(f"progress must be callable, not {type(progress).__name__}")
     work = [
         (check_id(agent_id, "agent_id"), check_text(query, "query"))
         for agent_id, agent_queries in queries.items()
@@ -68,7 +76,7 @@ async def warm_rag_cache(
     ]
     counts = {"computed": 0, "cached": 0, "failed": 0}
     done = 0
-    semaphore = asyncio.Semaphore(max(1, concurrency))
+    semaphore = asyncio.Semaphore(concurrency)
     started = time.perf_counter()
 
     async def warm(agent_id: int, query: str) -> None:
