@@ -298,7 +298,7 @@ class CacheManager:
                     "CacheManager used after fork with an injected client; "
                     "building a new client from its config"
                 )
-            self._start(config, _none)
+            self._start(config, None)
             if closed:
                 self._finalizer()
 
