@@ -99,7 +99,8 @@ class _Portal:
             self.loop.close()
 
     def on_portal_thread(self) -> bool:
-        return threading.get_ident() == self._thread.ident
+        # The Thread object, not its ident: idents are reused once the thread has ended.
+        return threading.current_thread() is self._thread
 
     @property
     def alive(self) -> bool:
@@ -111,14 +112,14 @@ class _Portal:
         Raises:
             RuntimeError: called from the portal thread itself (it would deadlock).
         """
-        if threading.get_ident() == self._thread.ident:
+        if not self._accepting:  # it never turns back: closed calls skip the lock
+            return None
+        if self.on_portal_thread():
             coro.close()
             raise RuntimeError(
                 "CacheManager was called from its own event-loop thread (for example from a "
                 "callback running on that loop); use the AsyncCacheManager there instead"
             )
-        if not self._accepting:  # it never turns back: closed calls skip the lock
-            return None
         with self._gate:
             if not self._accepting:
                 return None

@@ -294,3 +294,23 @@ def test_close_from_many_threads_at_once(trouble: Trouble) -> None:
     assert errors == []
     assert cache.get("gathering:k") is None
     assert trouble.reported() == []
+
+
+def test_closed_calls_from_new_threads_are_not_taken_for_the_portal_thread() -> None:
+    """A new thread often gets the ended portal thread's ident: it must not be refused as the
+    portal thread (the deadlock guard)."""
+    cache = CacheManager(CacheConfig(backend="memory"))
+    cache.close()
+    answers: list[Any] = []
+
+    def call() -> None:
+        try:
+            answers.append(cache.get("gathering:k"))
+        except RuntimeError as exc:
+            answers.append(exc)
+
+    for _ in range(10):
+        thread = threading.Thread(target=call)
+        thread.start()
+        thread.join(timeout=10)
+    assert answers == [None] * 10
