@@ -151,12 +151,16 @@ def test_a_closed_facade_answers_degraded_in_the_calling_thread(
     assert trouble.reported() == []
 
 
-def test_a_closed_facade_inside_a_running_event_loop(config: CacheConfig) -> None:
+def test_closing_and_calling_a_facade_inside_a_running_event_loop(
+    config: CacheConfig, trouble: Trouble
+) -> None:
+    """Legacy sync code called from an async app: it may close the facade and go on calling."""
     cache = CacheManager(config)
-    cache.close()
 
     async def legacy_code_in_an_async_app() -> None:
         loop = asyncio.get_running_loop()
+        assert cache.set("gathering:k", 1, ttl=60) is True
+        cache.close()
         assert cache.get("gathering:k") is None
         assert cache.set_embedding("t", [1.0]) is False
         assert cache.get_stats()["reason"] == "closed"
@@ -166,6 +170,7 @@ def test_a_closed_facade_inside_a_running_event_loop(config: CacheConfig) -> Non
         await asyncio.sleep(0)  # the caller's loop still runs
 
     asyncio.run(legacy_code_in_an_async_app())
+    assert trouble.reported() == []
 
 
 @dataclass
