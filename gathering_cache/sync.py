@@ -350,7 +350,12 @@ class CacheManager:
         return self._run(self._live().connect(), _false)
 
     def close(self) -> None:
-        """Close connections and stop the private event loop. Idempotent."""
+        """Close connections and stop the private event loop. Idempotent; never raises.
+
+        Calls that other threads have in the middle of a store operation return their
+        degraded answer at once. Every later call answers degraded in the calling thread
+        without I/O (bad arguments still raise, as on an open facade).
+        """
         self._finalizer()
 
     def aclose(self) -> None:
