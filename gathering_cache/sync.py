@@ -5,17 +5,25 @@ It owns one :class:`AsyncCacheManager` running on a private event loop in one da
 There is no second implementation. This stays correct from many threads at once and from code
 that is already inside a running event loop (a notebook, an async app calling legacy code),
 where ``asyncio.run()`` per call would fail.
+
+Closing is ordered so that no caller is left behind: the calls in the middle of a store
+operation are cancelled (their callers get the degraded answer), the manager is closed (after
+which no call does I/O), the portal stops taking calls, the calls already handed to it finish,
+and only then does its loop stop. From then on each call runs the closed manager's coroutine
+in the caller's own thread: it checks the arguments and returns the degraded answer without
+suspending, so no event loop is needed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import logging
 import os
 import threading
 import weakref
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence, Sized
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -35,13 +43,44 @@ T = TypeVar("T")
 
 # Extra seconds a caller waits on the portal beyond the core's own bound: a backstop only.
 _MARGIN = 1.0
+# How long close() lets the calls already handed to the portal finish, then how long it waits
+# for those it had to cancel. They run against the closed manager, which does no I/O, so they
+# take microseconds; the bound only matters if user code blocks the portal loop.
+_GRACE = 1.0
+# The whole close on the portal loop: the async close, then the grace periods.
+_CLOSE_TIMEOUT = 5.0
+
+
+def _none() -> None:
+    return None
+
+
+def _false() -> bool:
+    return False
+
+
+def _zero() -> int:
+    return 0
+
+
+def _nones(items: object) -> list[Any]:
+    """The degraded answer of a batch read: one ``None`` per item.
+
+    Computed only when needed, after the call had the chance to check its arguments, so a bad
+    argument (``get_many(5)``) raises the library's error rather than ``len()``'s TypeError.
+    """
+    return [None] * len(items) if isinstance(items, Sized) else []
 
 
 class _Portal:
-    """An event loop running forever in a daemon thread."""
+    """An event loop running forever in a daemon thread, and the gate that hands it calls."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        # Held only to check the gate and schedule a call, never while waiting for one: once
+        # refuse() has returned, no call can reach the loop any more.
+        self._gate = threading.Lock()
+        self._accepting = True
         self._thread = threading.Thread(
             target=self._serve, name="gathering-cache-portal", daemon=True
         )
@@ -52,31 +91,57 @@ class _Portal:
         try:
             self.loop.run_forever()
         finally:
+            self.refuse()
+            # Normally close() left nothing behind; should anything remain (a close that timed
+            # out), cancel it here rather than let the loop destroy pending tasks.
+            _cancel_all(self.loop)
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
 
     def on_portal_thread(self) -> bool:
-        return threading.get_ident() == self._thread.ident
+        # The Thread object, not its ident: idents are reused once the thread has ended.
+        return threading.current_thread() is self._thread
 
     @property
     def alive(self) -> bool:
         return self._thread.is_alive() and not self.loop.is_closed()
 
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        """Run ``coro`` on the portal loop and wait for its result.
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T] | None:
+        """Schedule ``coro`` on the loop; ``None`` (``coro`` untouched) once it refuses calls.
 
         Raises:
             RuntimeError: called from the portal thread itself (it would deadlock).
-            concurrent.futures.TimeoutError: no result within ``timeout`` (the coroutine is
-                cancelled).
         """
-        if threading.get_ident() == self._thread.ident:
+        if not self._accepting:  # it never turns back: closed calls skip the lock
+            return None
+        if self.on_portal_thread():
             coro.close()
             raise RuntimeError(
                 "CacheManager was called from its own event-loop thread (for example from a "
                 "callback running on that loop); use the AsyncCacheManager there instead"
             )
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        with self._gate:
+            if not self._accepting:
+                return None
+            return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def refuse(self) -> None:
+        """Take no more calls (those already submitted are in the loop's ready queue)."""
+        with self._gate:
+            self._accepting = False
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run ``coro`` on the portal loop and wait for its result (lifecycle steps only).
+
+        Raises:
+            RuntimeError: called from the portal thread, or the portal takes no more calls.
+            concurrent.futures.TimeoutError: no result within ``timeout`` (the coroutine is
+                cancelled).
+        """
+        future = self.submit(coro)
+        if future is None:
+            coro.close()
+            raise RuntimeError("the portal takes no more calls")
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -84,23 +149,98 @@ class _Portal:
             raise
 
     def stop(self) -> None:
-        if self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.refuse()
+        if self.alive:
+            try:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+            except RuntimeError:  # closed since the check: it has stopped already
+                return
             self._thread.join(timeout=5)
+
+
+def _started(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task``'s coroutine has begun (and so has checked its arguments)."""
+    coro = task.get_coro()
+    return not (inspect.iscoroutine(coro) and inspect.getcoroutinestate(coro) == "CORO_CREATED")
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel every task left on a stopped ``loop`` and let them unwind (as asyncio.run does)."""
+    tasks = asyncio.all_tasks(loop)
+    if not tasks:
+        return
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
+async def _close_on_loop(portal: _Portal, manager: AsyncCacheManager) -> None:
+    """Close ``manager`` leaving no call behind; runs on the portal loop."""
+    me = asyncio.current_task()
+    # Calls in the middle of a store operation are cancelled rather than left to run against
+    # a store being closed (where redis-py could reconnect and leave a socket open); their
+    # callers get the degraded answer. Calls not yet started are left to start: they check
+    # their arguments, and find the manager closed.
+    for task in asyncio.all_tasks():
+        if task is not me and _started(task):
+            task.cancel()
+    # No await between the cancellations and this call, and aclose() disables the manager
+    # before its first await: no call that starts from now on does any I/O.
+    try:
+        await manager.aclose()
+    finally:
+        portal.refuse()  # from now on callers run the closed manager in their own thread
+        # The calls submitted before refuse() are callbacks in the ready queue, ahead of this
+        # task's wake-up: after one turn of the loop each is a task that all_tasks() sees.
+        await asyncio.sleep(0)
+        others = asyncio.all_tasks() - {me} if me is not None else set()
+        if others:
+            _, pending = await asyncio.wait(others, timeout=_GRACE)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=_GRACE)
 
 
 def _shutdown(portal: _Portal, manager: AsyncCacheManager) -> None:
     """Close the async manager and stop the portal (also run at exit, via weakref.finalize)."""
     if portal.on_portal_thread():  # collected by code running on the portal loop itself
-        task = portal.loop.create_task(manager.aclose())
+        task = portal.loop.create_task(_close_on_loop(portal, manager))
         task.add_done_callback(lambda _: portal.loop.stop())
         return
     if portal.alive:
         try:
-            portal.call(manager.aclose(), timeout=5)
+            portal.call(_close_on_loop(portal, manager), timeout=_CLOSE_TIMEOUT)
         except Exception as exc:  # closing must not fail the caller or interpreter exit
             logger.debug("error while closing: %s", exc)
-        portal.stop()
+    portal.stop()
+
+
+def _drive(coro: Coroutine[Any, Any, T], fallback: Callable[[], T], loop: Any) -> T:
+    """Run a call of the closed manager in this thread, with no event loop round trip.
+
+    A closed manager does no I/O: its coroutines check their arguments (raising as usual) and
+    return the degraded answer without ever suspending. ``asyncio.get_running_loop()`` must
+    still answer inside them, so when this thread runs no loop, ``loop`` (the portal's closed
+    one, used for its identity only) stands in while the coroutine runs. A coroutine that does
+    suspend wanted to wait for something a closed manager cannot have: it is closed, and the
+    answer is degraded.
+    """
+    outer = asyncio._get_running_loop()
+    if outer is None:
+        asyncio._set_running_loop(loop)
+    try:
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+        logger.debug("a call on the closed manager tried to wait; answering degraded")
+        coro.close()
+        return fallback()
+    finally:
+        if outer is None:
+            asyncio._set_running_loop(None)
 
 
 async def _reset(manager: AsyncCacheManager) -> None:
@@ -184,27 +324,38 @@ class CacheManager:
             self._after_fork()
         return self._async
 
-    def _run(self, coro: Coroutine[Any, Any, T], fallback: T, *, bulk: bool = False) -> T:
-        if not self._finalizer.alive:
-            # Closed: the portal is gone, but the (closed, so I/O-free) async manager still
-            # checks the arguments and answers degraded; run it on a throwaway loop.
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                return pool.submit(asyncio.run, coro).result()
+    def _run(
+        self, coro: Coroutine[Any, Any, T], fallback: Callable[[], T], *, bulk: bool = False
+    ) -> T:
+        """Run one call of the async manager; ``fallback()`` is its degraded answer, computed
+        only when the portal does not deliver one."""
+        portal = self._portal
+        future = portal.submit(coro)
+        if future is None:  # closed: the closed manager answers in this thread, without I/O
+            return _drive(coro, fallback, portal.loop)
         try:
-            return self._portal.call(coro, self._bulk_timeout if bulk else self._timeout)
+            return future.result(self._bulk_timeout if bulk else self._timeout)
+        except concurrent.futures.CancelledError:
+            return fallback()  # cancelled by close() in the middle of a store operation
         except concurrent.futures.TimeoutError:
             # The core bounds every call itself; reaching this means the loop was starved.
+            future.cancel()
             logger.warning("call did not finish in time; answering degraded")
-            return fallback
+            return fallback()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def connect(self) -> bool:
         """Contact the store (done by the constructor); whether the cache is enabled."""
-        return self._run(self._live().connect(), False)
+        return self._run(self._live().connect(), _false)
 
     def close(self) -> None:
-        """Close connections and stop the private event loop. Idempotent."""
+        """Close connections and stop the private event loop. Idempotent; never raises.
+
+        Calls that other threads have in the middle of a store operation return their
+        degraded answer at once. Every later call answers degraded in the calling thread
+        without I/O (bad arguments still raise, as on an open facade).
+        """
         self._finalizer()
 
     def aclose(self) -> None:
@@ -232,35 +383,35 @@ class CacheManager:
 
     def get(self, key: str) -> Any | None:
         """Get value from cache (see ``AsyncCacheManager.get``)."""
-        return self._run(self._live().get(key), None)
+        return self._run(self._live().get(key), _none)
 
     def set(self, key: str, value: Any, ttl: int | None = None) -> bool:
         """Set value with optional TTL in seconds (see ``AsyncCacheManager.set``)."""
-        return self._run(self._live().set(key, value, ttl), False)
+        return self._run(self._live().set(key, value, ttl), _false)
 
     def delete(self, key: str) -> bool:
         """Delete a single key; ``True`` when an entry was removed."""
-        return self._run(self._live().delete(key), False)
+        return self._run(self._live().delete(key), _false)
 
     def delete_pattern(self, pattern: str) -> int:
         """Delete all keys matching a pattern under the prefix; the number deleted."""
-        return self._run(self._live().delete_pattern(pattern), 0, bulk=True)
+        return self._run(self._live().delete_pattern(pattern), _zero, bulk=True)
 
     def get_many(self, keys: Sequence[str]) -> list[Any | None]:
         """Get several keys in one round trip."""
-        return self._run(self._live().get_many(keys), [None] * len(keys))
+        return self._run(self._live().get_many(keys), lambda: _nones(keys))
 
     def set_many(self, mapping: Mapping[str, Any], ttl: int | None = None) -> bool:
         """Store several values with one TTL."""
-        return self._run(self._live().set_many(mapping, ttl), False)
+        return self._run(self._live().set_many(mapping, ttl), _false)
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` exists."""
-        return self._run(self._live().exists(key), False)
+        return self._run(self._live().exists(key), _false)
 
     def ttl(self, key: str) -> int | None:
         """Seconds until ``key`` expires (-1 without expiry, None if absent)."""
-        return self._run(self._live().ttl(key), None)
+        return self._run(self._live().ttl(key), _none)
 
     # -- domain caches ------------------------------------------------------------------------
 
@@ -299,7 +450,7 @@ class CacheManager:
             dimensions=dimensions,
             as_numpy=as_numpy,  # type: ignore[call-overload]
         )
-        result: list[float] | npt.NDArray[np.floating[Any]] | None = self._run(coro, None)
+        result: list[float] | npt.NDArray[np.floating[Any]] | None = self._run(coro, _none)
         return result
 
     def set_embedding(
@@ -313,7 +464,7 @@ class CacheManager:
     ) -> bool:
         """Cache embedding (default TTL: 24h)."""
         coro = self._live().set_embedding(text, embedding, ttl, model=model, dimensions=dimensions)
-        return self._run(coro, False)
+        return self._run(coro, _false)
 
     def get_embeddings(
         self,
@@ -330,7 +481,7 @@ class CacheManager:
             dimensions=dimensions,
             as_numpy=as_numpy,  # type: ignore[call-overload]
         )
-        result: list[Any] = self._run(coro, [None] * len(texts))
+        result: list[Any] = self._run(coro, lambda: _nones(texts))
         return result
 
     def set_embeddings(
@@ -346,11 +497,11 @@ class CacheManager:
         coro = self._live().set_embeddings(
             texts, embeddings, ttl, model=model, dimensions=dimensions
         )
-        return self._run(coro, False)
+        return self._run(coro, _false)
 
     def get_rag_results(self, agent_id: int, query: str) -> list[dict[str, Any]] | None:
         """Get cached RAG results."""
-        return self._run(self._live().get_rag_results(agent_id, query), None)
+        return self._run(self._live().get_rag_results(agent_id, query), _none)
 
     def set_rag_results(
         self,
@@ -363,33 +514,33 @@ class CacheManager:
     ) -> bool:
         """Cache RAG results (default TTL: 5min)."""
         coro = self._live().set_rag_results(agent_id, query, results, ttl, generation=generation)
-        return self._run(coro, False)
+        return self._run(coro, _false)
 
     def get_rag_generation(self, agent_id: int) -> tuple[int, int] | None:
         """The agent's RAG generation (see ``AsyncCacheManager.get_rag_generation``)."""
-        return self._run(self._live().get_rag_generation(agent_id), None)
+        return self._run(self._live().get_rag_generation(agent_id), _none)
 
     def invalidate_rag_results(self, agent_id: int) -> int:
         """Clear all RAG cache for agent."""
-        return self._run(self._live().invalidate_rag_results(agent_id), 0)
+        return self._run(self._live().invalidate_rag_results(agent_id), _zero)
 
     def invalidate_all_rag_results(self) -> bool:
         """Make every agent's cached RAG results unreadable."""
-        return self._run(self._live().invalidate_all_rag_results(), False)
+        return self._run(self._live().invalidate_all_rag_results(), _false)
 
     def get_circle_context(self, circle_id: int) -> dict[str, Any] | None:
         """Get cached circle context."""
-        return self._run(self._live().get_circle_context(circle_id), None)
+        return self._run(self._live().get_circle_context(circle_id), _none)
 
     def set_circle_context(
         self, circle_id: int, context: dict[str, Any], ttl: int | None = None
     ) -> bool:
         """Cache circle context (default TTL: 10min)."""
-        return self._run(self._live().set_circle_context(circle_id, context, ttl), False)
+        return self._run(self._live().set_circle_context(circle_id, context, ttl), _false)
 
     def invalidate_circle_context(self, circle_id: int) -> bool:
         """Clear circle context cache."""
-        return self._run(self._live().invalidate_circle_context(circle_id), False)
+        return self._run(self._live().invalidate_circle_context(circle_id), _false)
 
     def get_llm_response(
         self,
@@ -405,7 +556,7 @@ class CacheManager:
         coro = self._live().get_llm_response(
             model, prompt=prompt, messages=messages, namespace=namespace, force=force, **params
         )
-        return self._run(coro, None)
+        return self._run(coro, _none)
 
     def set_llm_response(
         self,
@@ -432,23 +583,28 @@ class CacheManager:
             force=force,
             **params,
         )
-        return self._run(coro, False)
+        return self._run(coro, _false)
 
     def invalidate_llm_responses(self, namespace: str | None = None) -> int:
         """Delete the cached LLM responses of one namespace."""
-        return self._run(self._live().invalidate_llm_responses(namespace), 0, bulk=True)
+        return self._run(self._live().invalidate_llm_responses(namespace), _zero, bulk=True)
 
     # -- utilities ----------------------------------------------------------------------------
 
     def get_stats(self) -> dict[str, Any]:
         """Get cache statistics (hits, misses, hit rate); see ``AsyncCacheManager.get_stats``."""
-        fallback = {"enabled": False, "reason": "get_stats did not finish in time"}
+
+        def fallback() -> dict[str, Any]:
+            closed = not self._finalizer.alive  # the call was cancelled by close()
+            reason = "closed" if closed else "get_stats did not finish in time"
+            return {"enabled": False, "reason": reason}
+
         return self._run(self._live().get_stats(), fallback, bulk=True)
 
     def reset_stats(self) -> None:
         """Zero the hit / miss / error counters."""
-        self._run(_reset(self._live()), None)
+        self._run(_reset(self._live()), _none)
 
     def clear_all(self) -> int:
         """Clear all cache keys under the prefix."""
-        return self._run(self._live().clear_all(), 0, bulk=True)
+        return self._run(self._live().clear_all(), _zero, bulk=True)

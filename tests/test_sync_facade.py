@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import threading
+import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -14,6 +17,7 @@ from gathering_cache import (
     ArgumentTypeError,
     AsyncCacheManager,
     CacheConfig,
+    CacheError,
     CacheManager,
     SerializationError,
 )
@@ -22,17 +26,20 @@ from tests.servers import RedisServer
 SYNC_BACKENDS = ["memory", pytest.param("redis", marks=pytest.mark.integration)]
 
 
+def sync_config(request: pytest.FixtureRequest) -> CacheConfig:
+    """The config of the backend ``request.param`` names (the real server is flushed)."""
+    if request.param == "memory":
+        return CacheConfig(backend="memory")
+    server: RedisServer = request.getfixturevalue("redis_server")
+    flush = redis.Redis.from_url(server.url)
+    flush.flushdb()
+    flush.close()
+    return CacheConfig(url=server.url, key_prefix=f"sync{threading.get_ident()}:")
+
+
 @pytest.fixture(params=SYNC_BACKENDS)
 def sync_cache(request: pytest.FixtureRequest) -> Iterator[CacheManager]:
-    if request.param == "memory":
-        config = CacheConfig(backend="memory")
-    else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        flush = redis.Redis.from_url(server.url)
-        flush.flushdb()
-        flush.close()
-        config = CacheConfig(url=server.url, key_prefix=f"sync{threading.get_ident()}:")
-    cache = CacheManager(config)
+    cache = CacheManager(sync_config(request))
     cache.clear_all()
     yield cache
     cache.clear_all()
@@ -89,7 +96,7 @@ def test_bad_input_raises_through_the_facade(sync_cache: CacheManager) -> None:
     with pytest.raises(SerializationError):
         sync_cache.set("k", object())
     with pytest.raises(ArgumentTypeError):
-        sync_cache.get_rag_results("1", "q")
+        sync_cache.get_rag_results("1", "q")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="outside the key prefix"):
         sync_cache.delete_pattern("elsewhere:*")
 
@@ -130,15 +137,16 @@ def test_call_from_the_portal_thread_is_a_clear_error() -> None:
     cache = CacheManager(CacheConfig(backend="memory"))
     outcome: list[BaseException] = []
 
+    done = threading.Event()
+
     def on_portal() -> None:
         try:
             cache.get("k")
         except RuntimeError as exc:
             outcome.append(exc)
+        done.set()
 
-    loop = cache._portal.loop
-    done = threading.Event()
-    loop.call_soon_threadsafe(lambda: (on_portal(), done.set()))
+    cache._portal.loop.call_soon_threadsafe(on_portal)
     assert done.wait(5)
     assert len(outcome) == 1
     assert "own event-loop thread" in str(outcome[0])
@@ -175,3 +183,149 @@ def test_unreachable_redis_degrades_in_the_constructor() -> None:
     assert cache.get("any_key") is None
     assert cache.set("any_key", "value") is False
     cache.close()
+
+
+# -- bad arguments: the facade raises what the async manager raises, open or closed ----------
+
+
+def public_coroutines() -> dict[str, inspect.Signature]:
+    return {
+        name: inspect.signature(member)
+        for name, member in inspect.getmembers(AsyncCacheManager)
+        if not name.startswith("_") and inspect.iscoroutinefunction(member)
+    }
+
+
+NOT_ITERABLE = pytest.mark.xfail(
+    reason="embeddings.py iterates texts unchecked: a bare TypeError, not ArgumentTypeError",
+    strict=False,
+)
+
+# (method, positional arguments, keyword arguments): each is a programming error.
+BAD_CALLS: list[Any] = [
+    ("get", (123,), {}),
+    ("get", ("",), {}),
+    ("set", (None, 1), {}),
+    ("set", ("k", 1), {"ttl": 0}),
+    ("set", ("k", object()), {}),
+    ("delete", (1,), {}),
+    ("delete_pattern", (b"gathering:*",), {}),
+    ("delete_pattern", ("elsewhere:*",), {}),
+    ("exists", (1.5,), {}),
+    ("ttl", (None,), {}),
+    ("get_many", (5,), {}),  # issue 9: was len()'s bare TypeError and a leaked coroutine
+    ("get_many", (None,), {}),
+    ("get_many", ("k",), {}),
+    ("get_many", (["k", 1],), {}),
+    ("set_many", ([("k", 1)],), {}),
+    ("set_many", ({"k": 1}, "60"), {}),
+    ("set_many", ({"k": {1, 2}},), {}),
+    ("get_embedding", (42,), {}),
+    ("get_embedding", ("t",), {"model": 5}),
+    ("get_embedding", ("t",), {"dimensions": "3"}),
+    ("set_embedding", ("t", []), {}),
+    ("set_embedding", ("t", [1.0, float("nan")]), {}),
+    ("set_embedding", ("t", "0.1"), {}),
+    ("set_embedding", ("t", [1.0, 2.0]), {"dimensions": 3}),
+    pytest.param("get_embeddings", (5,), {}, marks=NOT_ITERABLE),
+    pytest.param("get_embeddings", (None,), {}, marks=NOT_ITERABLE),
+    ("get_embeddings", ("t",), {}),
+    ("get_embeddings", ([1],), {}),
+    ("set_embeddings", ("t", [[1.0]]), {}),
+    ("set_embeddings", (["a", "b"], [[1.0]]), {}),
+    ("set_embeddings", (["a"], [[]]), {}),
+    pytest.param("set_embeddings", (5, [[1.0]]), {}, marks=NOT_ITERABLE),
+    ("get_rag_results", (1.0, "q"), {}),
+    ("get_rag_results", (1, 2), {}),
+    ("set_rag_results", ("1", "q", []), {}),
+    ("set_rag_results", (1, "q", {"a": 1}), {}),
+    ("set_rag_results", (1, "q", []), {"generation": (1,)}),
+    ("get_rag_generation", ("1",), {}),
+    ("get_rag_generation", (True,), {}),
+    ("invalidate_rag_results", ("1",), {}),
+    ("get_circle_context", ("5",), {}),
+    ("set_circle_context", (5, [1]), {}),
+    ("set_circle_context", ("5", {}), {}),
+    ("invalidate_circle_context", (None,), {}),
+    ("get_llm_response", ("m",), {}),
+    ("get_llm_response", ("m",), {"prompt": 5}),
+    ("get_llm_response", (5,), {"prompt": "p"}),
+    ("get_llm_response", ("m",), {"prompt": "p", "namespace": ""}),
+    ("get_llm_response", ("m",), {"prompt": "p", "temperature": 0, "tool": object()}),
+    ("set_llm_response", ("m", "r"), {}),
+    ("set_llm_response", ("m", {1, 2}), {"prompt": "p"}),
+    ("set_llm_response", ("m", "r"), {"prompt": "p", "usage": 5}),
+    ("set_llm_response", ("m", "r"), {"prompt": "p", "ttl": -1}),
+    ("invalidate_llm_responses", (5,), {}),
+    ("invalidate_llm_responses", ("",), {}),
+]
+
+
+def _name(row: Any) -> str:
+    return str(row.values[0] if hasattr(row, "values") else row[0])
+
+
+def test_the_bad_argument_table_covers_every_method_with_arguments() -> None:
+    takes_arguments = {
+        name for name, signature in public_coroutines().items() if len(signature.parameters) > 1
+    }
+    assert len(takes_arguments) >= 20
+    assert {_name(row) for row in BAD_CALLS} == takes_arguments
+
+
+def outcome(call: Any) -> tuple[type[BaseException], str, list[str]]:
+    """What ``call()`` raised, and the RuntimeWarnings (an unawaited coroutine) it caused."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            call()
+        except Exception as exc:
+            raised: tuple[type[BaseException], str] = (type(exc), str(exc))
+        else:
+            raised = (type(None), "did not raise")  # type: ignore[assignment]
+        gc.collect(0)  # an unawaited coroutine warns when it is collected (refcounting, or here)
+    leaks = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    return raised[0], raised[1], leaks
+
+
+def async_outcome(
+    config: CacheConfig, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], *, closed: bool
+) -> tuple[type[BaseException], str, list[str]]:
+    async def call() -> None:
+        manager = AsyncCacheManager(config)
+        await manager.connect()
+        if closed:
+            await manager.aclose()
+        try:
+            await getattr(manager, name)(*args, **kwargs)
+        finally:
+            await manager.aclose()
+
+    return outcome(lambda: asyncio.run(call()))
+
+
+@pytest.fixture(scope="module", params=SYNC_BACKENDS)
+def open_and_closed(request: pytest.FixtureRequest) -> Iterator[tuple[CacheManager, CacheManager]]:
+    config = sync_config(request)
+    opened, closed = CacheManager(config), CacheManager(config)
+    closed.close()
+    yield opened, closed
+    opened.close()
+
+
+@pytest.mark.parametrize(("name", "args", "kwargs"), BAD_CALLS)
+def test_bad_arguments_raise_the_async_managers_error(
+    open_and_closed: tuple[CacheManager, CacheManager],
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    opened, closed = open_and_closed
+    expected = async_outcome(opened.config, name, args, kwargs, closed=False)
+    assert issubclass(expected[0], (TypeError, ValueError)), expected
+    assert expected[2] == []
+    assert async_outcome(opened.config, name, args, kwargs, closed=True) == expected
+    # Open, and closed: a programming error raises whatever the facade's state.
+    assert outcome(lambda: getattr(opened, name)(*args, **kwargs)) == expected
+    assert outcome(lambda: getattr(closed, name)(*args, **kwargs)) == expected
+    assert issubclass(expected[0], CacheError), expected
