@@ -57,6 +57,8 @@ class CacheCore:
             max_concurrency=config.max_connections if self.store.kind == "redis" else None,
             is_data_error=self.store.is_data_error,
         )
+        # The endpoint (redacted URL or host:port) for error messages and the outage reason.
+        self.policy.endpoint = getattr(self.store, "where", None)
         reason = getattr(self.store, "reason", None)
         if isinstance(reason, str):  # NullStore: disabled, or redis missing
             self.policy.disable(reason)
