@@ -261,6 +261,16 @@ class RedisStore(Store):
             raise self._malformed(command, reply)
         return reply
 
+    async def _replies(self, command: str, awaitable: Awaitable[Any]) -> list[Any]:
+        """A pipeline's replies, checked to be a list (a fault otherwise)."""
+        try:
+            replies = await awaitable
+        except _MALFORMED as exc:
+            raise self._malformed(command, exc) from exc
+        if type(replies) is not list:
+            raise self._malformed(command, replies)
+        return replies
+
     async def delete(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
@@ -357,21 +367,25 @@ class RedisStore(Store):
                 pipe.set(key, value, ex=ttl)
             pipe.sadd(index, *(key for key, _ in items))
             pipe.expire(index, ttl)
-            await pipe.execute()
+            replies = await self._replies("SET", pipe.execute())
+        if len(replies) != len(items) + 2 or not all(r is True for r in replies[: len(items)]):
+            raise self._malformed("SET", replies)
         return True
 
     async def pop_index(self, index: str) -> list[str]:
         async with self._client.pipeline(transaction=True) as pipe:  # one key: one slot
             pipe.smembers(index)
             pipe.delete(index)
-            members, _ = await pipe.execute()
-        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+            replies = await self._replies("SMEMBERS", pipe.execute())
+        if len(replies) != 2 or not isinstance(replies[0], (set, list)):
+            raise self._malformed("SMEMBERS", replies)
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in replies[0]]
 
     async def incr(self, key: str, amount: int = 1) -> int:
-        return int(await self._client.incrby(key, amount))
+        return await self._integer("INCRBY", self._client.incrby(key, amount))
 
     async def publish(self, channel: str, message: bytes) -> int:
-        return int(await self._client.publish(channel, message))
+        return await self._integer("PUBLISH", self._client.publish(channel, message))
 
     def subscriber(self, channel: str) -> Subscriber:
         return _RedisSubscriber(self._client, channel)
