@@ -134,3 +134,20 @@ async def test_stop_returns_whatever_the_subscription_does(
         await finishes(body())
     assert ("did not stop" in caplog.text) is forever
     await cache.aclose()
+
+
+async def test_the_bridge_and_the_cache_close_against_a_server_that_never_answers() -> None:
+    from tests.test_backend_errors import SilentServer
+
+    async with SilentServer() as server:
+        config = CacheConfig(host="127.0.0.1", port=server.port, failure_threshold=1_000_000)
+        cache = AsyncCacheManager(config)
+        bus = EventBus()
+
+        async def body() -> None:
+            async with RedisEventBridge(bus, cache) as bridge:
+                await bus.publish(Event(EventType.MEMORY_CREATED, source_agent_id=1))
+                assert not bridge.connected
+            await cache.aclose()
+
+        await finishes(body())

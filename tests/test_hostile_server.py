@@ -36,6 +36,7 @@ class HostileServer:
         self.commands: list[bytes] = []
         self.port = 0
         self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
 
     async def __aenter__(self) -> HostileServer:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -44,6 +45,8 @@ class HostileServer:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
+        for writer in self._writers:  # Python >= 3.12 waits for open connections
+            writer.close()
         self._server.close()
         await self._server.wait_closed()
 
@@ -62,6 +65,7 @@ class HostileServer:
         return self.reply
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
         try:
             while True:
                 header = await reader.readline()
