@@ -90,8 +90,9 @@ class CacheCore:
         if self.policy.state is BreakerState.DISABLED:
             return False
         ok = await self.policy.run(self._ping, False)
-        if not ok:
+        if not ok and self.policy.consecutive_failures:
             # The first contact failed: degrade at once rather than after `failure_threshold`.
+            # (A call shed by local load is no verdict on the store.)
             self.policy.trip()
         return self.policy.available
 

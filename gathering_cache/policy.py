@@ -251,7 +251,7 @@ class DegradationPolicy:
         if self._degraded_since is None:
             self._degraded_since = self._opened_at
             self.outages += 1
-            self.reason = f"Redis unavailable: {self.last_error}"
+            self.reason = f"Redis unavailable: {self.last_error or 'no answer'}"
             logger.warning(
                 "%s; running without cache (degraded mode), retrying every %.1f s",
                 self.reason,
