@@ -202,6 +202,8 @@ class RedisEventBridge:
         self.bus.remove_forwarder(self._send)
         self._subscribed.clear()
         task, self._task = self._task, None
+        if task is asyncio.current_task():
+            task = None  # called by a handler of a relayed event: the listener ends after it
         if task is not None:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self._stop_timeout()

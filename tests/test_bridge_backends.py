@@ -151,3 +151,28 @@ async def test_the_bridge_and_the_cache_close_against_a_server_that_never_answer
             await cache.aclose()
 
         await finishes(body())
+
+
+async def test_a_handler_of_a_relayed_event_may_stop_its_bridge() -> None:
+    cache = AsyncCacheManager(CacheConfig(backend="memory"))
+    sender_bus, bus = EventBus(), EventBus()
+    bridge = RedisEventBridge(bus, cache)
+    stopped: list[bool] = []
+
+    async def stop_on_event(event: Event) -> None:
+        await bridge.stop()  # runs inside the bridge's own listener
+        stopped.append(True)
+
+    bus.subscribe(EventType.MEMORY_DELETED, stop_on_event)
+
+    async def body() -> None:
+        async with RedisEventBridge(sender_bus, cache):
+            await bridge.start()
+            await sender_bus.publish(Event(EventType.MEMORY_DELETED))
+            while not stopped:
+                await asyncio.sleep(0.01)
+        assert not bridge.connected
+        await bridge.stop()  # and again from outside: nothing left to stop
+
+    await finishes(body())
+    await cache.aclose()
