@@ -171,6 +171,7 @@ class RedisEventBridge:
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._stopping = False
+        self._closing = False  # the listener is closing its subscription: let it finish
 
     async def start(self) -> None:
         """Subscribe and start relaying (waits up to ``operation_timeout`` for the first
@@ -180,7 +181,7 @@ class RedisEventBridge:
         if self._core.policy.state.value == "disabled":
             self.last_error = self._core.policy.reason
             return
-        self._stopping = False
+        self._stopping = self._closing = False
         self.bus.add_forwarder(self._send)
         self._task = task = asyncio.create_task(self._listen(), name="gathering-cache-event-bridge")
         # asyncio.wait, not wait_for: it never swallows a cancellation of the caller.
@@ -217,7 +218,8 @@ class RedisEventBridge:
                         self._stop_timeout(),
                     )
                     break
-                task.cancel()  # again each round: a cancellation may have been swallowed
+                if not self._closing:  # again each round: a cancellation may have been lost
+                    task.cancel()
                 await asyncio.wait((task,), timeout=min(remaining, _RECANCEL))
             if task.done() and not task.cancelled() and task.exception() is not None:
                 logger.debug("event bridge listener ended with %r", task.exception())
@@ -284,8 +286,12 @@ class RedisEventBridge:
                 self.last_error = f"{type(exc).__name__}: {exc}"
             finally:
                 # Bounded: closing the subscription on a hung server must not hold stop().
-                closing = asyncio.ensure_future(subscriber.close())
-                await asyncio.wait((closing,), timeout=close_timeout)
+                self._closing = True
+                try:
+                    closing = asyncio.ensure_future(subscriber.close())
+                    await asyncio.wait((closing,), timeout=close_timeout)
+                finally:
+                    self._closing = False
             if not self._running():
                 break
             await asyncio.sleep(delay)
