@@ -102,8 +102,14 @@ def _reply_code(exc: BaseException, message: str) -> str | None:
 
 
 def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."
+    """A reply (or the error parsing it) for a message: its type and size, not its data,
+    which may be someone's cached value."""
+    if isinstance(value, BaseException):
+        text = f"{type(value).__name__}: {value}"
+        return text if len(text) <= 80 else f"{text[:77]}..."
+    if isinstance(value, (bytes, str, list, tuple, set, dict)):
+        return f"{type(value).__name__} of length {len(value)}"
+    return "None" if value is None else type(value).__name__
 
 
 _RELEASE_LOCK = """
