@@ -57,6 +57,8 @@ class CacheCore:
             max_concurrency=config.max_connections if self.store.kind == "redis" else None,
             is_data_error=self.store.is_data_error,
         )
+        # The endpoint (redacted URL or host:port) for error messages and the outage reason.
+        self.policy.endpoint = getattr(self.store, "where", None)
         reason = getattr(self.store, "reason", None)
         if isinstance(reason, str):  # NullStore: disabled, or redis missing
             self.policy.disable(reason)
@@ -88,8 +90,9 @@ class CacheCore:
         if self.policy.state is BreakerState.DISABLED:
             return False
         ok = await self.policy.run(self._ping, False)
-        if not ok:
+        if not ok and self.policy.consecutive_failures:
             # The first contact failed: degrade at once rather than after `failure_threshold`.
+            # (A call shed by local load is no verdict on the store.)
             self.policy.trip()
         return self.policy.available
 

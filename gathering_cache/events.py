@@ -30,6 +30,9 @@ __all__ = ["Event", "EventBus", "EventHandler", "EventType", "RedisEventBridge"]
 
 logger = logging.getLogger(__name__)
 
+_RECANCEL = 0.1
+"""Seconds between the cancellations :meth:`RedisEventBridge.stop` sends its listener."""
+
 
 class EventType(str, enum.Enum):
     """What happened. The values are the wire names used by the Redis bridge."""
@@ -167,6 +170,8 @@ class RedisEventBridge:
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._stopping = False
+        self._closing = False  # the listener is closing its subscription: let it finish
 
     async def start(self) -> None:
         """Subscribe and start relaying (waits up to ``operation_timeout`` for the first
@@ -176,25 +181,55 @@ class RedisEventBridge:
         if self._core.policy.state.value == "disabled":
             self.last_error = self._core.policy.reason
             return
+        self._stopping = self._closing = False
         self.bus.add_forwarder(self._send)
-        self._task = asyncio.create_task(self._listen(), name="gathering-cache-event-bridge")
-        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-            await asyncio.wait_for(self._subscribed.wait(), self._core.config.operation_timeout)
+        self._task = task = asyncio.create_task(self._listen(), name="gathering-cache-event-bridge")
+        # asyncio.wait, not wait_for: it never swallows a cancellation of the caller.
+        subscribed = asyncio.ensure_future(self._subscribed.wait())
+        try:
+            await asyncio.wait(
+                (subscribed, task),
+                timeout=self._core.config.operation_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            subscribed.cancel()
 
     async def stop(self) -> None:
+        """Stop relaying and unsubscribe. Returns within a bounded time whatever the store
+        does (a listener that does not end by then is left to end by itself, with a
+        warning); a cancellation of the caller propagates."""
+        self._stopping = True  # the listener also ends if a cancellation gets lost
         self.bus.remove_forwarder(self._send)
         self._subscribed.clear()
         task, self._task = self._task, None
+        if task is asyncio.current_task():
+            task = None  # called by a handler of a relayed event: the listener ends after it
         if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                cancelling = getattr(current, "cancelling", None)
-                if cancelling is not None and cancelling():
-                    raise  # the caller of stop() is being cancelled too
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._stop_timeout()
+            while not task.done():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    logger.warning(
+                        "event bridge listener on %s did not stop within %.1f s; left to "
+                        "end by itself",
+                        self.channel,
+                        self._stop_timeout(),
+                    )
+                    break
+                if not self._closing:  # again each round: a cancellation may have been lost
+                    task.cancel()
+                await asyncio.wait((task,), timeout=min(remaining, _RECANCEL))
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                logger.debug("event bridge listener ended with %r", task.exception())
         self.connected = False
+
+    def _stop_timeout(self) -> float:
+        # Closing the subscription may take a round trip to the server.
+        config = self._core.config
+        bound: float = 2 * config.operation_timeout + config.connect_timeout
+        return max(1.0, bound)
 
     async def __aenter__(self) -> RedisEventBridge:
         await self.start()
@@ -218,10 +253,14 @@ class RedisEventBridge:
         if await self._core.publish(self.channel, message) is not None:
             self.sent += 1
 
+    def _running(self) -> bool:
+        return not self._stopping and self._core.policy.may_use_fallbacks
+
     async def _listen(self) -> None:
         delay = 0.05
         faults = (*self._core.store.fault_types, TimeoutError, asyncio.TimeoutError)
-        while self._core.policy.may_use_fallbacks:  # ends when the cache is closed
+        close_timeout = self._core.config.operation_timeout
+        while self._running():  # ends when stopped or when the cache is closed
             subscriber = self._core.store.subscriber(self.channel)
             try:
                 await subscriber.start()
@@ -231,9 +270,9 @@ class RedisEventBridge:
                 self.connected = True
                 self._subscribed.set()
                 delay = 0.05
-                while self._core.policy.may_use_fallbacks:
+                while self._running():
                     data = await subscriber.get(timeout=1.0)
-                    if data is not None:
+                    if data is not None and self._running():
                         await self._deliver(data)
             except faults as exc:
                 self._subscribed.clear()
@@ -246,7 +285,15 @@ class RedisEventBridge:
                 self.connected = False
                 self.last_error = f"{type(exc).__name__}: {exc}"
             finally:
-                await subscriber.close()
+                # Bounded: closing the subscription on a hung server must not hold stop().
+                self._closing = True
+                try:
+                    closing = asyncio.ensure_future(subscriber.close())
+                    await asyncio.wait((closing,), timeout=close_timeout)
+                finally:
+                    self._closing = False
+            if not self._running():
+                break
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
         self.connected = False

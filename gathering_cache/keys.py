@@ -28,6 +28,7 @@ from gathering_cache.errors import ArgumentTypeError, InvalidArgumentError, Patt
 
 __all__ = [
     "GENERIC",
+    "MAX_TTL",
     "NAMESPACES",
     "KeySpace",
     "check_count",
@@ -176,12 +177,23 @@ def check_dimensions(dimensions: object) -> int | None:
     return dimensions
 
 
+MAX_TTL: Final = 9 * 10**15
+"""The longest TTL accepted, in seconds (~285 million years). Redis refuses an expiry that
+does not fit in a signed 64-bit count of milliseconds since the epoch ("invalid expire
+time"); this bound leaves room for the clock, so Redis takes every TTL up to it."""
+
+
 def check_ttl(ttl: object) -> int | None:
-    """Return ``ttl`` if it is ``None`` or a positive int, else raise InvalidArgumentError."""
+    """Return ``ttl`` if it is ``None`` or an int in 1..:data:`MAX_TTL`, else raise
+    InvalidArgumentError (the same on every backend, before anything is sent)."""
     if ttl is None:
         return None
     if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
         raise InvalidArgumentError(f"ttl must be a positive int (seconds) or None, not {ttl!r}")
+    if ttl > MAX_TTL:
+        raise InvalidArgumentError(
+            f"ttl must be at most {MAX_TTL} seconds (what Redis can store), not {ttl!r}"
+        )
     return ttl
 
 

@@ -75,6 +75,8 @@ class DegradationPolicy:
         self.state = BreakerState.CLOSED
         self.consecutive_failures = 0
         self.last_error: str | None = None
+        #: Where the store lives (a redacted URL or host:port), named in every error message.
+        self.endpoint: str | None = None
         self.reason: str | None = None
         self.outages = 0
         self._opened_at = 0.0
@@ -222,6 +224,9 @@ class DegradationPolicy:
     def _record(self, exc: BaseException) -> None:
         self.consecutive_failures += 1
         message = str(exc) or "operation timed out"
+        # A timeout or a TLS handshake failure names no endpoint of its own.
+        if self.endpoint and self.endpoint not in message:
+            message = f"{message} (at {self.endpoint})"
         # redis errors hide their message in repr(); str() never holds the password.
         self.last_error = f"{type(exc).__name__}: {message}"
 
@@ -246,7 +251,7 @@ class DegradationPolicy:
         if self._degraded_since is None:
             self._degraded_since = self._opened_at
             self.outages += 1
-            self.reason = f"Redis unavailable: {self.last_error}"
+            self.reason = f"Redis unavailable: {self.last_error or 'no answer'}"
             logger.warning(
                 "%s; running without cache (degraded mode), retrying every %.1f s",
                 self.reason,

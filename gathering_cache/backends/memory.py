@@ -191,15 +191,33 @@ class _MemorySubscriber(Subscriber):
         self._channels = channels
         self._channel = channel
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._held: bytes | None = None  # taken off the queue by a get() that was cancelled
 
     async def start(self) -> None:
         self._channels.setdefault(self._channel, set()).add(self._queue)
 
     async def get(self, timeout: float) -> bytes | None:
+        if self._held is not None:
+            message, self._held = self._held, None
+            return message
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        # Not asyncio.wait_for: on Python 3.10 and 3.11 it returns a message that arrives
+        # together with a cancellation and swallows the cancellation, so a bridge being
+        # stopped never learned it and stop() waited forever. asyncio.wait never swallows
+        # the caller's cancellation.
+        getter = asyncio.ensure_future(self._queue.get())
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except (TimeoutError, asyncio.TimeoutError):
-            return None
+            await asyncio.wait((getter,), timeout=timeout)
+        finally:
+            if not getter.done():
+                getter.cancel()
+            elif not getter.cancelled() and getter.exception() is None and self._held is None:
+                self._held = getter.result()  # kept for the next get(), not lost
+        if self._held is not None:
+            message, self._held = self._held, None
+            return message
+        return None
 
     async def close(self) -> None:
         with contextlib.suppress(KeyError):

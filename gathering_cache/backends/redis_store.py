@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from gathering_cache.backends.base import Progress, Store, Subscriber
+from gathering_cache.errors import BackendError
 from gathering_cache.globmatch import compile_glob
 
 if sys.version_info >= (3, 11):
@@ -32,10 +33,15 @@ try:
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialWithJitterBackoff
     from redis.exceptions import (
-        NoPermissionError,
+        AskError,
+        ClusterDownError,
+        DataError,
+        OutOfMemoryError,
+        ReadOnlyError,
         RedisClusterException,
         RedisError,
         ResponseError,
+        TryAgainError,
     )
 
     REDIS_AVAILABLE = True
@@ -53,6 +59,56 @@ SCAN_COUNT = 1000
 """SCAN COUNT hint: ~26x faster than the default 10 on a large keyspace (docs/benchmarks)."""
 DELETE_BATCH = 500
 """Keys per UNLINK while deleting by pattern."""
+
+
+_SERVER_STATE = frozenset(
+    {
+        "ASK",
+        "BUSY",
+        "CLUSTERDOWN",
+        "LOADING",
+        "MASTERDOWN",
+        "MISCONF",
+        "MOVED",
+        "NOAUTH",
+        "NOMASTERLINK",
+        "NOREPLICAS",
+        "OOM",
+        "READONLY",
+        "TRYAGAIN",
+        "WRONGPASS",
+    }
+)
+"""Error codes of replies that describe the server's state (loading, read-only replica,
+out of memory, cluster down, ...): an outage, unlike a reply to one call's arguments."""
+
+_SERVER_STATE_MESSAGES = ("DB index is out of range",)
+"""Plain ``ERR`` replies that concern every call (the connection's handshake)."""
+
+_PIPELINE_ERROR = " of pipeline caused error: "
+
+_MALFORMED = (TypeError, ValueError, IndexError, KeyError, AttributeError)
+"""What redis-py's reply parsing raises on a reply of the wrong shape."""
+
+
+def _reply_code(exc: BaseException, message: str) -> str | None:
+    """The error code of a Redis error reply (``WRONGTYPE``, ``READONLY``, ...), if any."""
+    code = getattr(exc, "status_code", None)  # redis-py >= 8 keeps it
+    if isinstance(code, str):
+        return code
+    word = message.split(" ", 1)[0]  # older redis-py: the code leads the message
+    return word if word.isupper() and word.isalpha() else None
+
+
+def _short(value: object) -> str:
+    """A reply (or the error parsing it) for a message: its type and size, not its data,
+    which may be someone's cached value."""
+    if isinstance(value, BaseException):
+        text = f"{type(value).__name__}: {value}"
+        return text if len(text) <= 80 else f"{text[:77]}..."
+    if isinstance(value, (bytes, str, list, tuple, set, dict)):
+        return f"{type(value).__name__} of length {len(value)}"
+    return "None" if value is None else type(value).__name__
 
 
 _RELEASE_LOCK = """
@@ -117,84 +173,168 @@ class RedisStore(Store):
         self._client = client
         self._owned = owned
         self._describe = describe
+        self.where = _where(describe)
         # RedisCluster splits multi-key reads per slot only through mget_nonatomic.
         self._mget = cast(
             "Callable[..., Awaitable[list[bytes | None]]]",
             getattr(client, "mget_nonatomic", client.mget),
         )
         # RedisClusterException (cluster unreachable, slots not covered) is not a RedisError.
-        self.fault_types = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
-        # The hottest call goes straight to the client: one coroutine layer less per GET.
-        self.get = client.get  # type: ignore[method-assign,assignment]
+        # BackendError (a reply of the wrong shape) is a ConnectionError, hence an OSError:
+        # listed for clarity.
+        self.fault_types = (
+            RedisError,
+            RedisClusterException,
+            BackendError,
+            OSError,
+            asyncio.TimeoutError,
+        )
 
     @property
     def client(self) -> Redis:
         return self._client
 
+    def _malformed(self, command: str, reply: object) -> BackendError:
+        """A reply of the wrong shape: a fault of the server (or of what sits in front of
+        it), never the caller's, so a degraded answer rather than an exception."""
+        return BackendError(f"malformed reply to {command} from {self.where}: {_short(reply)}")
+
     async def connect(self) -> None:
-        await self._client.ping()
+        try:
+            pong = await self._client.ping()
+        except ResponseError as exc:
+            if self.is_data_error(exc):
+                return  # an error reply proves the server answers (an ACL without +ping)
+            raise
+        except _MALFORMED as exc:
+            raise self._malformed("PING", exc) from exc
+        if pong is not True:
+            raise self._malformed("PING", pong)
 
     async def aclose(self) -> None:
         if self._owned:
             await self._client.aclose()
 
     async def get(self, key: str) -> bytes | None:
-        return cast("bytes | None", await self._client.get(key))
+        try:
+            value = await self._client.get(key)
+        except _MALFORMED as exc:
+            raise self._malformed("GET", exc) from exc
+        if value is None or type(value) is bytes:
+            return value
+        raise self._malformed("GET", value)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        return await self._mget(list(keys))
+        try:
+            values: object = await self._mget(list(keys))
+        except _MALFORMED as exc:
+            raise self._malformed("MGET", exc) from exc
+        if (
+            type(values) is not list
+            or len(values) != len(keys)
+            or not all(v is None or type(v) is bytes for v in values)
+        ):
+            raise self._malformed("MGET", values)
+        return values
 
     async def set(self, key: str, value: bytes, ttl: int | None) -> bool:
-        await self._client.set(key, value, ex=ttl)
+        try:
+            reply = await self._client.set(key, value, ex=ttl)
+        except _MALFORMED as exc:
+            raise self._malformed("SET", exc) from exc
+        if reply is not True:  # redis-py turns +OK into True; anything else stored nothing
+            raise self._malformed("SET", reply)
         return True
 
     async def set_many(self, items: Sequence[tuple[str, bytes]], ttl: int | None) -> bool:
         if not items:
             return True
-        async with self._client.pipeline(transaction=False) as pipe:
-            for key, value in items:
-                pipe.set(key, value, ex=ttl)
-            await pipe.execute()
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, value in items:
+                    pipe.set(key, value, ex=ttl)
+                replies: object = await pipe.execute()
+        except _MALFORMED as exc:
+            raise self._malformed("SET", exc) from exc
+        if (
+            type(replies) is not list
+            or len(replies) != len(items)
+            or not all(r is True for r in replies)
+        ):
+            raise self._malformed("SET", replies)
         return True
+
+    async def _integer(self, command: str, awaitable: Awaitable[Any]) -> int:
+        try:
+            reply = await awaitable
+        except _MALFORMED as exc:
+            raise self._malformed(command, exc) from exc
+        if type(reply) is not int:
+            raise self._malformed(command, reply)
+        return reply
+
+    async def _replies(self, command: str, awaitable: Awaitable[Any]) -> list[Any]:
+        """A pipeline's replies, checked to be a list (a fault otherwise)."""
+        try:
+            replies = await awaitable
+        except _MALFORMED as exc:
+            raise self._malformed(command, exc) from exc
+        if type(replies) is not list:
+            raise self._malformed(command, replies)
+        return replies
 
     async def delete(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
-        return int(await self._client.unlink(*keys))
+        return await self._integer("UNLINK", self._client.unlink(*keys))
 
     async def exists(self, key: str) -> bool:
-        return bool(await self._client.exists(key))
+        return bool(await self._integer("EXISTS", self._client.exists(key)))
 
     async def ttl(self, key: str) -> int | None:
-        remaining = int(await self._client.ttl(key))
+        remaining = await self._integer("TTL", self._client.ttl(key))
         return None if remaining == -2 else remaining
 
     async def _step(self, awaitable: Awaitable[Any], progress: Progress) -> Any:
         """One round trip of a long operation, bounded on its own: a hung server is noticed
         after one step, while a large but healthy keyspace may take many steps."""
-        if progress.step_timeout is None:
-            return await awaitable
-        async with _timeout(progress.step_timeout):
-            return await awaitable
+        try:
+            if progress.step_timeout is None:
+                return await awaitable
+            async with _timeout(progress.step_timeout):
+                return await awaitable
+        except _MALFORMED as exc:
+            raise self._malformed("SCAN", exc) from exc
+
+    def _keys(self, keys: object) -> list[bytes]:
+        if type(keys) is not list or not all(type(k) is bytes for k in keys):
+            raise self._malformed("SCAN", keys)
+        return keys
 
     async def _scan(self, pattern: str, progress: Progress) -> AsyncIterator[list[bytes]]:
         if hasattr(self._client, "get_nodes"):  # RedisCluster: scan_iter walks every primary
             batch: list[bytes] = []
-            async for key in self._client.scan_iter(match=pattern, count=SCAN_COUNT):
-                batch.append(key)
-                if len(batch) >= SCAN_COUNT:
-                    yield batch
-                    batch = []
+            try:
+                async for key in self._client.scan_iter(match=pattern, count=SCAN_COUNT):
+                    batch.append(key)
+                    if len(batch) >= SCAN_COUNT:
+                        yield self._keys(batch)
+                        batch = []
+            except _MALFORMED as exc:
+                raise self._malformed("SCAN", exc) from exc
             if batch:
-                yield batch
+                yield self._keys(batch)
             return
         cursor = 0
         while True:
-            cursor, keys = await self._step(
+            reply = await self._step(
                 self._client.scan(cursor, match=pattern, count=SCAN_COUNT), progress
             )
+            if type(reply) is not tuple or len(reply) != 2 or type(reply[0]) is not int:
+                raise self._malformed("SCAN", reply)
+            cursor, keys = reply[0], self._keys(reply[1])
             if keys:
                 yield keys
             if not cursor:
@@ -216,11 +356,24 @@ class RedisStore(Store):
         return progress.done
 
     def is_data_error(self, exc: BaseException) -> bool:
-        # WRONGTYPE: a foreign value under the key. NOPERM: an ACL that does not cover this
-        # key or channel. Both concern one call, not the health of Redis.
-        if isinstance(exc, NoPermissionError):
-            return True
-        return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
+        """Whether ``exc`` is an error reply to this call's own arguments or keys (WRONGTYPE,
+        "invalid expire time", "value is not an integer", NOPERM from an ACL, ...): that
+        call's degraded answer, the breaker untouched. Replies that describe the server's
+        state (LOADING, READONLY, MASTERDOWN, CLUSTERDOWN, TRYAGAIN, BUSY, OOM, NOAUTH,
+        MISCONF, ...) remain faults, like every connection error and timeout."""
+        if isinstance(exc, DataError):
+            return True  # redis-py refused the arguments before sending them
+        if not isinstance(exc, ResponseError) or isinstance(
+            exc, (ReadOnlyError, OutOfMemoryError, ClusterDownError, TryAgainError, AskError)
+        ):
+            return False
+        message = str(exc)
+        _, annotated, reply = message.partition(_PIPELINE_ERROR)
+        if annotated:  # "Command # 2 (SET ...) of pipeline caused error: <reply>"
+            message = reply
+        if _reply_code(exc, message) in _SERVER_STATE:
+            return False
+        return not any(text in message for text in _SERVER_STATE_MESSAGES)
 
     async def set_indexed(self, items: Sequence[tuple[str, bytes]], ttl: int, index: str) -> bool:
         async with self._client.pipeline(transaction=False) as pipe:
@@ -228,21 +381,25 @@ class RedisStore(Store):
                 pipe.set(key, value, ex=ttl)
             pipe.sadd(index, *(key for key, _ in items))
             pipe.expire(index, ttl)
-            await pipe.execute()
+            replies = await self._replies("SET", pipe.execute())
+        if len(replies) != len(items) + 2 or not all(r is True for r in replies[: len(items)]):
+            raise self._malformed("SET", replies)
         return True
 
     async def pop_index(self, index: str) -> list[str]:
         async with self._client.pipeline(transaction=True) as pipe:  # one key: one slot
             pipe.smembers(index)
             pipe.delete(index)
-            members, _ = await pipe.execute()
-        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+            replies = await self._replies("SMEMBERS", pipe.execute())
+        if len(replies) != 2 or not isinstance(replies[0], (set, list)):
+            raise self._malformed("SMEMBERS", replies)
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in replies[0]]
 
     async def incr(self, key: str, amount: int = 1) -> int:
-        return int(await self._client.incrby(key, amount))
+        return await self._integer("INCRBY", self._client.incrby(key, amount))
 
     async def publish(self, channel: str, message: bytes) -> int:
-        return int(await self._client.publish(channel, message))
+        return await self._integer("PUBLISH", self._client.publish(channel, message))
 
     def subscriber(self, channel: str) -> Subscriber:
         return _RedisSubscriber(self._client, channel)
@@ -269,6 +426,17 @@ class RedisStore(Store):
         return dict(self._describe)
 
 
+def _where(describe: dict[str, Any]) -> str:
+    """The store's endpoint for messages: the redacted URL, else host:port (no secrets)."""
+    url = describe.get("url")
+    if isinstance(url, str):
+        return url
+    host, port = describe.get("host"), describe.get("port")
+    if host is None:
+        return "an injected client" if describe.get("injected_client") else "Redis"
+    return f"{host}:{port}" if port is not None else str(host)
+
+
 class _RedisSubscriber(Subscriber):
     """A pub/sub subscription on its own connection (RESP2, so messages are not dropped as
     RESP3 push frames)."""
@@ -278,13 +446,23 @@ class _RedisSubscriber(Subscriber):
         self._channel = channel
 
     async def start(self) -> None:
-        await self._pubsub.subscribe(self._channel)
+        try:
+            await self._pubsub.subscribe(self._channel)
+        except _MALFORMED as exc:
+            raise BackendError(f"malformed reply to SUBSCRIBE: {_short(exc)}") from exc
 
     async def get(self, timeout: float) -> bytes | None:
-        message = await self._pubsub.get_message(timeout=timeout)
-        if message is None or message.get("type") != "message":
+        try:
+            message = await self._pubsub.get_message(timeout=timeout)
+        except _MALFORMED as exc:
+            raise BackendError(f"malformed pub/sub message: {_short(exc)}") from exc
+        if message is None:
             return None
-        data = message["data"]
+        if not isinstance(message, dict):
+            raise BackendError(f"malformed pub/sub message: {_short(message)}")
+        if message.get("type") != "message":
+            return None
+        data = message.get("data")
         return data if isinstance(data, bytes) else str(data).encode()
 
     async def close(self) -> None:
