@@ -19,8 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
-from gathering_cache.backends.base import Progress, Store, Subscriber
-from gathering_cache.keys import glob_to_regex
+from gathering_cache.backends.base import COUNTER_DIGITS, Progress, Store, Subscriber, fresh_counter
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _timeout
@@ -55,6 +54,33 @@ SCAN_COUNT = 1000
 DELETE_BATCH = 500
 """Keys per UNLINK while deleting by pattern."""
 
+
+# One counter, atomically (one key: one slot, cluster-safe). ARGV: a fresh random value,
+# the amount, the minimum expiry in ms. Anything but 1..COUNTER_DIGITS ASCII digits — another
+# type, "garbage", "1.5", "-3" — is repaired with the fresh value rather than failing INCRBY
+# on every call: a counter that cannot be incremented would make invalidation impossible.
+# The fresh value comes from the client: scripts' math.random is deterministic.
+_COUNTER = """
+local value = false
+if redis.call('type', KEYS[1])['ok'] == 'string' then
+  local raw = redis.call('get', KEYS[1])
+  if string.len(raw) <= DIGITS and string.find(raw, '^[0-9]+$') then
+    if ARGV[2] == '0' then
+      value = tonumber(raw)
+    else
+      value = redis.call('incrby', KEYS[1], ARGV[2])
+    end
+  end
+end
+if not value then
+  redis.call('set', KEYS[1], ARGV[1])
+  value = tonumber(ARGV[1])
+end
+if redis.call('pttl', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('pexpire', KEYS[1], ARGV[3])
+end
+return value
+""".replace("DIGITS", str(COUNTER_DIGITS))
 
 _RELEASE_LOCK = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
@@ -192,11 +218,8 @@ class RedisStore(Store):
             if not cursor:
                 return
 
-    async def scan_delete(self, pattern: str, progress: Progress, keep: str | None = None) -> int:
-        kept = glob_to_regex(keep) if keep is not None else None
+    async def scan_delete(self, pattern: str, progress: Progress) -> int:
         async for keys in self._scan(pattern, progress):
-            if kept is not None:
-                keys = [k for k in keys if not kept.fullmatch(k.decode(errors="replace"))]
             for start in range(0, len(keys), DELETE_BATCH):
                 chunk = keys[start : start + DELETE_BATCH]
                 progress.done += int(await self._step(self._client.unlink(*chunk), progress))
@@ -219,7 +242,10 @@ class RedisStore(Store):
             for key, value in items:
                 pipe.set(key, value, ex=ttl)
             pipe.sadd(index, *(key for key, _ in items))
-            pipe.expire(index, ttl)
+            # Never shorten: the set lists entries that may outlive this one. NX gives a new
+            # set its first expiry (GT alone treats "no expiry" as infinite).
+            pipe.expire(index, ttl, nx=True)
+            pipe.expire(index, ttl, gt=True)
             await pipe.execute()
         return True
 
@@ -228,10 +254,24 @@ class RedisStore(Store):
             pipe.smembers(index)
             pipe.delete(index)
             members, _ = await pipe.execute()
-        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+        # Anyone who can write the set chose its members: never raise on them.
+        return [m.decode(errors="replace") if isinstance(m, bytes) else str(m) for m in members]
 
-    async def incr(self, key: str, amount: int = 1) -> int:
-        return int(await self._client.incrby(key, amount))
+    async def counters(self, keys: Sequence[str], amount: int, ttl: int) -> list[int]:
+        if not keys:
+            return []
+        if len(keys) == 1:
+            args = self._counter_args(amount, ttl)
+            return [int(await self._client.eval(_COUNTER, 1, keys[0], *args))]
+        # One script per key in a non-transactional pipeline: keys in different slots.
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.eval(_COUNTER, 1, key, *self._counter_args(amount, ttl))
+            return [int(value) for value in await pipe.execute()]
+
+    @staticmethod
+    def _counter_args(amount: int, ttl: int) -> tuple[int, int, int]:
+        return fresh_counter(), amount, ttl * 1000
 
     async def publish(self, channel: str, message: bytes) -> int:
         return int(await self._client.publish(channel, message))
