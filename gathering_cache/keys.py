@@ -6,7 +6,8 @@ All keys live under the configured ``key_prefix`` (``gathering:`` by default)::
     <prefix>embedding:<model>[:<dimensions>]:<hash>          with a model
     <prefix>rag:agent:<agent_id>:<16 hex of sha256(query)>
     <prefix>rag:gen:<agent_id> / rag:gen:all                  RAG generation counters
-    <prefix>rag:index:<agent_id>                              the agent's entry keys (a set)
+    <prefix>rag:entries:<agent_id>                            the agent's entry keys (a sorted
+                                                              set scored by expiry)
 
 Every key expires, counters and index sets included.
     <prefix>circle:<circle_id>
@@ -172,8 +173,10 @@ class KeySpace:
         return f"{self.prefix}{RAG}:gen:{'all' if agent_id is None else agent_id}"
 
     def rag_index(self, agent_id: int) -> str:
-        """The set of one agent's entry keys (to delete them without scanning)."""
-        return f"{self.prefix}{RAG}:index:{agent_id}"
+        """The index of one agent's entry keys (to delete them without scanning). Named
+        ``entries``, not ``index`` as the plain set of earlier versions was: a rolling
+        upgrade must not meet a key of the other type."""
+        return f"{self.prefix}{RAG}:entries:{agent_id}"
 
     def rag_agent_pattern(self, agent_id: int) -> str:
         return f"{self.prefix}{RAG}:agent:{agent_id}:*"

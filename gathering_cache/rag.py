@@ -10,8 +10,8 @@ entry records the generations it was computed under and is read together with th
 ones (one MGET), so an entry is valid only while both are unchanged. ``invalidate(agent_id)``
 increments the agent's counter — from that moment no entry of the agent is readable, including
 one a concurrent writer stores afterwards with results computed before — and then deletes the
-agent's entries listed in its index set (``<prefix>rag:index:<agent_id>``) to free memory and
-count them. Cost: one one-key script, an atomic SMEMBERS+DEL of one key, and one multi-key
+agent's entries listed in its index (``<prefix>rag:entries:<agent_id>``) to free memory and
+count them. Cost: one one-key script, an atomic ZRANGE+DEL of one key, and one multi-key
 UNLINK — flat in the size of Redis, and cluster-safe (no cross-slot transaction or script).
 
 Counters are epochs, not counts: one is created at a random 48-bit value, so a counter that
@@ -23,8 +23,10 @@ creates it). A counter that is not a counter (``b"garbage"``, ``b"1.5"``, a list
 agent's entries misses and is repaired with a fresh random value, never served around.
 
 Only keys of the agent's own RAG namespace (``<prefix>rag:agent:<agent_id>:<16 hex>``) are
-ever deleted from an index set: its members are data anyone who can write under the prefix
-could have chosen.
+ever deleted from an index: its members are data anyone who can write under the prefix could
+have chosen. The index is scored by expiry and each write drops the members whose entries
+have expired, so an agent written for months and never invalidated keeps an index the size
+of its live entries.
 """
 
 from __future__ import annotations

@@ -80,7 +80,8 @@ async def test_invalidation_survives_members_that_are_not_text(make_cache: Facto
     raw = raw_client(cache)
     await raw.set("other:precious", b"1")
     await cache.set_rag_results(1, "q", R1)
-    await raw.sadd(KEYS.rag_index(1), b"\xff", b"other:precious", b"gatheringX:precious", b"")
+    members = {b"\xff": 1e12, b"other:precious": 1e12, b"gatheringX:precious": 1e12, b"": 1e12}
+    await raw.zadd(KEYS.rag_index(1), members)
     assert await cache.invalidate_rag_results(1) == 1
     assert await raw.get("other:precious") == b"1"
     assert cache.is_enabled()
@@ -95,6 +96,28 @@ async def test_index_sets_expire_no_sooner_than_their_longest_entry(
     assert ttl is not None
     assert 3590 <= ttl <= 3600
     assert await cache.invalidate_rag_results(1) == 2
+
+
+async def test_an_index_never_outgrows_the_live_entries() -> None:
+    now = [1000.0]
+    store = MemoryStore(max_entries=1000, clock=lambda: now[0])
+    for i in range(50):
+        await store.set_indexed([(f"e:{i}", b"v")], 10, "index")
+        now[0] += 1  # each entry outlives the next four writes only
+    members = await store.pop_index("index")
+    assert members == sorted(f"e:{i}" for i in range(40, 50))
+
+
+@pytest.mark.parametrize(
+    "backend", ["fakeredis", pytest.param("redis", marks=pytest.mark.integration)]
+)
+async def test_a_redis_index_drops_members_whose_entries_expired(make_cache: Factory) -> None:
+    cache = await make_cache()
+    raw = raw_client(cache)
+    index = KEYS.rag_index(1)
+    await raw.zadd(index, {f"gathering:rag:agent:1:{i:016x}": 1.0 for i in range(100)})  # 1970
+    await cache.set_rag_results(1, "q", R1)
+    assert await raw.zrange(index, 0, -1) == [KEYS.rag(1, "q").encode()]
 
 
 # -- corrupt counters ---------------------------------------------------------------------

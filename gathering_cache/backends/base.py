@@ -119,13 +119,14 @@ class Store(ABC):
 
     @abstractmethod
     async def set_indexed(self, items: Sequence[tuple[str, bytes]], ttl: int, index: str) -> bool:
-        """Store values (SET EX) and add their keys to the set ``index``, whose expiry is
-        extended to at least ``ttl`` (never shortened: it lists entries that may live
+        """Store values (SET EX) and add their keys to the index ``index`` (a sorted set
+        scored by expiry; members whose entries have expired are dropped), whose own expiry
+        is extended to at least ``ttl`` (never shortened: it lists entries that may live
         longer). One non-transactional pipeline; cluster-safe. True."""
 
     @abstractmethod
     async def pop_index(self, index: str) -> list[str]:
-        """Read and delete the set ``index`` atomically (one key, one slot): its members,
+        """Read and delete the index ``index`` atomically (one key, one slot): its members,
         as stored (callers must check them: anyone who can write the set chose them).
         Members that are not UTF-8 come back with replacement characters, never raise."""
 

@@ -26,8 +26,8 @@ from gathering_cache.keys import glob_to_regex
 
 __all__ = ["MemoryStore", "glob_to_regex"]
 
-_Value = bytes | set[str]
-"""A string value, or an index set (see :meth:`MemoryStore.set_indexed`)."""
+_Value = bytes | dict[str, float]
+"""A string value, or an index: member -> expiry (see :meth:`MemoryStore.set_indexed`)."""
 
 
 class MemoryStore(Store):
@@ -39,7 +39,7 @@ class MemoryStore(Store):
     def __init__(
         self, max_entries: int = 10_000, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        # Index sets live here too, so every structure counts against max_entries and
+        # Indexes live here too, so every structure counts against max_entries and
         # takes its turn in the LRU.
         self._data: OrderedDict[str, tuple[_Value, float | None]] = OrderedDict()
         self._channels: dict[str, set[asyncio.Queue[bytes]]] = {}
@@ -60,7 +60,7 @@ class MemoryStore(Store):
         return value
 
     def _live(self, key: str) -> bytes | None:
-        """The live string value under ``key``; an index set reads as a miss."""
+        """The live string value under ``key``; an index reads as a miss."""
         value = self._entry(key)
         return value if isinstance(value, bytes) else None
 
@@ -145,15 +145,19 @@ class MemoryStore(Store):
     async def set_indexed(self, items: Sequence[tuple[str, bytes]], ttl: int, index: str) -> bool:
         for key, value in items:
             self._put(key, value, ttl)
+        now = self._clock()
         current = self._entry(index)
-        members = current if isinstance(current, set) else set()
-        members.update(key for key, _ in items)
-        self._store(index, members, self._expiry_at_least(index, self._clock() + ttl))
+        members = current if isinstance(current, dict) else {}
+        for key, _ in items:
+            members[key] = max(members.get(key, 0.0), now + ttl)
+        for key in [key for key, expires in members.items() if expires <= now]:
+            del members[key]  # its entry has expired: the index stays as small as the live
+        self._store(index, members, self._expiry_at_least(index, now + ttl))
         return True
 
     async def pop_index(self, index: str) -> list[str]:
         members = self._entry(index)
-        if not isinstance(members, set):
+        if not isinstance(members, dict):
             return []
         del self._data[index]
         return sorted(members)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
@@ -241,7 +242,11 @@ class RedisStore(Store):
         async with self._client.pipeline(transaction=False) as pipe:
             for key, value in items:
                 pipe.set(key, value, ex=ttl)
-            pipe.sadd(index, *(key for key, _ in items))
+            # Scored by expiry (GT: a member's score only grows), and the members whose
+            # entries have expired dropped, so the index never outgrows the live entries.
+            now = time.time()
+            pipe.zadd(index, {key: now + ttl for key, _ in items}, gt=True)
+            pipe.zremrangebyscore(index, "-inf", now)
             # Never shorten: the set lists entries that may outlive this one. NX gives a new
             # set its first expiry (GT alone treats "no expiry" as infinite).
             pipe.expire(index, ttl, nx=True)
@@ -251,7 +256,7 @@ class RedisStore(Store):
 
     async def pop_index(self, index: str) -> list[str]:
         async with self._client.pipeline(transaction=True) as pipe:  # one key: one slot
-            pipe.smembers(index)
+            pipe.zrange(index, 0, -1)
             pipe.delete(index)
             members, _ = await pipe.execute()
         # Anyone who can write the set chose its members: never raise on them.
