@@ -150,6 +150,11 @@ class RagCache:
         ttl: int | None,
         generation: Generation | None = None,
     ) -> bool:
+        """Store results computed under ``generation`` (default: the one seen at this
+        process's last miss of the key, else the current one). True when stored, and also
+        when the results are already stale (computed before an invalidation): those could
+        never be served, so nothing is written. False when the store cannot answer.
+        """
         agent_id = check_id(agent_id, "agent_id")
         key = self._core.keys.rag(agent_id, check_text(query, "query"))
         if not isinstance(results, list):

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
+from fakeredis import FakeAsyncRedis, FakeServer
 
 from gathering_cache import AsyncCacheManager, CacheConfig
 from gathering_cache.backends import MemoryStore
@@ -331,3 +332,25 @@ async def test_counter_script_on_a_real_server(raw_redis: redis_asyncio.Redis) -
     await raw_redis.hset("c:a", "f", "v")
     (repaired,) = await store.counters(["c:a"], 1, 100)
     assert await raw_redis.get("c:a") == str(repaired).encode()
+
+
+async def test_owed_invalidations_stay_bounded_through_a_long_outage() -> None:
+    server = FakeServer()
+    cache = AsyncCacheManager(
+        CacheConfig(recovery_interval=0.01), client=FakeAsyncRedis(server=server)
+    )
+    await cache.set_rag_results(1, "q", R1)
+    await cache.set_rag_results(20_000, "q", R1)
+    server.connected = False
+    for agent in range(20_001):
+        assert await cache.invalidate_rag_results(agent) == 0
+    rag = cache._rag
+    assert len(rag._owed) <= 10_000
+    assert rag._owed_all  # one global invalidation is owed instead: it covers them all
+    server.connected = True
+    await asyncio.sleep(0.02)
+    assert await cache.get_rag_results(1, "q") is None
+    assert await cache.get_rag_results(20_000, "q") is None
+    assert not rag._owed
+    assert not rag._owed_all
+    await cache.aclose()
