@@ -233,8 +233,7 @@ class RagCache:
             and len(entry) == 3
             and isinstance(entry[0], int)
             and isinstance(entry[1], int)
-            and isinstance(entry[2], list)
-            and all(isinstance(result, dict) for result in entry[2])
+            and isinstance(entry[2], list)  # items unchecked: set() accepts any list
         ):
             return entry
         self._core.stats.errors += 1
