@@ -243,6 +243,9 @@ class CacheConfig(BaseSettings):
     rag_results_ttl: int = 300
     circle_context_ttl: int = 600
     llm_response_ttl: int = 3600
+    default_ttl: int = 86400
+    """The TTL of a generic ``set`` / ``set_many`` given ``ttl=None``: every key the library
+    writes expires, so a shared Redis never accumulates garbage."""
 
     # Behaviour (the seed's)
     enabled: bool = _seed_env(True, "enabled")
@@ -459,6 +462,7 @@ class CacheConfig(BaseSettings):
         "rag_results_ttl",
         "circle_context_ttl",
         "llm_response_ttl",
+        "default_ttl",
         "max_connections",
         "max_value_bytes",
         "retry_attempts",
@@ -503,6 +507,7 @@ class CacheConfig(BaseSettings):
         "rag_results_ttl",
         "circle_context_ttl",
         "llm_response_ttl",
+        "default_ttl",
         "max_connections",
         "max_value_bytes",
         "failure_threshold",

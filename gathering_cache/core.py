@@ -223,6 +223,8 @@ class CacheCore:
             return False
         if self._ready_on is not asyncio.get_running_loop():
             await self.ready()
+        if ttl is None:  # every key the library writes expires
+            ttl = self.config.default_ttl
         ok = await self.policy.run(self.store.set, False, key, data, ttl)
         self._count_write(ok)
         return ok
@@ -238,6 +240,8 @@ class CacheCore:
             await self.ready()
         if not items:
             return self.policy.available  # nothing to write: "stored" only if we could have
+        if ttl is None:  # every key the library writes expires
+            ttl = self.config.default_ttl
         ok = await self.policy.run(self.store.set_many, False, items, ttl)
         self._count_write(ok, len(items))
         return ok
@@ -270,11 +274,10 @@ class CacheCore:
             await self.ready()
         self._notify_deleted(None)
         progress = Progress(step_timeout=self.config.socket_timeout)
-        # RAG generation counters survive: deleting them would reset them, and results
-        # computed before an invalidation would become valid again.
-        keep = self.keys.rag_generations()
+        # Counters (RAG generations) go too: one recreated starts at a fresh random value, so
+        # deleting it cannot revive what it invalidated (see Store.counters).
         await self.policy.run(
-            lambda: self.store.scan_delete(pattern, progress, keep),
+            lambda: self.store.scan_delete(pattern, progress),
             0,
             timeout=self.config.bulk_timeout,
             bulk=True,
@@ -303,17 +306,22 @@ class CacheCore:
         return ok
 
     async def pop_index(self, index: str) -> list[str]:
+        """Read and delete an index set: its members, unchecked (the caller must check them);
+        ``[]`` when the store cannot answer."""
         if self._ready_on is not asyncio.get_running_loop():
             await self.ready()
         members: list[str] = await self.policy.run(self.store.pop_index, [], index)
         return members
 
-    async def incr(self, key: str, amount: int = 1) -> int | None:
-        """The incremented counter; ``None`` when the store cannot answer."""
+    async def counters(self, keys: Sequence[str], amount: int, ttl: int) -> list[int] | None:
+        """Get-or-create each counter, add ``amount``, extend its expiry to at least ``ttl``
+        (see :meth:`Store.counters`); ``None`` when the store cannot answer."""
         if self._ready_on is not asyncio.get_running_loop():
             await self.ready()
-        value: int | None = await self.policy.run(self.store.incr, None, key, amount)
-        return value
+        values: list[int] | None = await self.policy.run(
+            self.store.counters, None, keys, amount, ttl
+        )
+        return values
 
     async def publish(self, channel: str, message: bytes) -> int | None:
         """Send on a pub/sub channel; subscribers reached, or ``None`` when unavailable."""

@@ -6,7 +6,10 @@ All keys live under the configured ``key_prefix`` (``gathering:`` by default)::
     <prefix>embedding:<model>[:<dimensions>]:<hash>          with a model
     <prefix>rag:agent:<agent_id>:<16 hex of sha256(query)>
     <prefix>rag:gen:<agent_id> / rag:gen:all                  RAG generation counters
-    <prefix>rag:index:<agent_id>                              the agent's entry keys (a set)
+    <prefix>rag:entries:<agent_id>                            the agent's entry keys (a sorted
+                                                              set scored by expiry)
+
+Every key expires, counters and index sets included.
     <prefix>circle:<circle_id>
     <prefix>llm:<namespace>:<32 hex of sha256(request)>
     <prefix>lock:<key without prefix>                         single-flight locks
@@ -21,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import re
 from typing import Final
 from urllib.parse import quote
 
@@ -44,6 +48,8 @@ __all__ = [
     "check_ttl",
     "text_hash",
 ]
+
+_HEX16: Final = re.compile("[0-9a-f]{16}")
 
 EMBEDDING: Final = "embedding"
 RAG: Final = "rag"
@@ -222,17 +228,29 @@ class KeySpace:
     def rag(self, agent_id: int, query: str) -> str:
         return f"{self.prefix}{RAG}:agent:{agent_id}:{text_hash(query)}"
 
+    def is_rag(self, agent_id: int, key: object) -> bool:
+        """Whether ``key`` is a RAG entry key of ``agent_id`` (as :meth:`rag` builds them).
+
+        What comes back from the store (an index set's members) was written by whoever can
+        write under the prefix: only keys that pass this check may be acted upon.
+        """
+        head = f"{self.prefix}{RAG}:agent:{agent_id}:"
+        return (
+            isinstance(key, str)
+            and len(key) == len(head) + 16
+            and key.startswith(head)
+            and _HEX16.fullmatch(key, len(head)) is not None
+        )
+
     def rag_generation(self, agent_id: int | None) -> str:
         """The counter whose increment invalidates one agent's (or, for None, every) entry."""
         return f"{self.prefix}{RAG}:gen:{'all' if agent_id is None else agent_id}"
 
-    def rag_generations(self) -> str:
-        """The pattern of every generation counter (kept by pattern deletions)."""
-        return f"{self.prefix}{RAG}:gen:*"
-
     def rag_index(self, agent_id: int) -> str:
-        """The set of one agent's entry keys (to delete them without scanning)."""
-        return f"{self.prefix}{RAG}:index:{agent_id}"
+        """The index of one agent's entry keys (to delete them without scanning). Named
+        ``entries``, not ``index`` as the plain set of earlier versions was: a rolling
+        upgrade must not meet a key of the other type."""
+        return f"{self.prefix}{RAG}:entries:{agent_id}"
 
     def rag_agent_pattern(self, agent_id: int) -> str:
         return f"{self.prefix}{RAG}:agent:{agent_id}:*"

@@ -138,7 +138,8 @@ class AsyncCacheManager:
     async def set(self, key: str, value: Any, ttl: int | None = None) -> bool:
         """Store a JSON-like value under ``key``, expiring after ``ttl`` seconds.
 
-        ``ttl=None`` stores without expiry. Tuples come back as lists.
+        ``ttl=None`` uses ``default_ttl`` (24 h): every key the library writes expires.
+        Tuples come back as lists.
 
         Returns:
             ``True`` when stored; ``False`` when the cache is unavailable.

@@ -10,9 +10,23 @@ entry records the generations it was computed under and is read together with th
 ones (one MGET), so an entry is valid only while both are unchanged. ``invalidate(agent_id)``
 increments the agent's counter — from that moment no entry of the agent is readable, including
 one a concurrent writer stores afterwards with results computed before — and then deletes the
-agent's entries listed in its index set (``<prefix>rag:index:<agent_id>``) to free memory and
-count them. Cost: an INCR, an atomic SMEMBERS+DEL of one key, and one multi-key UNLINK — flat in
-the size of Redis, and cluster-safe (no cross-slot transaction or script).
+agent's entries listed in its index (``<prefix>rag:entries:<agent_id>``) to free memory and
+count them. Cost: one one-key script, an atomic ZRANGE+DEL of one key, and one multi-key
+UNLINK — flat in the size of Redis, and cluster-safe (no cross-slot transaction or script).
+
+Counters are epochs, not counts: one is created at a random 48-bit value, so a counter that
+disappears (its TTL, LRU eviction, a restart that lost data, ``clear_all``) and comes back
+never repeats a value it had, and no entry computed before can match it again. That makes it
+safe to let counters expire: each one's expiry is extended to outlive every entry written
+under it, and an absent counter at read time means "miss" (reading a generation for a write
+creates it). A counter that is not a counter (``b"garbage"``, ``b"1.5"``, a list) makes the
+agent's entries misses and is repaired with a fresh random value, never served around.
+
+Only keys of the agent's own RAG namespace (``<prefix>rag:agent:<agent_id>:<16 hex>``) are
+ever deleted from an index: its members are data anyone who can write under the prefix could
+have chosen. The index is scored by expiry and each write drops the members whose entries
+have expired, so an agent written for months and never invalidated keeps an index the size
+of its live entries.
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ from collections import OrderedDict
 from typing import Any
 
 from gathering_cache import encoding
+from gathering_cache.backends.base import parse_counter
 from gathering_cache.core import UNAVAILABLE, CacheCore
 from gathering_cache.errors import ArgumentTypeError
 from gathering_cache.keys import RAG, check_id, check_text, check_ttl
@@ -31,19 +46,15 @@ __all__ = ["Generation", "RagCache"]
 logger = logging.getLogger(__name__)
 
 Generation = tuple[int, int]
-"""(agent generation, global generation) at the moment results started being computed."""
-
-
-def _counter(raw: Any) -> int:
-    if raw is None:
-        return 0
-    try:
-        return int(raw)
-    except (TypeError, ValueError):  # not a counter of ours: treat as a fresh generation
-        return -1
-
+"""(agent generation, global generation) at the moment results started being computed.
+Opaque values: compare them, never do arithmetic on them."""
 
 _SEEN_MAX = 10_000
+_OWED_MAX = 10_000
+"""Agents whose invalidation is owed, beyond which one global invalidation is owed instead
+(it invalidates them all): memory stays bounded through a long outage."""
+_COUNTER_MARGIN = 10
+"""Seconds a counter outlives the longest entry written under it (written a moment later)."""
 
 
 class RagCache:
@@ -59,14 +70,21 @@ class RagCache:
         # seed's get -> compute -> set): results computed across an invalidation stay stale.
         self._seen: OrderedDict[str, Generation] = OrderedDict()
 
+    async def _bump(self, agent_id: int | None) -> bool:
+        """Increment one generation counter (creating it if absent); False when unavailable."""
+        key = self._core.keys.rag_generation(agent_id)
+        ttl = self._core.config.rag_results_ttl + _COUNTER_MARGIN
+        return await self._core.counters([key], 1, ttl) is not None
+
     async def _settle(self, agent_id: int) -> bool:
         """Pay owed invalidations; False while one for this agent is still owed."""
         if self._owed_all:
-            if await self._core.incr(self._core.keys.rag_generation(None)) is None:
+            if not await self._bump(None):
                 return False
             self._owed_all = False
+            self._owed.clear()  # the global increment invalidated every agent
         if agent_id in self._owed:
-            if await self._core.incr(self._core.keys.rag_generation(agent_id)) is None:
+            if not await self._bump(agent_id):
                 return False
             self._owed.discard(agent_id)
         return True
@@ -75,12 +93,18 @@ class RagCache:
         keys = self._core.keys
         return [keys.rag_generation(agent_id), keys.rag_generation(None)]
 
+    async def _current(self, agent_id: int, ttl: int) -> Generation | None:
+        """The agent's generation, creating (or repairing) its counters as needed and making
+        them live at least ``ttl`` more seconds; ``None`` when the store cannot answer."""
+        values = await self._core.counters(self._keys(agent_id), 0, ttl + _COUNTER_MARGIN)
+        if values is None:
+            return None
+        return values[0], values[1]
+
     async def generation(self, agent_id: int) -> Generation | None:
         """The agent's current generation; ``None`` when the store cannot answer."""
-        raws = await self._core.get_many_raw(self._keys(check_id(agent_id, "agent_id")))
-        if raws is UNAVAILABLE:
-            return None
-        return _counter(raws[0]), _counter(raws[1])
+        agent_id = check_id(agent_id, "agent_id")
+        return await self._current(agent_id, self._core.config.rag_results_ttl)
 
     async def get(self, agent_id: int, query: str) -> list[dict[str, Any]] | None:
         agent_id = check_id(agent_id, "agent_id")
@@ -93,28 +117,26 @@ class RagCache:
         if raws is UNAVAILABLE:
             stats.miss(RAG)
             return None
-        current = (_counter(raws[1]), _counter(raws[2]))
-        if raws[0] is None:
-            self._remember(key, current)
+        entry = None if raws[0] is None else self._entry(raws[0])
+        agent_gen, all_gen = parse_counter(raws[1]), parse_counter(raws[2])
+        if agent_gen is None or all_gen is None:
+            # Absent (expired, evicted, deleted) or not a counter: nothing can be trusted to
+            # be current, so a miss; the counters are created or repaired for the write that
+            # follows (a fresh random value: no entry stored before can match it).
+            if (raws[1] is not None and agent_gen is None) or (
+                raws[2] is not None and all_gen is None
+            ):
+                stats.errors += 1
+            fresh = await self._current(agent_id, self._core.config.rag_results_ttl)
+            if fresh is not None:
+                self._remember(key, fresh)
             stats.miss(RAG)
             return None
-        try:
-            entry = encoding.decode(raws[0])
-        except encoding.DecodeError:
-            entry = None
-        if not (
-            isinstance(entry, list)
-            and len(entry) == 3
-            and isinstance(entry[2], list)
-            and isinstance(entry[0], int)
-            and isinstance(entry[1], int)
-        ):
-            stats.errors += 1
-            stats.miss(RAG)
-            return None
-        if (entry[0], entry[1]) != current:
+        current = (agent_gen, all_gen)
+        if entry is None or (entry[0], entry[1]) != current:
+            # Absent, unreadable, or computed under an older generation (invalidated).
             self._remember(key, current)
-            stats.miss(RAG)  # invalidated: computed under an older generation
+            stats.miss(RAG)
             return None
         stats.hit(RAG)
         results: list[dict[str, Any]] = entry[2]
@@ -128,6 +150,11 @@ class RagCache:
         ttl: int | None,
         generation: Generation | None = None,
     ) -> bool:
+        """Store results computed under ``generation`` (default: the one seen at this
+        process's last miss of the key, else the current one). True when stored, and also
+        when the results are already stale (computed before an invalidation): those could
+        never be served, so nothing is written. False when the store cannot answer.
+        """
         agent_id = check_id(agent_id, "agent_id")
         key = self._core.keys.rag(agent_id, check_text(query, "query"))
         if not isinstance(results, list):
@@ -145,11 +172,18 @@ class RagCache:
             return False
         if generation is None:
             generation = self._seen.pop(key, None)
+        # The counters must outlive the entry (else it turns into a miss early): extend them
+        # first. The same call creates them if absent and reads them for the stale check.
+        current = await self._current(agent_id, expiry)
+        if current is None:
+            self._core.stats.write_failures += 1
+            return False
         if generation is None:
-            generation = await self.generation(agent_id)
-            if generation is None:
-                self._core.stats.write_failures += 1
-                return False
+            generation = current
+        elif generation != current:
+            # Computed before an invalidation: never servable (a counter never returns to a
+            # value it had), so there is nothing worth storing. Not a failure either.
+            return True
         data = encoding.encode([generation[0], generation[1], results])
         index = self._core.keys.rag_index(agent_id)
         return await self._core.set_indexed([(key, data)], expiry, index)
@@ -158,7 +192,7 @@ class RagCache:
         """Make every entry of the agent unreadable, then delete them; how many were live."""
         agent_id = check_id(agent_id, "agent_id")
         keys = self._core.keys
-        if await self._core.incr(keys.rag_generation(agent_id)) is None:
+        if not await self._bump(agent_id):
             if not self._owed and not self._owed_all:  # once per outage, not per call
                 # During an outage the breaker has said so already; otherwise say it here.
                 log = logger.warning if self._core.policy.available else logger.debug
@@ -167,17 +201,43 @@ class RagCache:
                     "process will not read them until the invalidation reaches Redis",
                     agent_id,
                 )
-            self._owed.add(agent_id)
+            if self._owed_all or len(self._owed) >= _OWED_MAX:
+                self._owed_all = True  # covers this agent too; memory stays bounded
+                self._owed.clear()
+            else:
+                self._owed.add(agent_id)
             return 0
         members = await self._core.pop_index(keys.rag_index(agent_id))
-        return await self._core.delete(members) if members else 0
+        # Only this agent's own entries: never a counter, another agent's or another
+        # application's key, whatever someone wrote into the set.
+        own = [key for key in members if keys.is_rag(agent_id, key)]
+        return await self._core.delete(own) if own else 0
 
     async def invalidate_all(self) -> bool:
         """Make every agent's entries unreadable (O(1); they expire with their TTL)."""
-        if await self._core.incr(self._core.keys.rag_generation(None)) is None:
+        if not await self._bump(None):
             self._owed_all = True
+            self._owed.clear()  # the global increment owed covers them
             return False
         return True
+
+    def _entry(self, raw: bytes) -> list[Any] | None:
+        """A stored entry, ``[agent generation, global generation, results]``, or ``None``
+        (counted as an error) when the bytes are not one."""
+        try:
+            entry = encoding.decode(raw)
+        except encoding.DecodeError:
+            entry = None
+        if (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and isinstance(entry[0], int)
+            and isinstance(entry[1], int)
+            and isinstance(entry[2], list)  # items unchecked: set() accepts any list
+        ):
+            return entry
+        self._core.stats.errors += 1
+        return None
 
     def _remember(self, key: str, generation: Generation) -> None:
         self._seen[key] = generation

@@ -101,5 +101,6 @@ def test_example_on_real_redis(path: Path, redis_server: RedisServer) -> None:
     if path.stem == "two_processes":
         assert "MEMORY_CREATED relayed here in" in result.stdout
     if path.stem == "demo":
-        assert "backend=redis total_keys=5" in result.stdout
-        assert "cleaned up 4 demo keys" in result.stdout  # agent 1's RAG generation is kept
+        # greeting, embedding, RAG entry, its index, the RAG generations of agent 1 and all
+        assert "backend=redis total_keys=6" in result.stdout
+        assert "cleaned up 6 demo keys" in result.stdout  # everything: nothing left behind

@@ -57,9 +57,9 @@ async def test_missing_key_is_none(cache: AsyncCacheManager) -> None:
 
 async def test_set_with_ttl_and_without(cache: AsyncCacheManager) -> None:
     await cache.set("short", 1, ttl=100)
-    await cache.set("forever", 1)
+    await cache.set("forever", 1)  # "forever": default_ttl, as every key the library writes
     assert 98 <= (await cache.ttl("short") or 0) <= 100
-    assert await cache.ttl("forever") == -1
+    assert 86398 <= (await cache.ttl("forever") or 0) <= 86400
     assert await cache.ttl("absent") is None
 
 
@@ -175,8 +175,9 @@ async def test_seed_pattern_based_invalidation(cache: AsyncCacheManager) -> None
     assert await cache.delete_pattern("gathering:rag:agent:1:*") == 3
     assert await cache.get_rag_results(2, "q0") == [{"n": 0}]
     assert await cache.delete_pattern("gathering:embedding:*") == 4
-    # agent 2's three entries and the two agents' index sets (see gathering_cache.rag)
-    assert await cache.delete_pattern("gathering:*") == 3 + 2
+    # agent 2's three entries, the two agents' index sets and the three generation counters
+    # (agent 1, agent 2, all; see gathering_cache.rag)
+    assert await cache.delete_pattern("gathering:*") == 3 + 2 + 3
     assert await cache.get("outside") == "kept"
 
 
@@ -192,7 +193,7 @@ async def test_clear_all_only_removes_prefixed_keys(cache: AsyncCacheManager) ->
     await cache.set_embedding("a", [1.0])
     await cache.set_circle_context(1, {"x": 1})
     await cache.set_rag_results(1, "q", [])
-    assert await cache.clear_all() == 3 + 1  # and agent 1's index set
+    assert await cache.clear_all() == 3 + 1 + 2  # and agent 1's index set and counters
     assert await cache.get("unrelated") == 1
     assert await cache.clear_all() == 0
 
@@ -222,7 +223,7 @@ async def test_stats_count_own_lookups_per_namespace(cache: AsyncCacheManager) -
     assert stats["namespaces"]["embedding"] == {"hits": 2, "misses": 1, "hit_rate": 66.67}
     assert stats["namespaces"]["rag"] == {"hits": 0, "misses": 1, "hit_rate": 0.0}
     assert stats["namespaces"]["generic"] == {"hits": 2, "misses": 1, "hit_rate": 66.67}
-    assert stats["total_keys"] == 2
+    assert stats["total_keys"] == 2 + 2  # and the RAG miss's generation counters (agent, all)
     for key in ("enabled", "host", "port", "db", "total_keys", "hits", "misses", "hit_rate"):
         assert key in stats
 

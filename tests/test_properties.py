@@ -62,7 +62,7 @@ async def check(cache: AsyncCacheManager, ops: list[tuple[Any, ...]]) -> None:
         if name == "set":
             _, key, value, ttl = op
             assert await cache.set(key, value, ttl) is True
-            model[key] = (value, ttl)
+            model[key] = (value, ttl or cache.config.default_ttl)  # every key expires
         elif name == "get":
             assert await cache.get(op[1]) == model.get(op[1], (None, None))[0]
         elif name == "delete":
@@ -82,7 +82,7 @@ async def check(cache: AsyncCacheManager, ops: list[tuple[Any, ...]]) -> None:
         elif name == "set_many":
             _, mapping, ttl = op
             assert await cache.set_many(mapping, ttl) is True
-            model.update({k: (v, ttl) for k, v in mapping.items()})
+            model.update({k: (v, ttl or cache.config.default_ttl) for k, v in mapping.items()})
         elif name == "get_many":
             assert await cache.get_many(op[1]) == [model.get(k, (None, None))[0] for k in op[1]]
         elif name == "delete_pattern":

@@ -112,7 +112,7 @@ async def test_every_feature_works_with_only_the_prefix_allowed(
         assert await cache.set_many({"gathering:a": 1, "gathering:b": 2}) is True
         assert await cache.get_many(["gathering:a", "gathering:b"]) == [1, 2]
         assert await cache.exists("gathering:a") is True
-        assert await cache.ttl("gathering:a") == -1
+        assert await cache.ttl("gathering:a") == cache.config.default_ttl
         assert await cache.delete("gathering:a") is True
         assert await cache.set_embeddings(["x", "y"], [[1.0], [2.0]], model="m") is True
         assert await cache.get_embeddings(["x", "y"], model="m") == [[1.0], [2.0]]

@@ -8,11 +8,32 @@ count as infrastructure faults; anything else is a bug and propagates.
 
 from __future__ import annotations
 
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["Progress", "Store", "Subscriber"]
+__all__ = ["COUNTER_DIGITS", "Progress", "Store", "Subscriber", "fresh_counter", "parse_counter"]
+
+COUNTER_DIGITS = 15
+"""A counter is stored as at most this many decimal digits: below 2**53, so Lua (whose
+numbers are doubles) and Python read the same value."""
+
+
+def fresh_counter() -> int:
+    """The value a counter is created (or repaired) at: random 48 bits, so a counter that
+    disappears (expiry, eviction, a restart that lost data, a deletion) and comes back never
+    repeats a value it held before, with overwhelming probability (~n/2**48 after n
+    increments)."""
+    return secrets.randbits(48)
+
+
+def parse_counter(raw: object) -> int | None:
+    """The value of a stored counter; ``None`` when ``raw`` is not one (absent, or bytes
+    that are not 1 to :data:`COUNTER_DIGITS` ASCII digits)."""
+    if not isinstance(raw, bytes) or not 0 < len(raw) <= COUNTER_DIGITS or not raw.isdigit():
+        return None
+    return int(raw)
 
 
 class Progress:
@@ -88,10 +109,9 @@ class Store(ABC):
         """Seconds left; -1 when the key has no expiry; None when it does not exist."""
 
     @abstractmethod
-    async def scan_delete(self, pattern: str, progress: Progress, keep: str | None = None) -> int:
-        """Delete every key matching the glob ``pattern`` — except those matching ``keep`` —
-        without blocking the server (SCAN + UNLINK in batches); the number deleted, also kept
-        in ``progress.done``."""
+    async def scan_delete(self, pattern: str, progress: Progress) -> int:
+        """Delete every key matching the glob ``pattern`` without blocking the server (SCAN +
+        UNLINK in batches); the number deleted, also kept in ``progress.done``."""
 
     @abstractmethod
     async def count(self, pattern: str, progress: Progress) -> int:
@@ -99,16 +119,27 @@ class Store(ABC):
 
     @abstractmethod
     async def set_indexed(self, items: Sequence[tuple[str, bytes]], ttl: int, index: str) -> bool:
-        """Store values (SET EX) and add their keys to the set ``index``, whose own expiry is
-        pushed to ``ttl`` (one non-transactional pipeline; cluster-safe). True."""
+        """Store values (SET EX) and add their keys to the index ``index`` (a sorted set
+        scored by expiry; members whose entries have expired are dropped), whose own expiry
+        is extended to at least ``ttl`` (never shortened: it lists entries that may live
+        longer). One non-transactional pipeline; cluster-safe. True."""
 
     @abstractmethod
     async def pop_index(self, index: str) -> list[str]:
-        """Read and delete the set ``index`` atomically (one key, one slot): its members."""
+        """Read and delete the index ``index`` atomically (one key, one slot): its members,
+        as stored (callers must check them: anyone who can write the set chose them).
+        Members that are not UTF-8 come back with replacement characters, never raise."""
 
     @abstractmethod
-    async def incr(self, key: str, amount: int = 1) -> int:
-        """Add ``amount`` to the integer under ``key`` (a counter, not an encoded value)."""
+    async def counters(self, keys: Sequence[str], amount: int, ttl: int) -> list[int]:
+        """Get-or-create, optionally increment, and keep alive a counter under each key.
+
+        For each key, atomically on that key alone (one slot; cluster-safe): when the key is
+        absent or holds anything but a counter (see :func:`parse_counter`; another type
+        too), it is (re)created at :func:`fresh_counter` — a repair, never an error —
+        otherwise ``amount`` is added (0: read). Its expiry is then extended to at least
+        ``ttl`` seconds, never shortened. Returns the values, in order.
+        """
 
     @abstractmethod
     async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:

@@ -15,10 +15,19 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gathering_cache.backends.base import Progress, Store, Subscriber
+from gathering_cache.backends.base import (
+    Progress,
+    Store,
+    Subscriber,
+    fresh_counter,
+    parse_counter,
+)
 from gathering_cache.globmatch import compile_glob
 
 __all__ = ["MemoryStore"]
+
+_Value = bytes | dict[str, float]
+"""A string value, or an index: member -> expiry (see :meth:`MemoryStore.set_indexed`)."""
 
 
 class MemoryStore(Store):
@@ -30,14 +39,16 @@ class MemoryStore(Store):
     def __init__(
         self, max_entries: int = 10_000, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._data: OrderedDict[str, tuple[bytes, float | None]] = OrderedDict()
-        self._sets: dict[str, tuple[set[str], float]] = {}  # index sets, with their expiry
+        # Indexes live here too, so every structure counts against max_entries and
+        # takes its turn in the LRU.
+        self._data: OrderedDict[str, tuple[_Value, float | None]] = OrderedDict()
         self._channels: dict[str, set[asyncio.Queue[bytes]]] = {}
         self._max_entries = max_entries
         self._clock = clock
         self.evictions = 0
 
-    def _live(self, key: str) -> bytes | None:
+    def _entry(self, key: str) -> _Value | None:
+        """The live value under ``key``, of any type (marked recently used)."""
         entry = self._data.get(key)
         if entry is None:
             return None
@@ -48,8 +59,15 @@ class MemoryStore(Store):
         self._data.move_to_end(key)
         return value
 
-    def _put(self, key: str, value: bytes, ttl: int | None) -> None:
-        expires = self._clock() + ttl if ttl is not None else None
+    def _live(self, key: str) -> bytes | None:
+        """The live string value under ``key``; an index reads as a miss."""
+        value = self._entry(key)
+        return value if isinstance(value, bytes) else None
+
+    def _put(self, key: str, value: _Value, ttl: int | None) -> None:
+        self._store(key, value, self._clock() + ttl if ttl is not None else None)
+
+    def _store(self, key: str, value: _Value, expires: float | None) -> None:
         self._data[key] = (value, expires)
         self._data.move_to_end(key)
         while len(self._data) > self._max_entries:
@@ -91,18 +109,16 @@ class MemoryStore(Store):
     async def delete(self, keys: Sequence[str]) -> int:
         removed = 0
         for key in keys:
-            if self._live(key) is not None:
+            if self._entry(key) is not None:
                 del self._data[key]
-                removed += 1
-            elif self._sets.pop(key, None) is not None:
                 removed += 1
         return removed
 
     async def exists(self, key: str) -> bool:
-        return self._live(key) is not None
+        return self._entry(key) is not None
 
     async def ttl(self, key: str) -> int | None:
-        if self._live(key) is None:
+        if self._entry(key) is None:
             return None
         expires = self._data[key][1]
         if expires is None:
@@ -110,43 +126,52 @@ class MemoryStore(Store):
         # Redis rounds the remaining time to the nearest second.
         return max(0, round(expires - self._clock()))
 
-    async def scan_delete(self, pattern: str, progress: Progress, keep: str | None = None) -> int:
-        kept = compile_glob(keep) if keep is not None else None
+    async def scan_delete(self, pattern: str, progress: Progress) -> int:
         for key in self._matching(pattern):
-            if kept is not None and kept.fullmatch(key):
-                continue
             del self._data[key]
-            progress.done += 1
-        for key in self._matching_sets(pattern):
-            del self._sets[key]
             progress.done += 1
         return progress.done
 
-    def _matching_sets(self, pattern: str) -> list[str]:
-        regex = compile_glob(pattern)
-        now = self._clock()
-        return [k for k, (_, expires) in self._sets.items() if expires > now and regex.fullmatch(k)]
-
     async def count(self, pattern: str, progress: Progress) -> int:
-        return len(self._matching(pattern)) + len(self._matching_sets(pattern))
+        return len(self._matching(pattern))
+
+    def _expiry_at_least(self, key: str, expires: float) -> float:
+        """``expires``, or the later expiry ``key`` already has (Redis's EXPIRE GT)."""
+        current = self._data.get(key)
+        if current is not None and current[1] is not None and current[1] > expires:
+            return current[1]
+        return expires
 
     async def set_indexed(self, items: Sequence[tuple[str, bytes]], ttl: int, index: str) -> bool:
         for key, value in items:
             self._put(key, value, ttl)
-        members, _ = self._sets.get(index, (set(), 0.0))
-        members.update(key for key, _ in items)
-        self._sets[index] = (members, self._clock() + ttl)
+        now = self._clock()
+        current = self._entry(index)
+        members = current if isinstance(current, dict) else {}
+        for key, _ in items:
+            members[key] = max(members.get(key, 0.0), now + ttl)
+        for key in [key for key, expires in members.items() if expires <= now]:
+            del members[key]  # its entry has expired: the index stays as small as the live
+        self._store(index, members, self._expiry_at_least(index, now + ttl))
         return True
 
     async def pop_index(self, index: str) -> list[str]:
-        members, expires = self._sets.pop(index, (set(), 0.0))
-        return sorted(members) if expires > self._clock() else []
+        members = self._entry(index)
+        if not isinstance(members, dict):
+            return []
+        del self._data[index]
+        return sorted(members)
 
-    async def incr(self, key: str, amount: int = 1) -> int:
-        current = self._live(key)
-        value = (int(current) if current is not None else 0) + amount
-        self._put(key, str(value).encode(), None)
-        return value
+    async def counters(self, keys: Sequence[str], amount: int, ttl: int) -> list[int]:
+        values = []
+        for key in keys:
+            value = parse_counter(self._entry(key))
+            # Absent, evicted or unreadable: a fresh random start, never a value it had.
+            value = fresh_counter() if value is None else value + amount
+            expires = self._expiry_at_least(key, self._clock() + ttl)
+            self._store(key, str(value).encode(), expires)
+            values.append(value)
+        return values
 
     async def publish(self, channel: str, message: bytes) -> int:
         queues = self._channels.get(channel, set())
@@ -160,9 +185,9 @@ class MemoryStore(Store):
     async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
         taken = []
         for key in keys:
-            free = self._live(key) is None
-            if free:
-                self._data[key] = (token.encode(), self._clock() + ttl_ms / 1000)
+            free = self._entry(key) is None
+            if free:  # through _store: locks count against max_entries too
+                self._store(key, token.encode(), self._clock() + ttl_ms / 1000)
             taken.append(free)
         return taken
 

@@ -50,7 +50,7 @@ class NullStore(Store):
     async def ttl(self, key: str) -> int | None:
         self._fail()
 
-    async def scan_delete(self, pattern: str, progress: Progress, keep: str | None = None) -> int:
+    async def scan_delete(self, pattern: str, progress: Progress) -> int:
         self._fail()
 
     async def count(self, pattern: str, progress: Progress) -> int:
@@ -62,7 +62,7 @@ class NullStore(Store):
     async def pop_index(self, index: str) -> list[str]:
         self._fail()
 
-    async def incr(self, key: str, amount: int = 1) -> int:
+    async def counters(self, keys: Sequence[str], amount: int, ttl: int) -> list[int]:
         self._fail()
 
     async def publish(self, channel: str, message: bytes) -> int:

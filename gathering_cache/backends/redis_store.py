@@ -15,12 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from gathering_cache.backends.base import Progress, Store, Subscriber
+from gathering_cache.backends.base import (
+    COUNTER_DIGITS,
+    Progress,
+    Store,
+    Subscriber,
+    fresh_counter,
+)
 from gathering_cache.errors import BackendError
-from gathering_cache.globmatch import compile_glob
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _timeout
@@ -110,6 +116,33 @@ def _short(value: object) -> str:
         return f"{type(value).__name__} of length {len(value)}"
     return "None" if value is None else type(value).__name__
 
+
+# One counter, atomically (one key: one slot, cluster-safe). ARGV: a fresh random value,
+# the amount, the minimum expiry in ms. Anything but 1..COUNTER_DIGITS ASCII digits — another
+# type, "garbage", "1.5", "-3" — is repaired with the fresh value rather than failing INCRBY
+# on every call: a counter that cannot be incremented would make invalidation impossible.
+# The fresh value comes from the client: scripts' math.random is deterministic.
+_COUNTER = """
+local value = false
+if redis.call('type', KEYS[1])['ok'] == 'string' then
+  local raw = redis.call('get', KEYS[1])
+  if string.len(raw) <= DIGITS and string.find(raw, '^[0-9]+$') then
+    if ARGV[2] == '0' then
+      value = tonumber(raw)
+    else
+      value = redis.call('incrby', KEYS[1], ARGV[2])
+    end
+  end
+end
+if not value then
+  redis.call('set', KEYS[1], ARGV[1])
+  value = tonumber(ARGV[1])
+end
+if redis.call('pttl', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('pexpire', KEYS[1], ARGV[3])
+end
+return value
+""".replace("DIGITS", str(COUNTER_DIGITS))
 
 _RELEASE_LOCK = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
@@ -340,11 +373,8 @@ class RedisStore(Store):
             if not cursor:
                 return
 
-    async def scan_delete(self, pattern: str, progress: Progress, keep: str | None = None) -> int:
-        kept = compile_glob(keep) if keep is not None else None
+    async def scan_delete(self, pattern: str, progress: Progress) -> int:
         async for keys in self._scan(pattern, progress):
-            if kept is not None:
-                keys = [k for k in keys if not kept.fullmatch(k)]
             for start in range(0, len(keys), DELETE_BATCH):
                 chunk = keys[start : start + DELETE_BATCH]
                 progress.done += int(await self._step(self._client.unlink(*chunk), progress))
@@ -379,24 +409,48 @@ class RedisStore(Store):
         async with self._client.pipeline(transaction=False) as pipe:
             for key, value in items:
                 pipe.set(key, value, ex=ttl)
-            pipe.sadd(index, *(key for key, _ in items))
-            pipe.expire(index, ttl)
+            # Scored by expiry (GT: a member's score only grows), and the members whose
+            # entries have expired dropped, so the index never outgrows the live entries.
+            now = time.time()
+            pipe.zadd(index, {key: now + ttl for key, _ in items}, gt=True)
+            pipe.zremrangebyscore(index, "-inf", now)
+            # Never shorten: the set lists entries that may outlive this one. NX gives a new
+            # set its first expiry (GT alone treats "no expiry" as infinite).
+            pipe.expire(index, ttl, nx=True)
+            pipe.expire(index, ttl, gt=True)
             replies = await self._replies("SET", pipe.execute())
-        if len(replies) != len(items) + 2 or not all(r is True for r in replies[: len(items)]):
+        if len(replies) != len(items) + 4 or not all(r is True for r in replies[: len(items)]):
             raise self._malformed("SET", replies)
         return True
 
     async def pop_index(self, index: str) -> list[str]:
         async with self._client.pipeline(transaction=True) as pipe:  # one key: one slot
-            pipe.smembers(index)
+            pipe.zrange(index, 0, -1)
             pipe.delete(index)
-            replies = await self._replies("SMEMBERS", pipe.execute())
-        if len(replies) != 2 or not isinstance(replies[0], (set, list)):
-            raise self._malformed("SMEMBERS", replies)
-        return [m.decode() if isinstance(m, bytes) else str(m) for m in replies[0]]
+            replies = await self._replies("ZRANGE", pipe.execute())
+        if len(replies) != 2 or not isinstance(replies[0], list):
+            raise self._malformed("ZRANGE", replies)
+        # Anyone who can write the index chose its members: never raise on them.
+        return [m.decode(errors="replace") if isinstance(m, bytes) else str(m) for m in replies[0]]
 
-    async def incr(self, key: str, amount: int = 1) -> int:
-        return await self._integer("INCRBY", self._client.incrby(key, amount))
+    async def counters(self, keys: Sequence[str], amount: int, ttl: int) -> list[int]:
+        if not keys:
+            return []
+        if len(keys) == 1:
+            args = self._counter_args(amount, ttl)
+            return [await self._integer("EVAL", self._client.eval(_COUNTER, 1, keys[0], *args))]
+        # One script per key in a non-transactional pipeline: keys in different slots.
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.eval(_COUNTER, 1, key, *self._counter_args(amount, ttl))
+            replies = await self._replies("EVAL", pipe.execute())
+        if len(replies) != len(keys) or not all(type(r) is int for r in replies):
+            raise self._malformed("EVAL", replies)
+        return replies
+
+    @staticmethod
+    def _counter_args(amount: int, ttl: int) -> tuple[int, int, int]:
+        return fresh_counter(), amount, ttl * 1000
 
     async def publish(self, channel: str, message: bytes) -> int:
         return await self._integer("PUBLISH", self._client.publish(channel, message))
