@@ -38,6 +38,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from typing_extensions import Self
 
 from gathering_cache.errors import ConfigurationError
+from gathering_cache.keys import MAX_TTL
 
 __all__ = ["CacheConfig"]
 
@@ -517,6 +518,16 @@ class CacheConfig(BaseSettings):
     def _check_positive_int(cls, value: int) -> int:
         if value <= 0:
             raise ValueError("must be > 0")
+        return value
+
+    @field_validator(
+        "embedding_ttl", "rag_results_ttl", "circle_context_ttl", "llm_response_ttl", "default_ttl"
+    )
+    @classmethod
+    def _check_storable_ttl(cls, value: int) -> int:
+        # A default TTL Redis cannot take would fail every write of its domain.
+        if value > MAX_TTL:
+            raise ValueError(f"must be at most {MAX_TTL} seconds (the longest TTL Redis takes)")
         return value
 
     @field_validator(

@@ -719,3 +719,15 @@ def test_an_error_in_a_value_the_url_set_names_the_url(
     with pytest.raises(ConfigurationError) as info:  # a keyword is named as it was given
         CacheConfig(host="h", ssl=True, ssl_ca_certs=str(missing))
     assert "(from" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["embedding_ttl", "rag_results_ttl", "circle_context_ttl", "llm_response_ttl", "default_ttl"],
+)
+def test_default_ttls_are_ones_redis_takes(field: str) -> None:
+    from gathering_cache.keys import MAX_TTL
+
+    assert getattr(CacheConfig(**{field: MAX_TTL}), field) == MAX_TTL
+    with pytest.raises(ConfigurationError, match=field):
+        CacheConfig(**{field: MAX_TTL + 1})
