@@ -309,6 +309,10 @@ class _Deadlines:
     (with ``Task.uncancel`` where Python has it). A call whose cancellation was swallowed on
     the way (``asyncio.wait_for`` in Python 3.11 can) is cancelled again every 10 ms, and a
     cancellation that never surfaced is withdrawn when the call leaves.
+
+    Python 3.10 neither counts cancellations nor has ``uncancel``: there a deadline cancels
+    with a message of its own, and :meth:`expired` tells it from the caller's cancel by that
+    message (see :func:`_deadline_alone`).
     """
 
     __slots__ = ("_calls", "_fired", "_loop", "_timer", "_when")
@@ -352,8 +356,8 @@ class _Deadlines:
         fired = self._fired.pop(task, 0)
         if not fired:
             return False
-        if sys.version_info < (3, 11):  # pragma: no cover - no cancel counting
-            return True
+        if not _COUNTS_CANCELS:  # pragma: no cover - Python 3.10
+            return _deadline_alone(task)
         at_entry = self._calls.get(task, (0.0, 0))[1]
         remaining = _cancelling(task)
         for _ in range(fired):
@@ -377,11 +381,38 @@ class _Deadlines:
             if deadline <= now:
                 self._fired[task] = self._fired.get(task, 0) + 1
                 self._calls[task] = (now + self._REFIRE, at_entry)
-                task.cancel()
+                if _COUNTS_CANCELS:
+                    task.cancel()
+                else:  # pragma: no cover - Python 3.10: see _deadline_alone
+                    task.cancel(_DEADLINE)
+                    task.cancel(_DEADLINE)
                 deadline = now + self._REFIRE
             following = min(following, deadline)
         if following < math.inf:
             self._arm(loop, following)
+
+
+_COUNTS_CANCELS = sys.version_info >= (3, 11)
+
+# The cancel message of a deadline on Python 3.10 (compared by identity).
+_DEADLINE = "gathering_cache: operation deadline"
+
+
+def _deadline_alone(task: asyncio.Task[Any]) -> bool:  # pragma: no cover - Python 3.10
+    """On Python 3.10, whether the CancelledError being handled is a deadline's alone.
+
+    Called from the ``except CancelledError`` block (it reads ``sys.exc_info()``). 3.10 folds
+    cancels that land before the task resumes into one: the first one's message rides on the
+    exception, and each later ``task.cancel(msg)`` overwrites ``Task._cancel_message``.
+    ``_Deadlines._fire`` cancels twice with ``_DEADLINE``, the second time only to write
+    that message. So the cancellation is the deadline's alone when the exception carries
+    ``_DEADLINE`` (no caller's cancel came first) and the task's message is still
+    ``_DEADLINE`` (none came after).
+    """
+    exc = sys.exc_info()[1]
+    if not isinstance(exc, asyncio.CancelledError) or not exc.args or exc.args[0] is not _DEADLINE:
+        return False
+    return getattr(task, "_cancel_message", _DEADLINE) is _DEADLINE
 
 
 if sys.version_info >= (3, 11):
