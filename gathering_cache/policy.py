@@ -395,7 +395,7 @@ class _Deadlines:
 _COUNTS_CANCELS = sys.version_info >= (3, 11)
 
 # The cancel message of a deadline on Python 3.10 (compared by identity).
-_DEADLINE = "gathering_cache: operation deadline"
+_DEADLINE = "the deadline of a gathering_cache operation"
 
 
 def _deadline_alone(task: asyncio.Task[Any]) -> bool:  # pragma: no cover - Python 3.10

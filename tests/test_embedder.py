@@ -9,8 +9,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
@@ -139,8 +140,8 @@ async def test_provider_error_reaches_every_waiter_and_nothing_is_cached(
 )
 async def test_bad_provider_answers_raise_and_cache_nothing(
     cache: AsyncCacheManager,
-    answer,
-    match: str,  # type: ignore[no-untyped-def]
+    answer: Callable[[list[str]], Any],
+    match: str,
 ) -> None:
     embedder = CachedEmbedder(answer, cache, model="m")
     with pytest.raises(ProviderError, match=match):
@@ -198,7 +199,7 @@ async def test_openai_provider_float_and_base64(stub: StubEmbeddingServer) -> No
             "text-embedding-3-small",
             api_key="sk-test-123",
             base_url=stub.base_url,
-            encoding_format=fmt,  # type: ignore[arg-type]
+            encoding_format=fmt,
             dimensions=6,
         )
         vectors = await provider.embed(["alpha", "beta"])
@@ -272,11 +273,12 @@ def test_seed_embedding_service_snippet(
     )
 
     async def main() -> CachedEmbedder:
-        namespace = {"EmbeddingService": EmbeddingService}
+        namespace: dict[str, Any] = {"EmbeddingService": EmbeddingService}
         body = "async def _snippet():\n" + textwrap.indent(snippet, "    ")
         body += "\n    return embedder, embedding"
         exec(body, namespace)
-        embedder, embedding = await namespace["_snippet"]()  # type: ignore[operator]
+        embedder: CachedEmbedder
+        embedder, embedding = await namespace["_snippet"]()
         assert embedding == vector_for("Hello world")
         await embedder.aclose()
         return embedder

@@ -91,7 +91,8 @@ async def test_value_with_another_length_or_format_is_a_miss(cache: AsyncCacheMa
 
 
 async def test_as_numpy(cache: AsyncCacheManager) -> None:
-    await cache.set_embedding("a", np.array([0.5, 0.25], dtype=np.float32), model="m")
+    vector = np.array([0.5, 0.25], dtype=np.float32)
+    await cache.set_embedding("a", vector, model="m")  # type: ignore[arg-type]
     await cache.set_embedding("b", [0.1, 0.2], model="m")
     a = await cache.get_embedding("a", model="m", as_numpy=True)
     b = await cache.get_embedding("b", model="m", as_numpy=True)
@@ -239,5 +240,8 @@ async def test_memory_per_vector_within_target(redis_url: str) -> None:
         await raw.set(key + ":json", __import__("orjson").dumps(vector))
         as_json = await raw.memory_usage(key + ":json")
     await raw.aclose()
+    assert ours is not None
+    assert baseline is not None
+    assert as_json is not None
     assert ours <= 1.1 * baseline, (ours, baseline)
     assert as_json > 4 * ours

@@ -127,7 +127,7 @@ async def test_bad_input(memory: MemoryManager) -> None:
     with pytest.raises(ArgumentTypeError):
         await memory.recall(1, 42)  # type: ignore[arg-type]
     with pytest.raises(ArgumentTypeError):
-        memory.invalidate_cache(True)  # type: ignore[arg-type]
+        memory.invalidate_cache(True)
     with pytest.raises(ValueError, match="unknown memory"):
         await memory.share("mem-999", members=[2])
 
@@ -199,4 +199,4 @@ async def test_share_without_known_members_is_refused(memory: MemoryManager) -> 
 
 async def test_warming_refuses_a_single_string(memory: MemoryManager) -> None:
     with pytest.raises(ArgumentTypeError):
-        await warm_rag_cache(memory, {1: "What are the user's preferences?"})  # type: ignore[dict-item]
+        await warm_rag_cache(memory, {1: "What are the user's preferences?"})

@@ -112,7 +112,7 @@ async def test_unavailable_cache_writes_nothing() -> None:
 @pytest.mark.integration
 async def test_invalidation_never_scans(redis_url: str) -> None:
     raw = redis_asyncio.Redis.from_url(redis_url)
-    await raw.execute_command("DEBUG", "POPULATE", 20000, "other")
+    await raw.execute_command("DEBUG", "POPULATE", 20000, "other")  # type: ignore[no-untyped-call]
     async with AsyncCacheManager(CacheConfig(url=redis_url)) as cache:
         await cache.set_many({f"gathering:x:{i}": i for i in range(10)})
         for i in range(1000):

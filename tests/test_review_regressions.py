@@ -13,8 +13,11 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as redis_asyncio
 from fakeredis import FakeAsyncRedis, FakeServer
 from redis.asyncio.cluster import RedisCluster
@@ -28,6 +31,8 @@ from gathering_cache import (
     SerializationError,
 )
 from gathering_cache.policy import DegradationPolicy
+from tests.certs import make_certificates
+from tests.conftest import require_redis_server
 from tests.servers import RedisServer, free_port
 
 
@@ -99,7 +104,7 @@ async def test_wrongtype_is_a_miss_not_an_outage() -> None:
 
 def test_typos_in_config_are_refused() -> None:
     with pytest.raises(ConfigurationError, match="pasword: unknown field"):
-        CacheConfig(pasword="secret")  # type: ignore[call-arg]
+        CacheConfig(pasword="secret")
 
 
 def test_model_copy_validates() -> None:
@@ -279,7 +284,7 @@ def test_unix_urls_are_shown_as_given() -> None:
 @pytest.mark.parametrize("field", ["port", "db", "max_connections", "embedding_ttl"])
 def test_bools_are_not_integers_in_config(field: str) -> None:
     with pytest.raises(ConfigurationError, match=field):
-        CacheConfig(**{field: True})
+        CacheConfig(**{field: True})  # type: ignore[arg-type]
 
 
 async def test_more_argument_checks() -> None:
@@ -345,10 +350,54 @@ async def test_a_deadline_on_its_own_is_still_a_timeout_after_a_callers_cancel()
     async def caller() -> object:
         with contextlib.suppress(asyncio.CancelledError):
             await policy.run(asyncio.Event().wait, "first")  # type: ignore[arg-type]
-        return await policy.run(asyncio.Event().wait, "fallback")  # type: ignore[arg-type]
+        return await policy.run(asyncio.Event().wait, "fallback")
 
     task = asyncio.create_task(caller())
     await asyncio.sleep(0)
     task.cancel()
     assert await task == "fallback"
     assert "TimeoutError" in (policy.last_error or "")
+
+
+# -- the lowest redis-py pyproject.toml allows (make test-lowest runs these on it) ---------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"ssl_cert_reqs": "none"},  # with the default ssl_check_hostname=True
+        {"ssl_cert_reqs": "none", "ssl_check_hostname": False},
+    ],
+)
+async def test_tls_without_verification_connects(
+    tmp_path: Path, redis_version: str, config: dict[str, Any]
+) -> None:
+    # redis-py 5.x raised "Cannot set verify_mode to CERT_NONE when check_hostname is
+    # enabled" for the first case on every connect, so the cache stayed degraded for good.
+    require_redis_server()
+    certs = make_certificates(tmp_path)
+    tls_port = free_port()
+    server = RedisServer(
+        "--tls-port", str(tls_port),
+        "--tls-cert-file", str(certs["cert"]),
+        "--tls-key-file", str(certs["key"]),
+        "--tls-ca-cert-file", str(certs["ca"]),
+        "--tls-auth-clients", "no",
+    )  # fmt: skip
+    server.start()
+    try:
+        url = f"rediss://127.0.0.1:{tls_port}/0"
+        cache_config = CacheConfig(url=url, **config)
+        async with AsyncCacheManager(cache_config) as cache:
+            assert await cache.connect() is True, redis_version
+            assert await cache.set("gathering:tls", 1) is True
+            assert await cache.get("gathering:tls") == 1
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def redis_version() -> str:
+    """The redis-py under test, shown when an assertion fails."""
+    return redis.__version__
