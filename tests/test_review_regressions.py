@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -401,3 +402,16 @@ async def test_tls_without_verification_connects(
 def redis_version() -> str:
     """The redis-py under test, shown when an assertion fails."""
     return redis.__version__
+
+
+# -- packaging ----------------------------------------------------------------------------------
+
+
+def test_the_version_is_written_once() -> None:
+    import gathering_cache
+
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    project = pyproject.split("[project]", 1)[1].split("\n[", 1)[0]
+    assert 'dynamic = ["version"]' in project
+    assert not any(line.startswith("version =") for line in project.splitlines())
+    assert importlib.metadata.version("gathering-cache") == gathering_cache.__version__
