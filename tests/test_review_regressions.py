@@ -415,3 +415,18 @@ def test_the_version_is_written_once() -> None:
     assert 'dynamic = ["version"]' in project
     assert not any(line.startswith("version =") for line in project.splitlines())
     assert importlib.metadata.version("gathering-cache") == gathering_cache.__version__
+
+
+async def test_a_deadline_over_an_awaited_inner_task_is_a_timeout() -> None:
+    policy = DegradationPolicy(
+        fault_types=(ConnectionError,),
+        operation_timeout=0.05,
+        failure_threshold=3,
+        recovery_interval=5.0,
+    )
+
+    async def operation() -> Any:
+        return await asyncio.create_task(asyncio.Event().wait())
+
+    assert await policy.run(operation, "fallback") == "fallback"
+    assert "TimeoutError" in (policy.last_error or "")
