@@ -400,17 +400,22 @@ class _Deadlines:
     def _cancel_310(self, task: asyncio.Task[Any], first: bool) -> None:  # pragma: no cover
         """Cancel ``task`` for its deadline on Python 3.10, noting what :meth:`expired` needs.
 
-        A cancel already pending at the deadline's first fire is the caller's (at a refire, it
-        may be our own that has not surfaced yet, so the first answer stands). The second
-        ``cancel`` only writes ``_DEADLINE`` as the task's message: a later ``task.cancel()``
-        of the caller's overwrites it, which ``expired`` sees. (A task awaiting an inner
-        task passes both cancels on to it and keeps its message: a cancel of the caller's
-        after ours then leaves no trace, as with ``asyncio.wait_for`` on 3.10.)
+        A cancel already pending at the deadline's first fire is taken for the caller's. At a
+        refire a pending cancel may be our own that has not surfaced yet: nothing is done
+        then. Otherwise the earlier one was swallowed on the way (redis-py's async_timeout
+        turns a cancel that lands with its own timeout into a TimeoutError, and retries), and
+        this cancel is the deadline's alone. The second ``cancel`` only writes ``_DEADLINE``
+        as the task's message: a later ``task.cancel()`` of the caller's overwrites it, which
+        ``expired`` sees. (A task awaiting an inner task passes both cancels on to it and
+        keeps its message: a caller's cancel made after ours then leaves no trace, as with
+        ``asyncio.wait_for`` on 3.10.)
         """
-        callers_first = _cancel_pending(task) if first else self._marks.get(task, (False,))[0]
+        pending = _cancel_pending(task)
+        if pending and not first:
+            return
         task.cancel(_DEADLINE)
         task.cancel(_DEADLINE)
-        self._marks[task] = (callers_first, getattr(task, "_cancel_message", None))
+        self._marks[task] = (pending, getattr(task, "_cancel_message", None))
 
 
 _COUNTS_CANCELS = sys.version_info >= (3, 11)
