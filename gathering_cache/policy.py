@@ -314,9 +314,13 @@ class _Deadlines:
     (with ``Task.uncancel`` where Python has it). A call whose cancellation was swallowed on
     the way (``asyncio.wait_for`` in Python 3.11 can) is cancelled again every 10 ms, and a
     cancellation that never surfaced is withdrawn when the call leaves.
+
+    Python 3.10 neither counts cancellations nor has ``uncancel``, and folds the cancels that
+    land before a task resumes into one: there :meth:`_fire` notes whether a cancel of the
+    caller's was already pending, and marks the task so that one made afterwards shows.
     """
 
-    __slots__ = ("_calls", "_fired", "_loop", "_timer", "_when")
+    __slots__ = ("_calls", "_fired", "_loop", "_marks", "_timer", "_when")
 
     _REFIRE = 0.01
 
@@ -324,6 +328,9 @@ class _Deadlines:
         # task -> (deadline, how many cancellations it already had pending when it entered)
         self._calls: dict[asyncio.Task[Any], tuple[float, int]] = {}
         self._fired: dict[asyncio.Task[Any], int] = {}  # task -> cancellations we requested
+        # Python 3.10 only: task -> (a cancel of the caller's was pending when the deadline
+        # first fired, the task's cancel message right after the deadline's last cancel)
+        self._marks: dict[asyncio.Task[Any], tuple[bool, object]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._when = math.inf
@@ -338,6 +345,7 @@ class _Deadlines:
                 self._timer.cancel()
             self._calls.clear()
             self._fired.clear()
+            self._marks.clear()
             self._loop, self._timer, self._when = loop, None, math.inf
         deadline = loop.time() + budget
         self._calls[task] = (deadline, _cancelling(task))
@@ -347,6 +355,7 @@ class _Deadlines:
 
     def leave(self, task: asyncio.Task[Any]) -> None:
         self._calls.pop(task, None)
+        self._marks.pop(task, None)
         fired = self._fired.pop(task, 0)
         for _ in range(fired):  # our cancellation never surfaced: withdraw it
             _uncancel(task)
@@ -357,8 +366,10 @@ class _Deadlines:
         fired = self._fired.pop(task, 0)
         if not fired:
             return False
-        if sys.version_info < (3, 11):  # pragma: no cover - no cancel counting
-            return True
+        if not _COUNTS_CANCELS:  # pragma: no cover - Python 3.10
+            callers_first, mark = self._marks.pop(task, (False, None))
+            # A cancel of the caller's made after ours wrote its own message over our mark.
+            return not callers_first and getattr(task, "_cancel_message", None) is mark
         at_entry = self._calls.get(task, (0.0, 0))[1]
         remaining = _cancelling(task)
         for _ in range(fired):
@@ -380,13 +391,54 @@ class _Deadlines:
         following = math.inf
         for task, (deadline, at_entry) in list(self._calls.items()):
             if deadline <= now:
+                if _COUNTS_CANCELS:
+                    task.cancel()
+                else:  # pragma: no cover - Python 3.10
+                    self._cancel_310(task, first=task not in self._fired)
                 self._fired[task] = self._fired.get(task, 0) + 1
                 self._calls[task] = (now + self._REFIRE, at_entry)
-                task.cancel()
                 deadline = now + self._REFIRE
             following = min(following, deadline)
         if following < math.inf:
             self._arm(loop, following)
+
+    def _cancel_310(self, task: asyncio.Task[Any], first: bool) -> None:  # pragma: no cover
+        """Cancel ``task`` for its deadline on Python 3.10, noting what :meth:`expired` needs.
+
+        A cancel already pending at the deadline's first fire is taken for the caller's. At a
+        refire a pending cancel may be our own that has not surfaced yet: nothing is done
+        then. Otherwise the earlier one was swallowed on the way (redis-py's async_timeout
+        turns a cancel that lands with its own timeout into a TimeoutError, and retries), and
+        this cancel is the deadline's alone. The second ``cancel`` only writes ``_DEADLINE``
+        as the task's message: a later ``task.cancel()`` of the caller's overwrites it, which
+        ``expired`` sees. (A task awaiting an inner task passes both cancels on to it and
+        keeps its message: a caller's cancel made after ours then leaves no trace, as with
+        ``asyncio.wait_for`` on 3.10.)
+        """
+        pending = _cancel_pending(task)
+        if pending and not first:
+            return
+        task.cancel(_DEADLINE)
+        task.cancel(_DEADLINE)
+        self._marks[task] = (pending, getattr(task, "_cancel_message", None))
+
+
+_COUNTS_CANCELS = sys.version_info >= (3, 11)
+
+# The cancel message of a deadline on Python 3.10 (what the caller sees is a TimeoutError).
+_DEADLINE = "the deadline of a gathering_cache operation"
+
+
+def _cancel_pending(future: asyncio.Future[Any], depth: int = 0) -> bool:  # pragma: no cover
+    """Python 3.10: whether a cancel of ``future`` (a task) is requested and not yet delivered.
+
+    Either the task will throw it at its next step (``_must_cancel``), or it went to what the
+    task awaits: a cancelled future, or an inner task with a cancel pending in turn.
+    """
+    if getattr(future, "_must_cancel", False) or future.cancelled():
+        return True
+    waiter = getattr(future, "_fut_waiter", None)
+    return isinstance(waiter, asyncio.Future) and depth < 8 and _cancel_pending(waiter, depth + 1)
 
 
 if sys.version_info >= (3, 11):

@@ -1,4 +1,7 @@
-"""A throw-away certificate authority and a server certificate for 127.0.0.1, for TLS tests."""
+"""A throw-away certificate authority and a server certificate for 127.0.0.1, for TLS tests.
+
+The extensions are those Python 3.13's strict verification (``VERIFY_X509_STRICT``) asks for.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +40,23 @@ def make_certificates(directory: Path, ca_name: str = "gathering-cache test CA")
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
@@ -53,6 +73,16 @@ def make_certificates(directory: Path, ca_name: str = "gathering-cache test CA")
                 [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
             ),
             critical=False,
+        )
+        # Python 3.13 verifies with VERIFY_X509_STRICT, which requires an Authority Key
+        # Identifier on every certificate a CA issued (RFC 5280 4.2.1.1).
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
         )
         .sign(ca_key, hashes.SHA256())
     )

@@ -728,6 +728,7 @@ def test_an_error_in_a_value_the_url_set_names_the_url(
 def test_default_ttls_are_ones_redis_takes(field: str) -> None:
     from gathering_cache.keys import MAX_TTL
 
-    assert getattr(CacheConfig(**{field: MAX_TTL}), field) == MAX_TTL
+    longest: dict[str, Any] = {field: MAX_TTL}
+    assert getattr(CacheConfig(**longest), field) == MAX_TTL
     with pytest.raises(ConfigurationError, match=field):
-        CacheConfig(**{field: MAX_TTL + 1})
+        CacheConfig(**{**longest, field: MAX_TTL + 1})

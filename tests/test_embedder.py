@@ -278,6 +278,7 @@ def test_seed_embedding_service_snippet(
         body = "async def _snippet():\n" + textwrap.indent(snippet, "    ")
         body += "\n    return embedder, embedding"
         exec(body, namespace)
+        embedder: CachedEmbedder
         embedder, embedding = await namespace["_snippet"]()
         assert embedding == vector_for("Hello world")
         await embedder.aclose()

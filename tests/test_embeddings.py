@@ -91,8 +91,8 @@ async def test_value_with_another_length_or_format_is_a_miss(cache: AsyncCacheMa
 
 
 async def test_as_numpy(cache: AsyncCacheManager) -> None:
-    # set_embedding's annotation (Sequence[float]) does not name numpy arrays yet.
-    await cache.set_embedding("a", np.array([0.5, 0.25], dtype=np.float32), model="m")  # type: ignore[arg-type]
+    vector = np.array([0.5, 0.25], dtype=np.float32)
+    await cache.set_embedding("a", vector, model="m")  # type: ignore[arg-type]
     await cache.set_embedding("b", [0.1, 0.2], model="m")
     a = await cache.get_embedding("a", model="m", as_numpy=True)
     b = await cache.get_embedding("b", model="m", as_numpy=True)

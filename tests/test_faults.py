@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -27,11 +28,11 @@ WORKERS = 64
 
 
 @pytest.fixture
-def server() -> RedisServer:
+def server() -> Iterator[RedisServer]:
     require_redis_server()
     process = RedisServer()
     process.start()
-    yield process  # type: ignore[misc]
+    yield process
     process.cleanup()
 
 
@@ -93,7 +94,8 @@ async def test_sigstop_under_load(server: RedisServer) -> None:
 async def test_debug_sleep_under_load(server: RedisServer) -> None:
     def sleep_server() -> None:
         client = redis.Redis.from_url(server.url, socket_timeout=10)
-        client.execute_command("DEBUG", "SLEEP", "1.5")  # the server answers nobody meanwhile
+        # The server answers nobody meanwhile.
+        client.execute_command("DEBUG", "SLEEP", "1.5")  # type: ignore[no-untyped-call]
         client.close()
 
     sleeper = threading.Thread(target=sleep_server)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -35,14 +36,14 @@ def make(clock: Clock, **kwargs: object) -> DegradationPolicy:
     return DegradationPolicy(**settings)  # type: ignore[arg-type]
 
 
-def ok(value: object = "ok") -> Callable[[], Awaitable[object]]:
-    async def operation() -> object:
+def ok(value: object = "ok") -> Callable[[], Awaitable[Any]]:
+    async def operation() -> Any:
         return value
 
     return operation
 
 
-async def fail() -> object:
+async def fail() -> Any:
     raise Fault("connection refused")
 
 
@@ -63,7 +64,7 @@ async def test_opens_after_threshold_and_answers_without_io() -> None:
     await open_breaker(policy)
     called = []
 
-    async def spy() -> object:
+    async def spy() -> Any:
         called.append(1)
         return "io"
 
@@ -80,7 +81,7 @@ async def test_one_probe_at_a_time_then_closes() -> None:
     clock.now += 5
     gate = asyncio.Event()
 
-    async def slow_probe() -> object:
+    async def slow_probe() -> Any:
         await gate.wait()
         return "probe"
 
@@ -113,7 +114,7 @@ async def test_stale_failure_does_not_decide_the_probe() -> None:
     policy = make(clock)
     gate = asyncio.Event()
 
-    async def stale() -> object:
+    async def stale() -> Any:
         await gate.wait()
         raise Fault("late")
 
@@ -123,7 +124,7 @@ async def test_stale_failure_does_not_decide_the_probe() -> None:
     clock.now += 5
     probe_gate = asyncio.Event()
 
-    async def probe() -> object:
+    async def probe() -> Any:
         await probe_gate.wait()
         return "probe"
 
@@ -176,7 +177,7 @@ async def test_timeout_is_a_fault() -> None:
 async def test_bugs_propagate() -> None:
     policy = make(Clock())
 
-    async def bug() -> object:
+    async def bug() -> Any:
         raise KeyError("our own mistake")
 
     with pytest.raises(KeyError):
@@ -188,7 +189,7 @@ async def test_saturation_is_shed_not_an_outage() -> None:
     policy = make(Clock(), operation_timeout=0.05, max_concurrency=1)
     gate = asyncio.Event()
 
-    async def hold() -> object:
+    async def hold() -> Any:
         await gate.wait()
         return "held"
 
@@ -207,7 +208,7 @@ async def test_saturation_is_shed_not_an_outage() -> None:
 async def test_data_errors_are_misses_not_outages() -> None:
     policy = make(Clock(), is_data_error=lambda exc: "WRONGTYPE" in str(exc))
 
-    async def wrongtype() -> object:
+    async def wrongtype() -> Any:
         raise Fault("WRONGTYPE Operation against a key holding the wrong kind of value")
 
     for _ in range(10):
@@ -220,7 +221,7 @@ async def test_bulk_calls_never_probe_and_their_timeout_is_not_an_outage() -> No
     clock = Clock()
     policy = make(clock)
     for _ in range(5):
-        result = await policy.run(asyncio.Event().wait, 0, timeout=0.01, bulk=True)  # type: ignore[arg-type]
+        result = await policy.run(asyncio.Event().wait, 0, timeout=0.01, bulk=True)
         assert result == 0
     assert policy.state is BreakerState.CLOSED
     assert policy.bulk_timeouts == 5
@@ -245,7 +246,7 @@ async def test_the_callers_cancellation_propagates() -> None:
 async def test_deadlines_are_per_call() -> None:
     policy = make(Clock(), operation_timeout=0.05)
 
-    async def quick() -> object:
+    async def quick() -> Any:
         await asyncio.sleep(0.01)
         return "quick"
 
@@ -260,7 +261,7 @@ async def test_a_cancel_of_the_callers_own_that_lands_with_the_deadline_propagat
     policy = make(Clock(), operation_timeout=0.1)
     loop = asyncio.get_running_loop()
 
-    async def caller() -> object:
+    async def caller() -> Any:
         result = await policy.run(asyncio.Event().wait, "fallback")  # type: ignore[arg-type]
         await asyncio.sleep(0.05)
         return result

@@ -77,6 +77,7 @@ async def check(cache: AsyncCacheManager, ops: list[tuple[Any, ...]]) -> None:
                 assert got == -1
             else:
                 expected = model[op[1]][1]
+                assert expected is not None
                 assert got is not None
                 assert expected - 2 <= got <= expected
         elif name == "set_many":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def tls_server(tmp_path: Path) -> tuple[RedisServer, dict[str, Path]]:
+def tls_server(tmp_path: Path) -> Iterator[tuple[RedisServer, dict[str, Path]]]:
     require_redis_server()
     certs = make_certificates(tmp_path)
     tls_port = free_port()
@@ -40,7 +41,7 @@ def tls_server(tmp_path: Path) -> tuple[RedisServer, dict[str, Path]]:
     )  # fmt: skip
     server.start()
     server.tls_port = tls_port  # type: ignore[attr-defined]
-    yield server, certs  # type: ignore[misc]
+    yield server, certs
     server.cleanup()
 
 
@@ -84,7 +85,7 @@ ACL_PASSWORD = "acl-Secret-4242"
 
 
 @pytest.fixture
-def acl_server() -> RedisServer:
+def acl_server() -> Iterator[RedisServer]:
     require_redis_server()
     server = RedisServer(
         "--user", "default", "off",
@@ -94,7 +95,7 @@ def acl_server() -> RedisServer:
         username="admin", password="admin-pw", auth_only=True,
     )  # fmt: skip
     server.start()
-    yield server  # type: ignore[misc]
+    yield server
     server.cleanup()
 
 

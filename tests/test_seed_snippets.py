@@ -5,6 +5,7 @@ their awaited equivalents on AsyncCacheManager."""
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 import redis
@@ -147,8 +148,8 @@ def seed_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tm
         monkeypatch.setenv("GATHERING_CACHE_BACKEND", "redis")
         monkeypatch.setenv("REDIS_HOST", "127.0.0.1")
         monkeypatch.setenv("REDIS_PORT", str(server.port))
-    name: str = request.param
-    return name
+    backend: str = request.param
+    return backend
 
 
 def run(snippet: str, namespace: dict[str, object]) -> dict[str, object]:
@@ -179,8 +180,8 @@ def test_quick_start_test_cache_and_manual_testing(
 
 
 def test_quick_start_without_redis_reports_degraded(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     from tests.servers import free_port
 
     monkeypatch.chdir(tmp_path)
