@@ -30,8 +30,6 @@ from gathering_cache.errors import BackendError
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _timeout
-else:  # pragma: no cover - Python 3.10
-    from async_timeout import timeout as _timeout
 
 try:
     import redis.asyncio as redis_asyncio
@@ -197,6 +195,42 @@ def build_client(config: CacheConfig) -> Redis:
     return redis_asyncio.Redis.from_pool(ConnectionPool(**kwargs))
 
 
+async def _bounded_310(awaitable: Awaitable[Any], timeout: float) -> Any:  # pragma: no cover
+    """``awaitable`` bounded by ``timeout`` on Python 3.10.
+
+    There, ``async_timeout`` loses its cancellation when redis-py's own read timeout (an
+    inner ``async_timeout``) expires in the same loop iteration: the inner one turns it into
+    a redis ``TimeoutError``, which redis-py retries, so a step against a hung server took
+    ``(retry_attempts + 1) x socket_timeout`` instead of one. Cancelling again every 10 ms
+    until the step ends bounds it as on 3.11+ (where ``asyncio.timeout`` counts
+    cancellations). As everywhere on 3.10, a caller's cancellation that arrives after the
+    bound fired is reported as the timeout.
+    """
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("a store step must run inside an asyncio task")
+    loop = task.get_loop()
+    fired = False
+    handle: asyncio.TimerHandle | None = None
+
+    def fire() -> None:
+        nonlocal fired, handle
+        fired = True
+        task.cancel()
+        handle = loop.call_later(0.01, fire)
+
+    handle = loop.call_later(timeout, fire)
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        if fired:
+            raise asyncio.TimeoutError(f"step exceeded {timeout:g} s") from None
+        raise
+    finally:
+        if handle is not None:
+            handle.cancel()
+
+
 class RedisStore(Store):
     """A store on a ``redis.asyncio`` client (built from config, or injected)."""
 
@@ -336,8 +370,10 @@ class RedisStore(Store):
         try:
             if progress.step_timeout is None:
                 return await awaitable
-            async with _timeout(progress.step_timeout):
-                return await awaitable
+            if sys.version_info >= (3, 11):
+                async with _timeout(progress.step_timeout):
+                    return await awaitable
+            return await _bounded_310(awaitable, progress.step_timeout)  # pragma: no cover
         except _MALFORMED as exc:
             raise self._malformed("SCAN", exc) from exc
 
