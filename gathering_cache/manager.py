@@ -1,6 +1,6 @@
 """``AsyncCacheManager``: the asyncio cache manager, the library's only implementation.
 
-It exposes the seed's whole API as coroutines (generic operations, embeddings, RAG results,
+It exposes the whole cache API as coroutines (generic operations, embeddings, RAG results,
 circle context, stats, clear_all, close) over one store. The sync :class:`CacheManager`
 facade drives an instance of this class on a private event loop.
 """
@@ -99,7 +99,7 @@ class AsyncCacheManager:
         await self._core.aclose()
 
     async def close(self) -> None:
-        """Alias of :meth:`aclose` (the seed's ``close``), awaitable."""
+        """Alias of :meth:`aclose`, awaitable."""
         await self._core.aclose()
 
     async def __aenter__(self) -> Self:
@@ -227,7 +227,7 @@ class AsyncCacheManager:
         Args:
             text: the embedded text.
             model: the embedding model; with one, the entry is the model's own (pass it
-                whenever you know it). Without, the seed's model-less key is used.
+                whenever you know it). Without, the model-less key is used.
             dimensions: the vector size the model was asked for, when the model has several.
                 A stored vector of another length is a miss.
             as_numpy: return a numpy array (float32 or float64, as stored) instead of a list.
