@@ -48,6 +48,11 @@ class AsyncCacheManager:
         client: an existing ``redis.asyncio`` client to use instead of building one from
             ``config`` (a ``Redis``, a ``RedisCluster`` or a fakeredis ``FakeAsyncRedis``). The
             manager does not close an injected client.
+
+    Raises:
+        ArgumentTypeError: ``config`` is not a ``CacheConfig``, or ``client`` is not a
+            ``redis.asyncio`` client (a sync ``redis.Redis``, say). A client created with
+            ``decode_responses=True`` raises an error that is also a ``ConfigurationError``.
     """
 
     def __init__(self, config: CacheConfig | None = None, *, client: Any = None) -> None:
@@ -233,8 +238,9 @@ class AsyncCacheManager:
             as_numpy: return a numpy array (float32 or float64, as stored) instead of a list.
 
         Returns:
-            The vector exactly as stored, or ``None``. While Redis is unavailable the
-            in-process LRU answers for vectors this process has seen.
+            The vector exactly as stored, or ``None``. During an outage (a fault, an open
+            breaker, a shed call) the in-process LRU answers for vectors this process has
+            seen; not while the cache is disabled or the manager closed.
         """
         return await self._embeddings.get(text, model, dimensions, as_numpy)
 
