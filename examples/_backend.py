@@ -3,6 +3,8 @@ in-process memory backend. Each example keeps its keys under its own prefix."""
 
 from __future__ import annotations
 
+import logging
+
 from gathering_cache import AsyncCacheManager, CacheConfig
 
 
@@ -11,7 +13,16 @@ async def open_cache(prefix: str) -> tuple[AsyncCacheManager, str]:
     config = CacheConfig.from_env().model_copy(update={"key_prefix": prefix})
     if config.backend == "redis":
         cache = AsyncCacheManager(config)
-        if await cache.connect():
+        # The library warns when Redis does not answer and says it will keep retrying; this
+        # probe's manager is discarded at once, so that warning would not be true here.
+        library_log = logging.getLogger("gathering_cache")
+        level = library_log.level
+        library_log.setLevel(logging.ERROR)
+        try:
+            connected = await cache.connect()
+        finally:
+            library_log.setLevel(level)
+        if connected:
             return cache, f"Redis at {config.redacted_url or f'{config.host}:{config.port}'}"
         await cache.aclose()
     memory = AsyncCacheManager(config.model_copy(update={"backend": "memory"}))

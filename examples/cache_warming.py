@@ -1,4 +1,4 @@
-"""Warming the RAG cache with common queries per agent (the seed's Example 3)."""
+"""Warming the RAG cache with common queries per agent."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Circle context cached for 10 minutes and invalidated by CIRCLE_UPDATED (the seed's
-"Future" item)."""
+"""Circle context cached for 10 minutes and invalidated by CIRCLE_UPDATED."""
 
 from __future__ import annotations
 

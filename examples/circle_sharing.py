@@ -1,5 +1,5 @@
-"""A circle of three agents sharing a memory: every member's recall cache is cleared (the
-seed's wiring only cleared the author's, so the others kept recalling stale results)."""
+"""A circle of three agents sharing a memory: every member's recall cache is cleared (clearing
+only the author's would leave the others recalling stale results)."""
 
 from __future__ import annotations
 

@@ -1,16 +1,17 @@
 """Configuration: :class:`CacheConfig`, built on pydantic-settings.
 
 ``CacheConfig(...)`` uses only what it is given and the defaults. The environment and a
-``.env`` file are read by :meth:`CacheConfig.from_env` alone, under the seed's variable names
-(``REDIS_HOST``, ``REDIS_PORT``, ``REDIS_DB``, ``REDIS_PASSWORD``, ``CACHE_ENABLED``), plus
-``REDIS_URL``, ``REDIS_USERNAME`` and ``GATHERING_CACHE_<FIELD>`` for every other field
+``.env`` file are read by :meth:`CacheConfig.from_env` alone, under the names common to Redis
+tools (``REDIS_HOST``, ``REDIS_PORT``, ``REDIS_DB``, ``REDIS_PASSWORD``, ``REDIS_URL``,
+``REDIS_USERNAME``), ``CACHE_ENABLED``, and ``GATHERING_CACHE_<FIELD>`` for every other field
 (``GATHERING_CACHE_EMBEDDING_TTL``, ``GATHERING_CACHE_KEY_PREFIX`` ...). The prefix is not
 ``CACHE_``: ``CACHE_URL`` belongs to the 12-factor convention (django-cache-url and others)
 and is never read. A variable the library does not read is never an error.
 
-A ``url`` is read as redis-py's ``from_url`` reads it, and the fields show what it says: its
+A ``url`` is read as redis-py's ``parse_url`` reads it, and the fields show what it says: its
 host, port, db, user name, password and TLS scheme, and its query parameters
-(``?socket_timeout=``, ``?ssl_cert_reqs=`` ...), each set on the field it maps to.
+(``?socket_timeout=``, ``?ssl_cert_reqs=`` ...), each set on the field it maps to. The client
+is then built from the fields, never with ``from_url``.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ from gathering_cache.keys import MAX_TTL
 __all__ = ["CacheConfig"]
 
 _ENV_PREFIX = "GATHERING_CACHE_"
-# The seed's variable names (and REDIS_URL / REDIS_USERNAME), kept exactly; every other field
-# is _ENV_PREFIX + its name in upper case.
-_SEED_VARIABLES = {
+# Fields read from a variable of their own (the names common to Redis tools, and
+# CACHE_ENABLED), kept exactly; every other field is _ENV_PREFIX + its name in upper case.
+_OWN_VARIABLES = {
     "host": "REDIS_HOST",
     "port": "REDIS_PORT",
     "db": "REDIS_DB",
@@ -66,12 +67,13 @@ _READ_ENVIRONMENT: contextvars.ContextVar[bool] = contextvars.ContextVar(
 
 def _env_variable(field: str) -> str:
     """The environment variable :meth:`CacheConfig.from_env` reads ``field`` from."""
-    return _SEED_VARIABLES.get(field, _ENV_PREFIX + field.upper())
+    return _OWN_VARIABLES.get(field, _ENV_PREFIX + field.upper())
 
 
-def _seed_env(default: Any, field: str) -> Any:
-    """A field read from its seed variable (the others get theirs from the alias generator)."""
-    return Field(default, validation_alias=_SEED_VARIABLES[field])
+def _own_env(default: Any, field: str) -> Any:
+    """A field read from a variable of its own (the others get theirs from the alias
+    generator)."""
+    return Field(default, validation_alias=_OWN_VARIABLES[field])
 
 
 # -- URL query parameters ------------------------------------------------------------------------
@@ -209,9 +211,9 @@ _URL_PARAMETERS_REFUSED = {
 
 
 class CacheConfig(BaseSettings):
-    """Cache configuration (the seed's ``CacheConfig``, with connection and policy knobs).
+    """Cache configuration: connection, TTLs, timeouts, degradation policy and backend.
 
-    Construct it with keywords like the seed's dataclass
+    Construct it with keywords
     (``CacheConfig(host="redis.example.com", port=6380, enabled=False)``), from a URL with
     :meth:`from_url`, or from the environment with :meth:`from_env`. Instances are immutable;
     use ``config.model_copy(update={...})`` for a variant. Invalid values raise
@@ -223,8 +225,8 @@ class CacheConfig(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        # Every field without a seed variable is read from GATHERING_CACHE_<FIELD>. An explicit
-        # alias (rather than env_prefix) puts the variable's name in validation errors.
+        # Every field without a variable of its own is read from GATHERING_CACHE_<FIELD>. An
+        # explicit alias (rather than env_prefix) puts the variable's name in validation errors.
         alias_generator=AliasGenerator(validation_alias=_env_variable),
         extra="ignore",
         frozen=True,
@@ -233,13 +235,13 @@ class CacheConfig(BaseSettings):
         hide_input_in_errors=True,
     )
 
-    # Connection (the seed's fields and defaults)
-    host: str = _seed_env("localhost", "host")
-    port: int = _seed_env(6379, "port")
-    db: int = _seed_env(0, "db")
-    password: SecretStr | None = _seed_env(None, "password")
+    # Connection
+    host: str = _own_env("localhost", "host")
+    port: int = _own_env(6379, "port")
+    db: int = _own_env(0, "db")
+    password: SecretStr | None = _own_env(None, "password")
 
-    # TTL defaults in seconds (the seed's)
+    # TTL defaults in seconds
     embedding_ttl: int = 86400
     rag_results_ttl: int = 300
     circle_context_ttl: int = 600
@@ -248,19 +250,20 @@ class CacheConfig(BaseSettings):
     """The TTL of a generic ``set`` / ``set_many`` given ``ttl=None``: every key the library
     writes expires, so a shared Redis never accumulates garbage."""
 
-    # Behaviour (the seed's)
-    enabled: bool = _seed_env(True, "enabled")
+    # Behaviour
+    enabled: bool = _own_env(True, "enabled")
     key_prefix: str = "gathering:"
     """Prefix of every domain key. It must end with a separator (``:`` or any character that
     is not a letter, digit or space): ``clear_all`` deletes ``<key_prefix>*``, and without a
     separator ``"gathering"`` would also match another application's ``gatheringX:`` keys."""
 
-    # Connection, beyond the seed
-    url: str | None = _seed_env(None, "url")
-    """redis://, rediss:// or unix:// URL, read as redis-py reads it. What it says wins over
-    host/port/db/username/password/ssl, and its query parameters set their fields
-    (``?socket_timeout=2`` sets ``socket_timeout``)."""
-    username: str | None = _seed_env(None, "username")
+    # Connection: URL, ACL user, TLS, client name, protocol, backend
+    url: str | None = _own_env(None, "url")
+    """redis://, rediss:// or unix:// URL, read as redis-py reads it. Its host, port, db,
+    user name and password win over those fields; ``ssl`` must agree with its scheme; its
+    query parameters set their fields (``?socket_timeout=2`` sets ``socket_timeout``), and an
+    explicit different value for one of them is an error."""
+    username: str | None = _own_env(None, "username")
     ssl: bool = False
     """TLS for host/port connections; with a ``url`` it follows the scheme (``rediss://``)."""
     ssl_ca_certs: str | None = None
@@ -321,7 +324,7 @@ class CacheConfig(BaseSettings):
                 if name not in type(self).model_fields and not name.startswith("_")
             ]
             try:
-                if unknown:  # a typo must not pass silently, as with the seed's dataclass
+                if unknown:  # a typo must not pass silently
                     raise ConfigurationError(unknown[0], "unknown field")
                 try:
                     super().__init__(**values)
@@ -366,7 +369,7 @@ class CacheConfig(BaseSettings):
         """Build a config from the environment and a ``.env`` file.
 
         Variables: ``REDIS_HOST``, ``REDIS_PORT``, ``REDIS_DB``, ``REDIS_PASSWORD``,
-        ``CACHE_ENABLED`` (the seed's), ``REDIS_URL``, ``REDIS_USERNAME``, and
+        ``CACHE_ENABLED``, ``REDIS_URL``, ``REDIS_USERNAME``, and
         ``GATHERING_CACHE_<FIELD>`` for every other field. Others are ignored.
 
         Args:

@@ -1,4 +1,4 @@
-"""``CachedEmbedder``: embeddings that are never paid for twice (the seed's EmbeddingService).
+"""``CachedEmbedder`` (alias ``EmbeddingService``): embeddings never paid for twice.
 
 It wraps any provider, an :class:`~gathering_cache.providers.EmbeddingProvider` or a batch
 function ``(texts: list[str]) -> list[list[float]]`` (async or sync), and puts the embedding
@@ -96,7 +96,7 @@ class CachedEmbedder:
             plain function, so that two models never share entries.
         dimensions: the vector size asked of the model, when it has several.
         max_batch_size: texts per provider call.
-        price_per_embedding: for the cost-saved estimate (the seed's ~$0.0001).
+        price_per_embedding: for the cost-saved estimate (default $0.0001).
         lock_ttl: seconds a cross-process compute lock lives if its owner dies.
         wait_timeout: seconds to wait for another process before computing anyway.
         cross_process: coordinate with other processes through Redis locks.
@@ -143,8 +143,8 @@ class CachedEmbedder:
     @classmethod
     def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> CachedEmbedder:
         """An embedder on :class:`OpenAIEmbeddings` (OPENAI_API_KEY, OPENAI_BASE_URL,
-        OPENAI_EMBEDDING_MODEL) with the cache from the same environment (REDIS_*, CACHE_*).
-        :meth:`aclose` closes both.
+        OPENAI_EMBEDDING_MODEL) with the cache from the same environment (REDIS_*,
+        CACHE_ENABLED, GATHERING_CACHE_*). :meth:`aclose` closes both.
 
         Raises:
             ConfigurationError: OPENAI_API_KEY is not set while OPENAI_BASE_URL is OpenAI's
@@ -398,4 +398,4 @@ def _as_async(function: BatchFunction) -> Callable[[list[str]], Awaitable[list[l
 
 
 EmbeddingService = CachedEmbedder
-"""The seed's name for the cached embedder (``EmbeddingService.from_env()``)."""
+"""Another name for :class:`CachedEmbedder` (``EmbeddingService.from_env()``)."""

@@ -1,6 +1,6 @@
 """Embedding cache: (model, dimensions, text) -> vector, 24 h by default.
 
-Keys: ``<prefix>embedding:<16 hex of sha256(text)>`` with no model (the seed's), else
+Keys: ``<prefix>embedding:<16 hex of sha256(text)>`` with no model, else
 ``<prefix>embedding:<model>[:<dimensions>]:<hash>`` so two models never share an entry.
 
 Vectors are packed floats (see :mod:`gathering_cache.encoding`): float32 when every value is
@@ -9,7 +9,7 @@ exact in float32, float64 otherwise, so what is read back is exactly what was st
 that is not a packed vector, or whose length differs from the dimensions the key promises, is
 a miss.
 
-The seed's in-process LRU (``embedding_lru_size`` entries) is filled on Redis hits and sets and
+The in-process LRU (``embedding_lru_size`` entries) is filled on Redis hits and sets and
 answers while Redis is unavailable (a fault, an open breaker, a shed call); a Redis miss evicts
 the entry, so data that Redis lost (a restart, a flush) is never served from the LRU once Redis
 answers again. A cache disabled in config or closed answers nothing, LRU included: every read

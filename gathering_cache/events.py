@@ -1,4 +1,4 @@
-"""Event bus: the seed's event-driven invalidation, in one process and across processes.
+"""Event bus: event-driven invalidation, in one process and across processes.
 
 :class:`EventBus` delivers :class:`Event` objects to the handlers subscribed to their
 :class:`EventType`, sync or async; a handler that raises is logged with the event type and

@@ -9,8 +9,8 @@ MEMORY_DELETED     the owner's RAG results (``data["agent_id"]``, else the sourc
 CIRCLE_UPDATED     that circle's context
 =================  ==========================================================================
 
-The seed wired MEMORY_SHARED to the author's cache only, so the other members of a circle
-kept recalling stale results; here every member's cache is cleared.
+Clearing only the author's cache on MEMORY_SHARED would leave the other members of a circle
+recalling stale results; every member's cache is cleared.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""LLM response cache (the seed's phase 5.3): deterministic calls answered once, 1 h default.
+"""LLM response cache: deterministic calls answered once, 1 h default.
 
 Key: ``<prefix>llm:<ns-namespace | shared>:<32 hex of sha256(canonical request)>``. The
 canonical request is the model, the prompt or messages, and every parameter that changes the output

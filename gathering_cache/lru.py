@@ -1,4 +1,4 @@
-"""A small in-process LRU of bytes: the seed's embedding fallback cache. Pure: no I/O."""
+"""A small in-process LRU of bytes: the embedding fallback cache. Pure: no I/O."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``AsyncCacheManager``: the asyncio cache manager, the library's only implementation.
 
-It exposes the seed's whole API as coroutines (generic operations, embeddings, RAG results,
+It exposes the whole cache API as coroutines (generic operations, embeddings, RAG results,
 circle context, stats, clear_all, close) over one store. The sync :class:`CacheManager`
 facade drives an instance of this class on a private event loop.
 """
@@ -48,6 +48,11 @@ class AsyncCacheManager:
         client: an existing ``redis.asyncio`` client to use instead of building one from
             ``config`` (a ``Redis``, a ``RedisCluster`` or a fakeredis ``FakeAsyncRedis``). The
             manager does not close an injected client.
+
+    Raises:
+        ArgumentTypeError: ``config`` is not a ``CacheConfig``, or ``client`` is not a
+            ``redis.asyncio`` client (a sync ``redis.Redis``, say). A client created with
+            ``decode_responses=True`` raises an error that is also a ``ConfigurationError``.
     """
 
     def __init__(self, config: CacheConfig | None = None, *, client: Any = None) -> None:
@@ -99,7 +104,7 @@ class AsyncCacheManager:
         await self._core.aclose()
 
     async def close(self) -> None:
-        """Alias of :meth:`aclose` (the seed's ``close``), awaitable."""
+        """Alias of :meth:`aclose`, awaitable."""
         await self._core.aclose()
 
     async def __aenter__(self) -> Self:
@@ -228,14 +233,15 @@ class AsyncCacheManager:
         Args:
             text: the embedded text.
             model: the embedding model; with one, the entry is the model's own (pass it
-                whenever you know it). Without, the seed's model-less key is used.
+                whenever you know it). Without, the model-less key is used.
             dimensions: the vector size the model was asked for, when the model has several.
                 A stored vector of another length is a miss.
             as_numpy: return a numpy array (float32 or float64, as stored) instead of a list.
 
         Returns:
-            The vector exactly as stored, or ``None``. While Redis is unavailable the
-            in-process LRU answers for vectors this process has seen.
+            The vector exactly as stored, or ``None``. During an outage (a fault, an open
+            breaker, a shed call) the in-process LRU answers for vectors this process has
+            seen; not while the cache is disabled or the manager closed.
         """
         return await self._embeddings.get(text, model, dimensions, as_numpy)
 

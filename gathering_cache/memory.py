@@ -4,8 +4,8 @@
 invalidate the affected RAG caches (see :mod:`gathering_cache.invalidation`); ``recall``
 answers unfiltered queries from the RAG cache (5 min) and embeds the query through a
 :class:`~gathering_cache.CachedEmbedder` (24 h), so a repeated recall costs one Redis round
-trip instead of an embedding API call and a vector search. Filtered queries skip the RAG cache
-(the seed's rule).
+trip instead of an embedding API call and a vector search. Filtered queries skip the RAG
+cache.
 
 :class:`InMemoryVectorStore` (cosine similarity; numpy when installed) is shipped for examples
 and tests; any object with ``add`` / ``search`` / ``delete`` (and ``share``) can take its place.
@@ -214,9 +214,10 @@ class MemoryManager:
 
     @classmethod
     def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> MemoryManager:
-        """A manager wired from the environment: the cache (REDIS_*, CACHE_*), the embedder
-        (OPENAI_*), an in-memory vector store, and — on Redis — an event bridge to the other
-        processes, started on first use. :meth:`aclose` releases them.
+        """A manager wired from the environment: the cache (REDIS_*, CACHE_ENABLED,
+        GATHERING_CACHE_*), the embedder (OPENAI_*), an in-memory vector store, and — on
+        Redis — an event bridge to the other processes, started on first use. :meth:`aclose`
+        releases them.
 
         Raises:
             ConfigurationError: OPENAI_API_KEY is not set while OPENAI_BASE_URL is OpenAI's
@@ -450,9 +451,9 @@ class MemoryManager:
         log("recall results not cached (said once): %s", exc)
 
     def invalidate_cache(self, agent_id: int) -> asyncio.Task[int]:
-        """Clear the RAG cache of ``agent_id`` (the seed's ``memory.invalidate_cache``).
+        """Clear the RAG cache of ``agent_id``.
 
-        Usable as written in the seed, without ``await``: this process stops reading the
+        Called from async code, without ``await``: this process stops reading the
         agent's cache at once, and the invalidation runs in the background. Await the
         returned task to wait for it (its result is the number of entries removed).
 

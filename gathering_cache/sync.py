@@ -252,11 +252,11 @@ async def _build(config: CacheConfig | None, client: Any) -> AsyncCacheManager:
 
 
 class CacheManager:
-    """Redis cache with graceful degradation, with the seed's synchronous API.
+    """Redis cache with graceful degradation, with a synchronous API.
 
-    Connects in its constructor, like the seed: ``is_enabled()`` then tells whether Redis
-    answered. Every method has the same name, arguments and return value as on
-    :class:`AsyncCacheManager` and the same behaviour, because it runs that code.
+    Connects in its constructor: ``is_enabled()`` then tells whether Redis answered. Every
+    method has the same name, arguments and return value as on :class:`AsyncCacheManager`
+    and the same behaviour, because it runs that code.
 
     Args:
         config: the configuration; ``CacheConfig()`` when omitted.

@@ -1,4 +1,4 @@
-"""Cache warming: pre-populate the RAG cache with common queries (the seed's Example 3)."""
+"""Cache warming: pre-populate the RAG cache with common queries."""
 
 from __future__ import annotations
 
