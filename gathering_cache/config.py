@@ -634,16 +634,20 @@ def _url_settings(url: str, source: str) -> dict[str, tuple[Any, str]]:
         if not parts.path:
             raise fail("a unix:// URL needs a socket path (unix:///run/redis.sock)")
         settings["ssl"] = (False, "the unix:// scheme")
-        settings["db"] = (0, "the URL")  # ?db= below, else 0: the URL is the whole location
     else:
         if not parts.hostname:
             raise fail(f"a {parts.scheme}:// URL needs a host")
         settings["host"] = (unquote(parts.hostname), "the URL's host")
-        settings["port"] = (_url_port(parts.netloc, fail), "the URL's port")
+        # Like redis-py's from_url: a port or db the URL leaves out comes from the fields
+        # (REDIS_PORT / REDIS_DB, or their defaults), not from a default of the URL's own.
+        port = _url_port(parts.netloc, fail)
+        if port is not None:
+            settings["port"] = (port, "the URL's port")
         db_path = unquote(parts.path).replace("/", "")
         if db_path and not db_path.isdigit():
             raise fail(f"the path of a {parts.scheme}:// URL is the db number (/0, /1 ...)")
-        settings["db"] = (int(db_path) if db_path else 0, "the URL's path")
+        if db_path:
+            settings["db"] = (int(db_path), "the URL's path")
         settings["ssl"] = (parts.scheme == "rediss", f"the {parts.scheme}:// scheme")
     # Like redis-py: the user info, percent-decoded; an empty user or password is not one.
     if parts.username:
@@ -692,15 +696,15 @@ def _decode_responses_off(value: str) -> bool:
         return False
 
 
-def _url_port(netloc: str, fail: Callable[[str], ConfigurationError]) -> int:
-    """The port of ``netloc`` (6379 when absent), with a message that names it."""
+def _url_port(netloc: str, fail: Callable[[str], ConfigurationError]) -> int | None:
+    """The port of ``netloc`` (``None`` when absent), with a message that names it."""
     hostport = netloc.rpartition("@")[2]
     text = hostport.rpartition("]")[2] if hostport.startswith("[") else hostport
     if ":" not in text:
-        return 6379
+        return None
     port = text.rpartition(":")[2]
     if port == "":
-        return 6379
+        return None
     # The text after "host:" is not echoed: in "redis://user:password" (no @host) it is a
     # password.
     if not port.isascii() or not port.isdigit():

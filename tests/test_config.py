@@ -446,15 +446,30 @@ def test_the_url_location_wins_over_the_seed_variables(monkeypatch: pytest.Monke
 @pytest.mark.parametrize(
     ("url", "db"),
     [
-        ("redis://h", 0),
+        ("redis://h", 9),  # as redis-py's from_url(url, db=9): the URL names no db
         ("redis://h/5", 5),
         ("redis://h/5?db=6", 6),  # redis-py: ?db= before the path
         ("unix:///run/redis.sock?db=2", 2),
-        ("unix:///run/redis.sock", 0),
+        ("unix:///run/redis.sock", 9),
     ],
 )
 def test_the_url_db(url: str, db: int) -> None:
     assert CacheConfig(url=url, db=9).db == db
+    if db == 9:  # the URL names no db: the field's default
+        assert CacheConfig(url=url).db == 0
+
+
+def test_a_port_or_db_the_url_leaves_out_comes_from_the_fields(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The reviewer's reproduction: the cache would have written to (and clear_all deleted
+    # from) another database than the one configured.
+    assert CacheConfig(url="redis://h", db=3, port=6380).db == 3
+    assert CacheConfig(url="redis://h", port=6380).port == 6380
+    assert CacheConfig(url="redis://h:7000/1", port=6380, db=3).port == 7000
+    monkeypatch.setenv("REDIS_URL", "redis://h")
+    monkeypatch.setenv("REDIS_DB", "3")
+    assert CacheConfig.from_env().db == 3
 
 
 def test_ssl_follows_the_scheme() -> None:
