@@ -12,7 +12,7 @@ MATRIX ?= 3.10 3.11 3.12 3.13
 LOWEST_PYTHON ?= 3.10
 
 .PHONY: install demo test test-unit test-integration test-matrix test-lowest lint format \
-	typecheck examples bench bench-quick clean
+	typecheck examples docs bench bench-quick clean
 
 # `pip install --group` needs pip >= 25.1, hence the upgrade first.
 $(STAMP): pyproject.toml
@@ -80,6 +80,9 @@ typecheck: $(STAMP)
 
 examples: $(STAMP) ## run every example (memory backend and real Redis)
 	$(PY) -m pytest tests/test_examples.py
+
+docs: $(STAMP) ## run every python snippet of README.md and docs/*.md (memory backend and real Redis)
+	$(PY) -m pytest tests/test_docs.py
 
 BENCH_STAMP := $(VENV)/.bench-installed
 

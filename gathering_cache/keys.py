@@ -2,18 +2,20 @@
 
 All keys live under the configured ``key_prefix`` (``gathering:`` by default)::
 
-    <prefix>embedding:<16 hex of sha256(text)>              the seed's, no model
+    <prefix>embedding:<16 hex of sha256(text)>              no model (the original design's)
     <prefix>embedding:<model>[:<dimensions>]:<hash>          with a model
     <prefix>rag:agent:<agent_id>:<16 hex of sha256(query)>
     <prefix>rag:gen:<agent_id> / rag:gen:all                  RAG generation counters
     <prefix>rag:entries:<agent_id>                            the agent's entry keys (a sorted
                                                               set scored by expiry)
-
-Every key expires, counters and index sets included.
     <prefix>circle:<circle_id>
-    <prefix>llm:<namespace>:<32 hex of sha256(request)>
+    <prefix>llm:ns-<namespace>:<32 hex of sha256(request)>   namespace percent-encoded
+    <prefix>llm:shared:<32 hex of sha256(request)>            no namespace
     <prefix>lock:<key without prefix>                         single-flight locks
     <prefix>events                                            the event bridge's channel
+
+Every key the library writes expires, RAG counters and indexes included (the event channel
+is a pub/sub channel, not a key).
 
 User text is hashed, never embedded in a key, so glob metacharacters in a query cannot turn
 into a pattern. The argument checks used by every public operation live here too.
@@ -61,7 +63,7 @@ NAMESPACES: Final = (EMBEDDING, RAG, CIRCLE, LLM, GENERIC)
 
 
 def text_hash(text: str) -> str:
-    """The seed's text digest: the first 16 hex characters of SHA-256 of the UTF-8 text."""
+    """The text digest: the first 16 hex characters of SHA-256 of the UTF-8 text."""
     return hashlib.sha256(_utf8(text, "text")).hexdigest()[:16]
 
 
@@ -212,7 +214,7 @@ class KeySpace:
         self.prefix = prefix
 
     def embedding(self, text: str, model: str | None = None, dimensions: int | None = None) -> str:
-        """``<prefix>embedding:<hash>`` (the seed's) with no model, else
+        """``<prefix>embedding:<hash>`` with no model (the original design's), else
         ``<prefix>embedding:<model>:<hash>`` or ``<prefix>embedding:<model>:<dims>:<hash>``.
 
         The model is percent-encoded (``:`` and glob metacharacters included), so two models,

@@ -1,8 +1,8 @@
 """RAG results cache: (agent, query) -> recalled memories, 5 min by default.
 
-Keys: ``<prefix>rag:agent:<agent_id>:<16 hex of sha256(query)>`` (the seed's). Only
-unfiltered recall queries belong here (the seed's rule): a filtered query's results depend on
-more than the query text, so :class:`~gathering_cache.MemoryManager` skips the cache for them.
+Keys: ``<prefix>rag:agent:<agent_id>:<16 hex of sha256(query)>`` (the original design's).
+Only unfiltered recall queries belong here: a filtered query's results depend on more than
+the query text, so :class:`~gathering_cache.MemoryManager` skips the cache for them.
 
 Invalidation never scans the keyspace. Each agent has a generation counter
 (``<prefix>rag:gen:<agent_id>``) and there is one for everyone (``<prefix>rag:gen:all``); an
@@ -67,7 +67,7 @@ class RagCache:
         self._owed: set[int] = set()
         self._owed_all = False
         # The generation seen at each recent miss, for a write that does not pass one (the
-        # seed's get -> compute -> set): results computed across an invalidation stay stale.
+        # plain get -> compute -> set): results computed across an invalidation stay stale.
         self._seen: OrderedDict[str, Generation] = OrderedDict()
 
     async def _bump(self, agent_id: int | None) -> bool:
