@@ -32,6 +32,7 @@ of its live entries.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -50,6 +51,9 @@ Generation = tuple[int, int]
 Opaque values: compare them, never do arithmetic on them."""
 
 _SEEN_MAX = 10_000
+_SEEN_WINDOW = 60.0
+"""Seconds a recorded miss waits for its write: a recall that computes for longer, without
+passing ``generation=``, is stored under the generation current at its write."""
 _OWED_MAX = 10_000
 """Agents whose invalidation is owed, beyond which one global invalidation is owed instead
 (it invalidates them all): memory stays bounded through a long outage."""
@@ -68,7 +72,9 @@ class RagCache:
         self._owed_all = False
         # The generation seen at each recent miss, for a write that does not pass one (the
         # plain get -> compute -> set): results computed across an invalidation stay stale.
-        self._seen: OrderedDict[str, Generation] = OrderedDict()
+        # Per key: [the oldest generation among misses still waiting for their write, how
+        # many are waiting, when the oldest was seen].
+        self._seen: OrderedDict[str, list[Any]] = OrderedDict()
 
     async def _bump(self, agent_id: int | None) -> bool:
         """Increment one generation counter (creating it if absent); False when unavailable."""
@@ -171,7 +177,7 @@ class RagCache:
             self._core.stats.write_failures += 1
             return False
         if generation is None:
-            generation = self._seen.pop(key, None)
+            generation = self._take(key)
         # The counters must outlive the entry (else it turns into a miss early): extend them
         # first. The same call creates them if absent and reads them for the stale check.
         current = await self._current(agent_id, expiry)
@@ -240,7 +246,31 @@ class RagCache:
         return None
 
     def _remember(self, key: str, generation: Generation) -> None:
-        self._seen[key] = generation
+        """Record a miss of ``key`` under ``generation``. While earlier misses of the key
+        still wait for their write, the oldest generation is kept: two coroutines that miss
+        on either side of an invalidation must not let the first one's (stale) results be
+        stored under the second one's (current) generation."""
+        now = time.monotonic()
+        record = self._seen.get(key)
+        if record is not None and now - record[2] < _SEEN_WINDOW:
+            record[1] += 1
+        else:
+            self._seen[key] = [generation, 1, now]
         self._seen.move_to_end(key)
         if len(self._seen) > _SEEN_MAX:
             self._seen.popitem(last=False)
+
+    def _take(self, key: str) -> Generation | None:
+        """The generation a write without ``generation=`` is stored under (see
+        :meth:`_remember`); ``None`` when no recent miss of the key is waiting."""
+        record = self._seen.get(key)
+        if record is None:
+            return None
+        if time.monotonic() - record[2] >= _SEEN_WINDOW:
+            del self._seen[key]  # too old to tell: the current generation is read instead
+            return None
+        record[1] -= 1
+        if record[1] <= 0:
+            del self._seen[key]
+        generation: Generation = record[0]
+        return generation

@@ -123,7 +123,8 @@ async def test_a_redis_index_drops_members_whose_entries_expired(make_cache: Fac
 
 # -- corrupt counters ---------------------------------------------------------------------
 
-CORRUPTIONS = [b"garbage", b"1.5", b"-3", b"", b" 7", b"9" * 16, "list"]
+# b"00123": digits Redis's INCRBY refuses (a leading zero) must not pass for a counter.
+CORRUPTIONS = [b"garbage", b"1.5", b"-3", b"", b" 7", b"9" * 16, b"00123", "list"]
 
 
 @pytest.mark.parametrize("corruption", CORRUPTIONS, ids=repr)
@@ -167,7 +168,7 @@ async def test_a_corrupt_counter_makes_misses_and_is_repaired(
         assert breaker["consecutive_failures"] == 0
 
 
-@pytest.mark.parametrize("corruption", [b"garbage", b"1.5"], ids=repr)
+@pytest.mark.parametrize("corruption", [b"garbage", b"1.5", b"00123"], ids=repr)
 async def test_a_write_never_goes_around_a_corrupt_counter(
     make_cache: Factory, backend: str, corruption: bytes
 ) -> None:
@@ -356,3 +357,59 @@ async def test_owed_invalidations_stay_bounded_through_a_long_outage() -> None:
     assert not rag._owed
     assert not rag._owed_all
     await cache.aclose()
+
+
+async def test_misses_on_either_side_of_an_invalidation_never_store_stale_results(
+    make_cache: Factory, backend: str
+) -> None:
+    """Two coroutines of one process miss the same key, one before and one after an
+    invalidation, then write without ``generation=``: the first one's results (computed
+    before the invalidation) must not be stored under the second one's generation."""
+    cache = await make_cache()
+    other = await peer(make_cache, backend, cache)
+    assert await cache.get_rag_results(3, "q") is None  # A misses
+    await other.invalidate_rag_results(3)  # the agent's memories change
+    assert await cache.get_rag_results(3, "q") is None  # B misses
+    assert await cache.set_rag_results(3, "q", R1) is True  # A's results, computed before
+    assert await other.get_rag_results(3, "q") is None  # never served
+    await cache.set_rag_results(3, "q", R2)  # B's: skipped too (safe: a missed write)
+    assert await other.get_rag_results(3, "q") is None
+    generation = await cache.get_rag_generation(3)
+    await cache.set_rag_results(3, "q", R2, generation=generation)
+    assert await other.get_rag_results(3, "q") == R2
+
+
+@pytest.mark.integration
+async def test_counters_work_for_a_user_without_scripts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An ACL without +@scripting refuses EVAL: RAG invalidation must still reach Redis
+    (plain commands), or another process would keep serving stale results."""
+    from tests.conftest import require_redis_server
+
+    require_redis_server()
+    server = RedisServer(
+        "--user", "default", "off",
+        "--user", "admin", "on", ">admin-pw", "~*", "&*", "+@all",
+        "--user", "app", "on", ">app-pw", "~*", "&*", "+@all", "-@scripting",
+        username="admin", password="admin-pw", auth_only=True,
+    )  # fmt: skip
+    server.start()
+    try:
+        config = CacheConfig(host="127.0.0.1", port=server.port, username="app", password="app-pw")
+        async with AsyncCacheManager(config) as cache, AsyncCacheManager(config) as other:
+            assert await cache.set_rag_results(1, "q", R1) is True
+            assert await other.get_rag_results(1, "q") == R1
+            assert await cache.invalidate_rag_results(1) == 1
+            assert await other.get_rag_results(1, "q") is None
+            generation = await cache.get_rag_generation(1)
+            assert generation is not None
+            key = KEYS.rag_generation(1)
+            await raw_client(cache).set(key, b"garbage")  # repaired without a script too
+            assert await cache.invalidate_rag_results(1) == 0
+            assert parse_counter(await raw_client(cache).get(key)) is not None
+            assert await raw_client(cache).ttl(key) > 0
+            assert cache.is_enabled()
+        assert "refuses scripts" in caplog.text
+    finally:
+        server.cleanup()

@@ -30,8 +30,10 @@ def fresh_counter() -> int:
 
 def parse_counter(raw: object) -> int | None:
     """The value of a stored counter; ``None`` when ``raw`` is not one (absent, or bytes
-    that are not 1 to :data:`COUNTER_DIGITS` ASCII digits)."""
+    that are not 1 to :data:`COUNTER_DIGITS` ASCII digits without a leading zero)."""
     if not isinstance(raw, bytes) or not 0 < len(raw) <= COUNTER_DIGITS or not raw.isdigit():
+        return None
+    if raw[0] == 0x30 and len(raw) > 1:  # "007": Redis's INCRBY refuses leading zeros
         return None
     return int(raw)
 

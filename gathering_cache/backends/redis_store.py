@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -25,6 +26,7 @@ from gathering_cache.backends.base import (
     Store,
     Subscriber,
     fresh_counter,
+    parse_counter,
 )
 from gathering_cache.errors import BackendError
 
@@ -40,6 +42,7 @@ try:
         AskError,
         ClusterDownError,
         DataError,
+        NoPermissionError,
         OutOfMemoryError,
         ReadOnlyError,
         RedisClusterException,
@@ -58,6 +61,8 @@ if TYPE_CHECKING:
     from gathering_cache.config import CacheConfig
 
 __all__ = ["REDIS_AVAILABLE", "RedisStore", "build_client"]
+
+logger = logging.getLogger(__name__)
 
 SCAN_COUNT = 1000
 """SCAN COUNT hint: ~26x faster than the default 10 on a large keyspace (docs/benchmarks)."""
@@ -104,6 +109,15 @@ def _reply_code(exc: BaseException, message: str) -> str | None:
     return word if word.isupper() and word.isalpha() else None
 
 
+def _scripts_refused(exc: ResponseError) -> bool:
+    """Whether an error reply to EVAL says scripts are not allowed here (an ACL without
+    +@scripting, a proxy or managed Redis without EVAL), not that this call failed."""
+    if isinstance(exc, NoPermissionError):
+        return True
+    message = str(exc).lower()
+    return "unknown command" in message and "eval" in message
+
+
 def _short(value: object) -> str:
     """A reply (or the error parsing it) for a message: its type and size, not its data,
     which may be someone's cached value."""
@@ -124,7 +138,7 @@ _COUNTER = """
 local value = false
 if redis.call('type', KEYS[1])['ok'] == 'string' then
   local raw = redis.call('get', KEYS[1])
-  if string.len(raw) <= DIGITS and string.find(raw, '^[0-9]+$') then
+  if string.len(raw) <= DIGITS and (raw == '0' or string.find(raw, '^[1-9][0-9]*$')) then
     if ARGV[2] == '0' then
       value = tonumber(raw)
     else
@@ -246,6 +260,9 @@ class RedisStore(Store):
             "Callable[..., Awaitable[list[bytes | None]]]",
             getattr(client, "mget_nonatomic", client.mget),
         )
+        # Whether EVAL may be used: an ACL without +@scripting (or a proxy without scripts)
+        # refuses it, and the counters fall back to plain commands (see counters()).
+        self._scripts = True
         # RedisClusterException (cluster unreachable, slots not covered) is not a RedisError.
         # BackendError (a reply of the wrong shape) is a ConnectionError, hence an OSError:
         # listed for clarity.
@@ -472,6 +489,52 @@ class RedisStore(Store):
     async def counters(self, keys: Sequence[str], amount: int, ttl: int) -> list[int]:
         if not keys:
             return []
+        if self._scripts:
+            try:
+                return await self._counters_by_script(keys, amount, ttl)
+            except ResponseError as exc:
+                if not _scripts_refused(exc):
+                    raise
+                self._scripts = False
+                logger.warning(
+                    "Redis refuses scripts (%s) at %s; RAG generation counters use plain "
+                    "commands instead",
+                    exc,
+                    self.where,
+                )
+        return [await self._counter_by_commands(key, amount, ttl) for key in keys]
+
+    async def _counter_by_commands(self, key: str, amount: int, ttl: int) -> int:
+        """The counter operation without a script, for servers that refuse EVAL: one MULTI
+        on one key (one slot) creates the counter if absent, adds ``amount`` (or reads it)
+        and extends its expiry; a value that is not a counter is then repaired with a fresh
+        one, which is no less safe than the script (a repaired counter invalidates)."""
+        ttl_ms = ttl * 1000
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.set(key, fresh_counter(), nx=True, px=ttl_ms)
+            if amount:
+                pipe.incrby(key, amount)
+            else:
+                pipe.get(key)
+            pipe.pexpire(key, ttl_ms, nx=True)  # GT alone treats "no expiry" as infinite
+            pipe.pexpire(key, ttl_ms, gt=True)
+            replies = await self._replies("MULTI", pipe.execute(raise_on_error=False))
+        if len(replies) != 4:
+            raise self._malformed("MULTI", replies)
+        reply = replies[1]
+        if isinstance(reply, int) and not isinstance(reply, bool):
+            value = parse_counter(str(reply).encode())
+        else:
+            value = parse_counter(reply)
+        if value is not None:
+            return value
+        if isinstance(reply, BaseException) and not self.is_data_error(reply):
+            raise reply
+        value = fresh_counter()
+        await self._client.set(key, value, px=ttl_ms)
+        return value
+
+    async def _counters_by_script(self, keys: Sequence[str], amount: int, ttl: int) -> list[int]:
         if len(keys) == 1:
             args = self._counter_args(amount, ttl)
             return [await self._integer("EVAL", self._client.eval(_COUNTER, 1, keys[0], *args))]
