@@ -122,8 +122,7 @@ def _short(value: object) -> str:
     """A reply (or the error parsing it) for a message: its type and size, not its data,
     which may be someone's cached value."""
     if isinstance(value, BaseException):
-        text = f"{type(value).__name__}: {value}"
-        return text if len(text) <= 80 else f"{text[:77]}..."
+        return type(value).__name__  # its message may quote the reply, i.e. cached data
     if isinstance(value, (bytes, str, list, tuple, set, dict)):
         return f"{type(value).__name__} of length {len(value)}"
     return "None" if value is None else type(value).__name__
