@@ -81,7 +81,9 @@ def test_url_query_parameters_are_checked(url: str, match: str) -> None:
 
 
 def test_url_db_is_reported_as_redis_py_reads_it() -> None:
-    assert CacheConfig(url="redis://h:6379", db=3).endpoint()["db"] == 0
+    # redis-py's ConnectionPool.from_url(url, db=3) keeps db 3 when the URL names none.
+    assert CacheConfig(url="redis://h:6379", db=3).endpoint()["db"] == 3
+    assert CacheConfig(url="redis://h:6379").endpoint()["db"] == 0
     assert CacheConfig(url="redis://h:6379/2?db=5").endpoint()["db"] == 5
     assert CacheConfig(url="redis://h:6379/7").endpoint()["db"] == 7
 
