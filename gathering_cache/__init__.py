@@ -8,9 +8,14 @@ Import everything from here::
 
 from __future__ import annotations
 
+from gathering_cache.agents.agent_memory import InMemoryVectorStore, MemoryManager, VectorStore
+from gathering_cache.agents.cached_embedder import CachedEmbedder, EmbedderStats, EmbeddingService
+from gathering_cache.agents.completions import cached_completion
+from gathering_cache.agents.providers import EmbeddingProvider, OpenAIEmbeddings
+from gathering_cache.agents.warming import WarmProgress, WarmReport, warm_rag_cache
 from gathering_cache.backends import REDIS_AVAILABLE
+from gathering_cache.caches.llm import is_deterministic
 from gathering_cache.config import CacheConfig
-from gathering_cache.embedder import CachedEmbedder, EmbedderStats, EmbeddingService
 from gathering_cache.errors import (
     ArgumentTypeError,
     BackendError,
@@ -21,14 +26,11 @@ from gathering_cache.errors import (
     ProviderError,
     SerializationError,
 )
-from gathering_cache.events import Event, EventBus, EventType, RedisEventBridge
-from gathering_cache.invalidation import CacheInvalidator
-from gathering_cache.llm import cached_completion, is_deterministic
+from gathering_cache.events.bridge import RedisEventBridge
+from gathering_cache.events.bus import Event, EventBus, EventType
+from gathering_cache.events.invalidation import CacheInvalidator
 from gathering_cache.manager import AsyncCacheManager
-from gathering_cache.memory import InMemoryVectorStore, MemoryManager, VectorStore
-from gathering_cache.providers import EmbeddingProvider, OpenAIEmbeddings
 from gathering_cache.sync import CacheManager
-from gathering_cache.warming import WarmProgress, WarmReport, warm_rag_cache
 
 __version__ = "0.1.0"
 

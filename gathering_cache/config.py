@@ -38,8 +38,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from typing_extensions import Self
 
+from gathering_cache.core.keys import MAX_TTL
 from gathering_cache.errors import ConfigurationError
-from gathering_cache.keys import MAX_TTL
 
 __all__ = ["CacheConfig"]
 

@@ -12,14 +12,14 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from gathering_cache.circle import CircleCache
+from gathering_cache.caches.circle import CircleCache
+from gathering_cache.caches.embeddings import EmbeddingCache
+from gathering_cache.caches.llm import LLMCache
+from gathering_cache.caches.rag import RagCache
 from gathering_cache.config import CacheConfig
-from gathering_cache.core import CacheCore, checked_items
-from gathering_cache.embeddings import EmbeddingCache
+from gathering_cache.core.engine import CacheCore, checked_items
+from gathering_cache.core.keys import GENERIC, check_key, check_ttl
 from gathering_cache.errors import ArgumentTypeError
-from gathering_cache.keys import GENERIC, check_key, check_ttl
-from gathering_cache.llm import LLMCache
-from gathering_cache.rag import RagCache
 
 if TYPE_CHECKING:
     import numpy as np
@@ -352,7 +352,8 @@ class AsyncCacheManager:
         """Clear all cached RAG results of ``agent_id``; the number of entries removed.
 
         Never scans: the agent's generation counter is incremented (after which none of its
-        entries is readable) and its indexed entries are unlinked; see :mod:`gathering_cache.rag`.
+        entries is readable) and its indexed entries are unlinked; see
+        :mod:`gathering_cache.caches.rag`.
         """
         return await self._rag.invalidate(agent_id)
 

@@ -34,7 +34,7 @@ from gathering_cache import (
     is_deterministic,
     warm_rag_cache,
 )
-from gathering_cache.encoding import encode_vector
+from gathering_cache.core.encoding import encode_vector
 from tests.conftest import Factory
 from tests.servers import RedisServer
 from tests.stub_openai import StubEmbeddingServer, vector_for
@@ -399,7 +399,7 @@ async def test_planted_non_finite_vectors_are_misses(
 
 
 def test_large_finite_vectors_still_decode() -> None:
-    from gathering_cache.encoding import decode_vector
+    from gathering_cache.core.encoding import decode_vector
 
     for vector in ([3.0e38, -2.0e38, 1.0], [1e300, -1e308]):
         assert decode_vector(encode_vector(vector)).tolist() == vector

@@ -25,7 +25,7 @@ from gathering_cache import (
     InvalidArgumentError,
 )
 from gathering_cache.backends.redis_store import RedisStore
-from gathering_cache.keys import MAX_TTL, check_ttl
+from gathering_cache.core.keys import MAX_TTL, check_ttl
 from tests.conftest import require_redis_server
 from tests.servers import RedisServer, free_port
 from tests.test_hostile_server import EXTRA, OPTIONAL, SAMPLES

@@ -130,7 +130,7 @@ async def test_stop_returns_whatever_the_subscription_does(
             assert bridge.connected
         assert not bridge.connected
 
-    with caplog.at_level(logging.WARNING, logger="gathering_cache.events"):
+    with caplog.at_level(logging.WARNING, logger="gathering_cache.events.bus"):
         await finishes(body())
     assert ("did not stop" in caplog.text) is forever
     await cache.aclose()

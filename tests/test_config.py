@@ -741,7 +741,7 @@ def test_an_error_in_a_value_the_url_set_names_the_url(
     ["embedding_ttl", "rag_results_ttl", "circle_context_ttl", "llm_response_ttl", "default_ttl"],
 )
 def test_default_ttls_are_ones_redis_takes(field: str) -> None:
-    from gathering_cache.keys import MAX_TTL
+    from gathering_cache.core.keys import MAX_TTL
 
     longest: dict[str, Any] = {field: MAX_TTL}
     assert getattr(CacheConfig(**longest), field) == MAX_TTL

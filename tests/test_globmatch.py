@@ -1,4 +1,4 @@
-"""The glob matcher (gathering_cache.globmatch) against Redis's own: a table of tricky
+"""The glob matcher (gathering_cache.core.globmatch) against Redis's own: a table of tricky
 patterns and random ones checked against a real redis-server, the cases from the issue
 spelled out, and the pattern that used to backtrack for minutes."""
 
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gathering_cache import AsyncCacheManager
-from gathering_cache.globmatch import compile_glob
+from gathering_cache.core.globmatch import compile_glob
 from tests.conftest import Factory
 from tests.servers import RedisServer
 

@@ -56,5 +56,5 @@ async def test_unhashable_llm_request_warns_once_per_cause(
     assert calls == 6  # answered uncached every time
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2, [r.getMessage() for r in warnings]  # two causes, once each
-    assert all(r.name == "gathering_cache.llm" for r in warnings)
+    assert all(r.name == "gathering_cache.agents.completions" for r in warnings)
     assert all(not r.getMessage().startswith("gathering_cache") for r in caplog.records)

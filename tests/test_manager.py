@@ -176,7 +176,7 @@ async def test_seed_pattern_based_invalidation(cache: AsyncCacheManager) -> None
     assert await cache.get_rag_results(2, "q0") == [{"n": 0}]
     assert await cache.delete_pattern("gathering:embedding:*") == 4
     # agent 2's three entries, the two agents' index sets and the three generation counters
-    # (agent 1, agent 2, all; see gathering_cache.rag)
+    # (agent 1, agent 2, all; see gathering_cache.caches.rag)
     assert await cache.delete_pattern("gathering:*") == 3 + 2 + 3
     assert await cache.get("outside") == "kept"
 

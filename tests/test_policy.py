@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gathering_cache.policy import BreakerState, DegradationPolicy
+from gathering_cache.core.policy import BreakerState, DegradationPolicy
 
 
 class Clock:

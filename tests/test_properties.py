@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gathering_cache import AsyncCacheManager, CacheConfig
-from gathering_cache.globmatch import compile_glob
+from gathering_cache.core.globmatch import compile_glob
 from tests.servers import RedisServer
 
 KEYS = [f"gathering:k{i}" for i in range(5)] + ["gathering:[x]", "gathering:a*b", "other:k0"]

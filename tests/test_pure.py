@@ -8,10 +8,10 @@ import pickle
 import pytest
 
 from gathering_cache import PatternError, SerializationError
-from gathering_cache.encoding import DecodeError, decode, encode
-from gathering_cache.globmatch import compile_glob
-from gathering_cache.keys import KeySpace, check_id, check_key, check_ttl, text_hash
-from gathering_cache.stats import CacheStats, hit_rate
+from gathering_cache.core.encoding import DecodeError, decode, encode
+from gathering_cache.core.globmatch import compile_glob
+from gathering_cache.core.keys import KeySpace, check_id, check_key, check_ttl, text_hash
+from gathering_cache.core.stats import CacheStats, hit_rate
 
 
 def test_text_hash_is_the_seeds() -> None:

@@ -19,7 +19,7 @@ from gathering_cache import AsyncCacheManager, CacheConfig
 from gathering_cache.backends import MemoryStore
 from gathering_cache.backends.base import fresh_counter, parse_counter
 from gathering_cache.backends.redis_store import RedisStore
-from gathering_cache.keys import KeySpace, text_hash
+from gathering_cache.core.keys import KeySpace, text_hash
 from tests.conftest import Factory
 from tests.servers import RedisServer
 

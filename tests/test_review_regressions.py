@@ -31,7 +31,7 @@ from gathering_cache import (
     InvalidArgumentError,
     SerializationError,
 )
-from gathering_cache.policy import DegradationPolicy
+from gathering_cache.core.policy import DegradationPolicy
 from tests.certs import make_certificates
 from tests.conftest import require_redis_server
 from tests.servers import RedisServer, free_port

@@ -207,7 +207,7 @@ def test_circle_context_and_pattern_invalidation(seed_env: str) -> None:
     cache.set_embedding("e", [1.0])  # type: ignore[attr-defined]
     cache.set_circle_context(9, {"n": 9})  # type: ignore[attr-defined]
     run(PATTERN_BASED_INVALIDATION, ns)
-    # Before the reads: a RAG miss creates the agent's generation counters (see rag.py).
+    # Before the reads: a RAG miss creates the agent's generation counters (see caches/rag.py).
     assert cache.get_stats()["total_keys"] == 0  # type: ignore[attr-defined]
     assert cache.get_rag_results(1, "q") is None  # type: ignore[attr-defined]
     assert cache.get_rag_results(2, "q") is None  # type: ignore[attr-defined]

@@ -22,7 +22,7 @@ from gathering_cache.backends.base import (
     fresh_counter,
     parse_counter,
 )
-from gathering_cache.globmatch import compile_glob
+from gathering_cache.core.globmatch import compile_glob
 
 __all__ = ["MemoryStore"]
 

@@ -36,11 +36,11 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from gathering_cache import encoding
 from gathering_cache.backends.base import parse_counter
-from gathering_cache.core import UNAVAILABLE, CacheCore
+from gathering_cache.core import encoding
+from gathering_cache.core.engine import UNAVAILABLE, CacheCore
+from gathering_cache.core.keys import RAG, check_id, check_text, check_ttl
 from gathering_cache.errors import ArgumentTypeError
-from gathering_cache.keys import RAG, check_id, check_text, check_ttl
 
 __all__ = ["Generation", "RagCache"]
 

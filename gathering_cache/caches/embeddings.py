@@ -3,7 +3,7 @@
 Keys: ``<prefix>embedding:<16 hex of sha256(text)>`` with no model, else
 ``<prefix>embedding:<model>[:<dimensions>]:<hash>`` so two models never share an entry.
 
-Vectors are packed floats (see :mod:`gathering_cache.encoding`): float32 when every value is
+Vectors are packed floats (see :mod:`gathering_cache.core.encoding`): float32 when every value is
 exact in float32, float64 otherwise, so what is read back is exactly what was stored. A
 1536-value float32 vector takes 6,146 bytes instead of ~32.6 KB of JSON text. A stored value
 that is not a packed vector, or whose length differs from the dimensions the key promises, is
@@ -23,11 +23,17 @@ from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from gathering_cache import encoding
-from gathering_cache.core import UNAVAILABLE, CacheCore
+from gathering_cache.core import encoding
+from gathering_cache.core.engine import UNAVAILABLE, CacheCore
+from gathering_cache.core.keys import (
+    EMBEDDING,
+    check_dimensions,
+    check_model,
+    check_text,
+    check_ttl,
+)
+from gathering_cache.core.lru import LRU
 from gathering_cache.errors import ArgumentTypeError, InvalidArgumentError
-from gathering_cache.keys import EMBEDDING, check_dimensions, check_model, check_text, check_ttl
-from gathering_cache.lru import LRU
 
 if TYPE_CHECKING:
     import numpy as np

@@ -18,14 +18,14 @@ import httpx
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gathering_cache.errors import ArgumentTypeError, ConfigurationError, ProviderError
-from gathering_cache.keys import (
+from gathering_cache.core.keys import (
     check_count,
     check_dimensions,
     check_model,
     check_number,
     check_text,
 )
+from gathering_cache.errors import ArgumentTypeError, ConfigurationError, ProviderError
 
 __all__ = ["EmbeddingProvider", "OpenAIEmbeddings"]
 

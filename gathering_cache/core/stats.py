@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gathering_cache.keys import NAMESPACES
+from gathering_cache.core.keys import NAMESPACES
 
 __all__ = ["CacheStats", "hit_rate"]
 

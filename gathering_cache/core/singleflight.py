@@ -11,8 +11,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-from gathering_cache.core import UNAVAILABLE, CacheCore
-from gathering_cache.keys import check_lock_ttl, check_number
+from gathering_cache.core.engine import UNAVAILABLE, CacheCore
+from gathering_cache.core.keys import check_lock_ttl, check_number
 
 __all__ = ["OwnerGone", "SingleFlight", "retrieve_exception"]
 

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from gathering_cache.agents.agent_memory import MemoryManager
+from gathering_cache.core.keys import check_id, check_limit, check_text
 from gathering_cache.errors import ArgumentTypeError
-from gathering_cache.keys import check_id, check_limit, check_text
-from gathering_cache.memory import MemoryManager
 
 __all__ = ["WarmProgress", "WarmReport", "warm_rag_cache"]
 

@@ -1,202 +1,29 @@
-"""LLM response cache: deterministic calls answered once, 1 h default.
+"""``cached_completion``: put the LLM response cache in front of an async completion function.
 
-Key: ``<prefix>llm:<ns-namespace | shared>:<32 hex of sha256(canonical request)>``. The
-canonical request is the model, the prompt or messages, and every parameter that changes the output
-(temperature, top_p, seed, max_tokens, tools, response_format, stop, ...), serialised with
-sorted keys, so the same request always gets the same key and any change gets another. Only
-transport parameters (``stream``, ``timeout``, ``extra_headers``, ``api_key``, ``user`` ...)
-are left out. ``namespace`` (an agent, a circle, a user) keeps tenants apart: its segment is
-``ns-<namespace, percent-encoded>``, and ``shared`` when none is given (no namespace can
-produce that).
-
-Only deterministic calls are cached by default: ``temperature == 0`` or a fixed ``seed``.
-Others are skipped (reads return ``None``, writes ``False``, counted as ``llm_skipped``)
-unless the caller passes ``force=True``. Each entry keeps the token usage, so a hit reports
-the tokens it saved.
+Deterministic calls are answered once (see :mod:`gathering_cache.caches.llm` for the key and
+the determinism rule); concurrent equal calls share one execution, here and across processes.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote
+from typing import Any, TypeVar
 
-import orjson
+from gathering_cache.caches.llm import is_deterministic
+from gathering_cache.core.keys import check_namespace, check_ttl
+from gathering_cache.core.singleflight import SingleFlight
+from gathering_cache.errors import ArgumentTypeError, CacheError
+from gathering_cache.manager import AsyncCacheManager
 
-from gathering_cache import encoding
-from gathering_cache.core import CacheCore
-from gathering_cache.errors import (
-    ArgumentTypeError,
-    CacheError,
-    InvalidArgumentError,
-    SerializationError,
-)
-from gathering_cache.keys import LLM, check_model, check_namespace, check_ttl
-from gathering_cache.singleflight import SingleFlight
-
-if TYPE_CHECKING:
-    from gathering_cache.manager import AsyncCacheManager
-
-__all__ = ["TRANSPORT_PARAMS", "LLMCache", "cached_completion", "is_deterministic"]
-
-TRANSPORT_PARAMS = frozenset(
-    {
-        "stream",
-        "stream_options",
-        "timeout",
-        "request_timeout",
-        "extra_headers",
-        "extra_query",
-        "extra_body",
-        "api_key",
-        "api_base",
-        "base_url",
-        "user",
-        "metadata",
-        "store",
-    }
-)
-"""Parameters that do not change a response and are left out of the key."""
+__all__ = ["cached_completion"]
 
 R = TypeVar("R")
 
 logger = logging.getLogger(__name__)
-
-
-def is_deterministic(params: Mapping[str, Any]) -> bool:
-    """Whether a call with these parameters gives the same answer every time (as far as the
-    provider allows): temperature 0, or a fixed seed."""
-    if not isinstance(params, Mapping):
-        raise ArgumentTypeError(f"params must be a mapping, not {type(params).__name__}")
-    temperature = params.get("temperature")
-    return (
-        isinstance(temperature, (int, float))
-        and not isinstance(temperature, bool)
-        and temperature == 0
-    ) or params.get("seed") is not None
-
-
-def _usage_tokens(usage: Any) -> int:
-    if not isinstance(usage, Mapping):
-        return 0
-    total = usage.get("total_tokens")
-    if isinstance(total, int):
-        return total
-    parts = (
-        usage.get(k)
-        for k in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")
-    )
-    return sum(p for p in parts if isinstance(p, int))
-
-
-class LLMCache:
-    """Get, set and invalidate LLM responses through the core."""
-
-    def __init__(self, core: CacheCore) -> None:
-        self._core = core
-
-    def key(
-        self,
-        model: str,
-        prompt: str | None,
-        messages: Any,
-        namespace: str | None,
-        params: Mapping[str, Any],
-    ) -> str:
-        """The cache key of one request; raises on bad arguments."""
-        if check_model(model) is None:
-            raise ArgumentTypeError("model is required")
-        if (prompt is None) == (messages is None):
-            raise InvalidArgumentError("give exactly one of prompt= or messages=")
-        if prompt is not None and not isinstance(prompt, str):
-            raise ArgumentTypeError(f"prompt must be a str, not {type(prompt).__name__}")
-        if messages is not None and not isinstance(messages, (list, tuple)):
-            raise ArgumentTypeError(f"messages must be a list, not {type(messages).__name__}")
-        namespace = check_namespace(namespace)
-        request = {
-            "model": model,
-            "prompt": prompt,
-            "messages": messages,
-            "params": {k: v for k, v in params.items() if k not in TRANSPORT_PARAMS},
-        }
-        try:
-            canonical = orjson.dumps(
-                request, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
-            )
-        except orjson.JSONEncodeError as exc:
-            raise SerializationError(f"cannot hash the LLM request: {exc}") from None
-        digest = hashlib.sha256(canonical).hexdigest()[:32]
-        space = f"ns-{quote(namespace, safe='')}" if namespace is not None else "shared"
-        return f"{self._core.keys.prefix}{LLM}:{space}:{digest}"
-
-    def _cacheable(self, force: bool, params: Mapping[str, Any]) -> bool:
-        if force or is_deterministic(params):
-            return True
-        self._core.stats.llm_skipped += 1
-        return False
-
-    async def get(
-        self,
-        model: str,
-        *,
-        prompt: str | None = None,
-        messages: Any = None,
-        namespace: str | None = None,
-        force: bool = False,
-        params: Mapping[str, Any],
-    ) -> dict[str, Any] | None:
-        key = self.key(model, prompt, messages, namespace, params)
-        if not self._cacheable(force, params):
-            return None
-        return await self.read(key)
-
-    async def read(self, key: str) -> dict[str, Any] | None:
-        entry: dict[str, Any] | None = await self._core.get(key, LLM, _is_entry)
-        if entry is not None:
-            self._core.stats.llm_tokens_saved += _usage_tokens(entry.get("usage"))
-        return entry
-
-    async def set(
-        self,
-        model: str,
-        response: Any,
-        *,
-        prompt: str | None = None,
-        messages: Any = None,
-        usage: Mapping[str, Any] | None = None,
-        namespace: str | None = None,
-        ttl: int | None = None,
-        force: bool = False,
-        params: Mapping[str, Any],
-    ) -> bool:
-        key = self.key(model, prompt, messages, namespace, params)
-        expiry = check_ttl(ttl) or self._core.config.llm_response_ttl
-        if usage is not None and not isinstance(usage, Mapping):
-            raise ArgumentTypeError(f"usage must be a mapping, not {type(usage).__name__}")
-        entry = {
-            "response": response,
-            "usage": dict(usage) if usage is not None else None,
-            "model": model,
-            "created_at": round(time.time(), 3),
-        }
-        data = encoding.encode(entry)  # an unencodable response raises, cacheable or not
-        if not self._cacheable(force, params):
-            return False
-        return await self._core.set_raw(key, data, expiry)
-
-    async def invalidate(self, namespace: str | None) -> int:
-        namespace = check_namespace(namespace)
-        space = f"ns-{quote(namespace, safe='')}" if namespace is not None else "shared"
-        return await self._core.delete_pattern(f"{self._core.keys.prefix}{LLM}:{space}:*")
-
-
-def _is_entry(value: Any) -> bool:
-    return isinstance(value, dict) and "response" in value
 
 
 def cached_completion(
@@ -241,7 +68,7 @@ def cached_completion(
             ``ttl``, ``lock_ttl`` (at least 0.001 s), ``wait_timeout``, or a hook that is not
             callable), when decorating rather than on every call.
     """
-    if not isinstance(getattr(cache, "_core", None), CacheCore):  # manager imports this module
+    if not isinstance(cache, AsyncCacheManager):
         raise ArgumentTypeError(f"cache must be an AsyncCacheManager, not {type(cache).__name__}")
     check_namespace(namespace)
     check_ttl(ttl)

@@ -1,7 +1,7 @@
 """Agent memory with a cached recall: :class:`MemoryManager` over a :class:`VectorStore`.
 
 ``remember`` / ``forget`` / ``share`` change an agent's memories and publish the events that
-invalidate the affected RAG caches (see :mod:`gathering_cache.invalidation`); ``recall``
+invalidate the affected RAG caches (see :mod:`gathering_cache.events.invalidation`); ``recall``
 answers unfiltered queries from the RAG cache (5 min) and embeds the query through a
 :class:`~gathering_cache.CachedEmbedder` (24 h), so a repeated recall costs one Redis round
 trip instead of an embedding API call and a vector search. Filtered queries skip the RAG
@@ -25,14 +25,15 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from gathering_cache import encoding
-from gathering_cache.embedder import BatchFunction, CachedEmbedder
+from gathering_cache.agents.cached_embedder import BatchFunction, CachedEmbedder
+from gathering_cache.agents.providers import EmbeddingProvider
+from gathering_cache.core import encoding
+from gathering_cache.core.keys import check_id, check_limit, check_text
 from gathering_cache.errors import ArgumentTypeError, InvalidArgumentError, SerializationError
-from gathering_cache.events import Event, EventBus, EventType, RedisEventBridge
-from gathering_cache.invalidation import CacheInvalidator
-from gathering_cache.keys import check_id, check_limit, check_text
+from gathering_cache.events.bridge import RedisEventBridge
+from gathering_cache.events.bus import Event, EventBus, EventType
+from gathering_cache.events.invalidation import CacheInvalidator
 from gathering_cache.manager import AsyncCacheManager
-from gathering_cache.providers import EmbeddingProvider
 
 if TYPE_CHECKING:
     from typing_extensions import Self

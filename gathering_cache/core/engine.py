@@ -10,13 +10,13 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from gathering_cache import encoding
 from gathering_cache.backends import Progress, Store, create_store
 from gathering_cache.config import CacheConfig
+from gathering_cache.core import encoding
+from gathering_cache.core.keys import KeySpace, check_key, check_ttl
+from gathering_cache.core.policy import BreakerState, DegradationPolicy
+from gathering_cache.core.stats import CacheStats
 from gathering_cache.errors import ArgumentTypeError
-from gathering_cache.keys import KeySpace, check_key, check_ttl
-from gathering_cache.policy import BreakerState, DegradationPolicy
-from gathering_cache.stats import CacheStats
 
 __all__ = ["UNAVAILABLE", "CacheCore"]
 

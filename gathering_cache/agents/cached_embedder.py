@@ -1,6 +1,6 @@
 """``CachedEmbedder`` (alias ``EmbeddingService``): embeddings never paid for twice.
 
-It wraps any provider, an :class:`~gathering_cache.providers.EmbeddingProvider` or a batch
+It wraps any provider, an :class:`~gathering_cache.agents.providers.EmbeddingProvider` or a batch
 function ``(texts: list[str]) -> list[list[float]]`` (async or sync), and puts the embedding
 cache in front of it:
 
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from gathering_cache.embeddings import check_vector
-from gathering_cache.errors import ArgumentTypeError, ProviderError
-from gathering_cache.keys import (
+from gathering_cache.agents.providers import EmbeddingProvider, OpenAIEmbeddings
+from gathering_cache.caches.embeddings import check_vector
+from gathering_cache.core.keys import (
     check_dimensions,
     check_limit,
     check_lock_ttl,
@@ -37,9 +37,9 @@ from gathering_cache.keys import (
     check_number,
     check_text,
 )
+from gathering_cache.core.singleflight import OwnerGone, retrieve_exception
+from gathering_cache.errors import ArgumentTypeError, ProviderError
 from gathering_cache.manager import AsyncCacheManager
-from gathering_cache.providers import EmbeddingProvider, OpenAIEmbeddings
-from gathering_cache.singleflight import OwnerGone, retrieve_exception
 
 if TYPE_CHECKING:
     from typing_extensions import Self

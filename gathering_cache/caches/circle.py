@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gathering_cache.core import CacheCore
+from gathering_cache.core.engine import CacheCore
+from gathering_cache.core.keys import CIRCLE, check_id, check_ttl
 from gathering_cache.errors import ArgumentTypeError
-from gathering_cache.keys import CIRCLE, check_id, check_ttl
 
 __all__ = ["CircleCache"]
 

@@ -19,7 +19,7 @@ import logging
 from typing import Any
 
 from gathering_cache.errors import ArgumentTypeError
-from gathering_cache.events import Event, EventBus, EventType
+from gathering_cache.events.bus import Event, EventBus, EventType
 from gathering_cache.manager import AsyncCacheManager
 
 __all__ = ["CacheInvalidator"]
