@@ -12,12 +12,13 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+from gathering_cache.backends.base import Capabilities
 from gathering_cache.caches.circle import CircleCache
 from gathering_cache.caches.embeddings import EmbeddingCache
 from gathering_cache.caches.llm import LLMCache
 from gathering_cache.caches.rag import RagCache
 from gathering_cache.config import CacheConfig
-from gathering_cache.core.engine import CacheCore, checked_items
+from gathering_cache.core.engine import CacheCore, Messaging, checked_items
 from gathering_cache.core.keys import GENERIC, check_key, check_ttl
 from gathering_cache.errors import ArgumentTypeError
 
@@ -65,6 +66,7 @@ class AsyncCacheManager:
         self._rag = RagCache(self._core)
         self._circles = CircleCache(self._core)
         self._llm = LLMCache(self._core)
+        self._messaging = Messaging(self._core)
 
     @classmethod
     def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> AsyncCacheManager:
@@ -80,6 +82,19 @@ class AsyncCacheManager:
     def embeddings(self) -> EmbeddingCache:
         """The embedding cache (lower-level: :class:`CachedEmbedder` builds on it)."""
         return self._embeddings
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the store behind this cache is: its backend name, whether it is networked
+        (shared with other processes), loop-bound, its concurrency limit, and why it is
+        disabled (``None`` when it is not)."""
+        return self._core.store.capabilities
+
+    @property
+    def messaging(self) -> Messaging:
+        """Publish / subscribe on the cache's store under its policy (used by
+        :class:`~gathering_cache.RedisEventBridge`)."""
+        return self._messaging
 
     @property
     def llm(self) -> LLMCache:
@@ -474,10 +489,8 @@ class AsyncCacheManager:
         stats: dict[str, Any] = {"enabled": policy.available}
         if not policy.available:
             stats["reason"] = policy.reason or "degraded"
-        stats["backend"] = core.config.backend if core.store.kind == "none" else core.store.kind
+        stats["backend"] = core.store.capabilities.backend
         location: dict[str, Any] = {"host": None, "port": None, "db": None}
-        if core.config.backend == "redis":
-            location.update(core.config.endpoint())
         location.update(core.store.describe())
         stats.update(location)
         stats["key_prefix"] = core.config.key_prefix

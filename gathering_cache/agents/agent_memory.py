@@ -227,7 +227,7 @@ class MemoryManager:
         embedder = CachedEmbedder.from_env(dotenv_path)
         manager = cls(embedder.cache, embedder)
         manager._owned = [embedder]
-        if embedder.cache.config.backend == "redis":
+        if embedder.cache.capabilities.networked:  # events reach other processes
             manager.bridge = RedisEventBridge(manager.bus, embedder.cache)
         return manager
 

@@ -32,17 +32,29 @@ def create_store(config: CacheConfig, client: Any = None) -> Store:
     """
     if client is not None:
         _check_client(client)  # a wrong client is refused even while the cache is disabled
-    if not config.enabled:
-        return NullStore("disabled in config (enabled=False / CACHE_ENABLED=false)")
-    if config.backend == "memory" and client is None:
+    if client is None and config.backend == "memory":
+        if not config.enabled:
+            return NullStore(_DISABLED, backend="memory", describe=_NOWHERE)
         return MemoryStore(config.memory_max_entries)
+    describe = _client_location(client) if client is not None else config.endpoint()
+    if not config.enabled:
+        return NullStore(_DISABLED, backend="redis", describe=describe)
     if not REDIS_AVAILABLE:
-        return NullStore("redis library not installed (pip install 'redis[hiredis]')")
+        return NullStore(
+            "redis library not installed (pip install 'redis[hiredis]')",
+            backend="redis",
+            describe=describe,
+        )
     from gathering_cache.backends.redis_store import RedisStore, build_client
 
+    limit = config.max_connections  # the pool's size: the policy keeps calls within it
     if client is not None:
-        return RedisStore(client, owned=False, describe=_client_location(client))
-    return RedisStore(build_client(config), owned=True, describe=config.endpoint())
+        return RedisStore(client, owned=False, describe=describe, concurrency=limit)
+    return RedisStore(build_client(config), owned=True, describe=describe, concurrency=limit)
+
+
+_DISABLED = "disabled in config (enabled=False / CACHE_ENABLED=false)"
+_NOWHERE: dict[str, Any] = {"host": None, "port": None, "db": None}
 
 
 class _UnusableClientError(ConfigurationError, ArgumentTypeError):

@@ -11,9 +11,18 @@ from __future__ import annotations
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["COUNTER_DIGITS", "Progress", "Store", "Subscriber", "fresh_counter", "parse_counter"]
+__all__ = [
+    "COUNTER_DIGITS",
+    "Capabilities",
+    "Progress",
+    "Store",
+    "Subscriber",
+    "fresh_counter",
+    "parse_counter",
+]
 
 COUNTER_DIGITS = 15
 """A counter is stored as at most this many decimal digits: below 2**53, so Lua (whose
@@ -65,11 +74,31 @@ class Subscriber(ABC):
         """Unsubscribe and release the connection; never raises."""
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What the core needs to know about a store, declared by the store itself: the core
+    adapts to these, and never asks which backend (or topology) it is talking to."""
+
+    backend: str
+    """The name shown in stats (``"redis"``, ``"memory"``)."""
+    networked: bool
+    """Calls leave the process (a round trip, and faults): an in-process layer in front of
+    the store (the embedding LRU) earns its place, and events reach other processes."""
+    loop_bound: bool
+    """Its connections belong to the event loop that opened them: one manager per loop."""
+    concurrency: int | None = None
+    """The most calls it serves at once (a pool's size); more wait for a slot, and one that
+    cannot get it in time is shed. ``None``: no limit."""
+    disabled: str | None = None
+    """Why the store can never answer (the cache disabled, the redis library missing), or
+    ``None``: such a store is never called, and the cache runs degraded from the start."""
+
+
 class Store(ABC):
     """Narrow async key-value interface over bytes with TTLs."""
 
-    #: Short name shown in stats: "redis", "memory", ...
-    kind: str = "abstract"
+    #: What the core adapts to (see :class:`Capabilities`).
+    capabilities: Capabilities
     #: Exceptions that mean "the store is unavailable", never "the caller made a mistake".
     fault_types: tuple[type[BaseException], ...] = ()
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gathering_cache.backends.base import (
+    Capabilities,
     Progress,
     Store,
     Subscriber,
@@ -33,7 +34,7 @@ _Value = bytes | dict[str, float]
 class MemoryStore(Store):
     """A bounded LRU of bytes with per-entry expiry. Not shared between processes."""
 
-    kind = "memory"
+    capabilities = Capabilities(backend="memory", networked=False, loop_bound=False)
     fault_types = ()
 
     def __init__(

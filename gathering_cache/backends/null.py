@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from gathering_cache.backends.base import Progress, Store, Subscriber
+from gathering_cache.backends.base import Capabilities, Progress, Store, Subscriber
 from gathering_cache.errors import BackendError
 
 __all__ = ["NullStore"]
@@ -14,11 +14,17 @@ __all__ = ["NullStore"]
 class NullStore(Store):
     """Every operation fails with :class:`BackendError`; the policy answers degraded."""
 
-    kind = "none"
     fault_types = (BackendError,)
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, backend: str, describe: dict[str, Any]) -> None:
         self.reason = reason
+        self.capabilities = Capabilities(
+            backend=backend, networked=False, loop_bound=False, disabled=reason
+        )
+        self._describe = describe
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self._describe)
 
     def _fail(self) -> NoReturn:
         raise BackendError(self.reason)

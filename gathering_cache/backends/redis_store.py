@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from gathering_cache.backends.base import (
     COUNTER_DIGITS,
+    Capabilities,
     Progress,
     Store,
     Subscriber,
@@ -247,9 +248,17 @@ async def _bounded_310(awaitable: Awaitable[Any], timeout: float) -> Any:  # pra
 class RedisStore(Store):
     """A store on a ``redis.asyncio`` client (built from config, or injected)."""
 
-    kind = "redis"
-
-    def __init__(self, client: Redis, *, owned: bool, describe: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        owned: bool,
+        describe: dict[str, Any],
+        concurrency: int | None = None,
+    ) -> None:
+        self.capabilities = Capabilities(
+            backend="redis", networked=True, loop_bound=True, concurrency=concurrency
+        )
         self._client = client
         self._owned = owned
         self._describe = describe

@@ -130,8 +130,8 @@ class EmbeddingCache:
 
     def __init__(self, core: CacheCore) -> None:
         self._core = core
-        # The memory backend is in-process already: an LRU in front of it would only copy.
-        size = core.config.embedding_lru_size if core.store.kind != "memory" else 0
+        # An in-process store needs no in-process copy in front of it.
+        size = core.config.embedding_lru_size if core.store.capabilities.networked else 0
         self.lru = LRU(size)
         core.on_delete(self.lru.forget)
 

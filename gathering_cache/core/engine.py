@@ -11,14 +11,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gathering_cache.backends import Progress, Store, create_store
+from gathering_cache.backends.base import Subscriber
 from gathering_cache.config import CacheConfig
 from gathering_cache.core import encoding
 from gathering_cache.core.keys import KeySpace, check_key, check_ttl
 from gathering_cache.core.policy import BreakerState, DegradationPolicy
 from gathering_cache.core.stats import CacheStats
-from gathering_cache.errors import ArgumentTypeError
+from gathering_cache.errors import ArgumentTypeError, BackendError
 
-__all__ = ["UNAVAILABLE", "CacheCore"]
+__all__ = ["UNAVAILABLE", "CacheCore", "Messaging"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +55,13 @@ class CacheCore:
             operation_timeout=config.operation_timeout,
             failure_threshold=config.failure_threshold,
             recovery_interval=config.recovery_interval,
-            max_concurrency=config.max_connections if self.store.kind == "redis" else None,
+            max_concurrency=self.store.capabilities.concurrency,
             is_data_error=self.store.is_data_error,
         )
         # The endpoint (redacted URL or host:port) for error messages and the outage reason.
         self.policy.endpoint = getattr(self.store, "where", None)
-        reason = getattr(self.store, "reason", None)
-        if isinstance(reason, str):  # NullStore: disabled, or redis missing
+        reason = self.store.capabilities.disabled
+        if reason is not None:  # disabled in config, or redis missing: never called
             self.policy.disable(reason)
             if config.enabled:
                 logger.warning("%s; running without cache (degraded mode)", reason)
@@ -82,7 +83,7 @@ class CacheCore:
 
     async def connect(self) -> bool:
         """PING the store once; on failure the policy opens (degraded) and retries later."""
-        if self._loop is None and self.store.kind == "redis":
+        if self._loop is None and self.store.capabilities.loop_bound:
             self._loop = asyncio.get_running_loop()
         if self._connected:
             return self.policy.available
@@ -119,7 +120,7 @@ class CacheCore:
                 "this AsyncCacheManager is bound to the event loop it first ran on (its "
                 "connections belong to that loop); create one manager per event loop"
             )
-        if self.store.kind == "redis":
+        if self.store.capabilities.loop_bound:
             self._loop = loop
         if not self._connected:
             await self.connect()
@@ -345,6 +346,66 @@ class CacheCore:
         if self._ready_on is not asyncio.get_running_loop():
             await self.ready()
         return await self.policy.run(self.store.release_locks, 0, keys, token)
+
+
+class Messaging:
+    """Publish / subscribe on the cache's store, under its policy: the handle the event
+    bridge works through (``AsyncCacheManager.messaging``), so it never reaches the store
+    or the core itself.
+
+    Publishing and subscribing are guarded calls like every other (deadline, breaker,
+    limiter): while the cache is degraded they fail fast, and their faults count. Waiting
+    for the next message is a long poll on the subscription's own connection, bounded by
+    the timeout the caller gives.
+    """
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: CacheCore) -> None:
+        self._core = core
+
+    @property
+    def config(self) -> CacheConfig:
+        return self._core.config
+
+    @property
+    def disabled(self) -> str | None:
+        """Why the cache will never reach its store (disabled in config, closed), or None."""
+        policy = self._core.policy
+        return policy.reason if policy.state is BreakerState.DISABLED else None
+
+    @property
+    def open(self) -> bool:
+        """Whether the cache is still open (it may be degraded for a while)."""
+        return self._core.policy.may_use_fallbacks
+
+    @property
+    def faults(self) -> tuple[type[BaseException], ...]:
+        """What a subscription raises when the store fails (then subscribe again later)."""
+        return (*self._core.store.fault_types, BackendError, TimeoutError, asyncio.TimeoutError)
+
+    async def publish(self, channel: str, message: bytes) -> int | None:
+        """Send on a channel: subscribers reached, or ``None`` when unavailable."""
+        return await self._core.publish(channel, message)
+
+    async def subscribe(self, channel: str) -> Subscriber:
+        """A started subscription. Raises one of :attr:`faults` when the store cannot
+        subscribe now (a fault, or the breaker open)."""
+        core = self._core
+        if core._ready_on is not asyncio.get_running_loop():
+            await core.ready()
+        subscriber = core.store.subscriber(channel)
+
+        async def start() -> bool:
+            await subscriber.start()
+            return True
+
+        if not await core.policy.run(start, False):
+            await subscriber.close()
+            raise BackendError(
+                f"cannot subscribe to {channel}: {core.policy.reason or core.policy.last_error}"
+            )
+        return subscriber
 
 
 def checked_items(mapping: object, ttl: object) -> tuple[Mapping[str, Any], int | None]:

@@ -14,7 +14,10 @@ from typing import Any
 
 import orjson
 
+from gathering_cache.backends.base import Subscriber
+from gathering_cache.errors import ArgumentTypeError
 from gathering_cache.events.bus import Event, EventBus
+from gathering_cache.manager import AsyncCacheManager
 
 __all__ = ["RedisEventBridge"]
 
@@ -34,10 +37,16 @@ class RedisEventBridge:
         channel: the pub/sub channel; ``<prefix>events`` by default.
     """
 
-    def __init__(self, bus: EventBus, cache: Any, *, channel: str | None = None) -> None:
+    def __init__(
+        self, bus: EventBus, cache: AsyncCacheManager, *, channel: str | None = None
+    ) -> None:
+        if not isinstance(cache, AsyncCacheManager):
+            raise ArgumentTypeError(
+                f"cache must be an AsyncCacheManager, not {type(cache).__name__}"
+            )
         self.bus = bus
-        self._core = cache._core
-        self.channel = channel or f"{self._core.config.key_prefix}events"
+        self._messaging = cache.messaging
+        self.channel = channel or f"{cache.config.key_prefix}events"
         self.origin = uuid.uuid4().hex
         self.connected = False
         self.sent = 0
@@ -54,8 +63,9 @@ class RedisEventBridge:
         subscription; keeps retrying in the background after that)."""
         if self._task is not None:
             return
-        if self._core.policy.state.value == "disabled":
-            self.last_error = self._core.policy.reason
+        disabled = self._messaging.disabled
+        if disabled is not None:
+            self.last_error = disabled
             return
         self._stopping = self._closing = False
         self.bus.add_forwarder(self._send)
@@ -65,7 +75,7 @@ class RedisEventBridge:
         try:
             await asyncio.wait(
                 (subscribed, task),
-                timeout=self._core.config.operation_timeout,
+                timeout=self._messaging.config.operation_timeout,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
@@ -103,7 +113,7 @@ class RedisEventBridge:
 
     def _stop_timeout(self) -> float:
         # Closing the subscription may take a round trip to the server.
-        config = self._core.config
+        config = self._messaging.config
         bound: float = 2 * config.operation_timeout + config.connect_timeout
         return max(1.0, bound)
 
@@ -126,20 +136,20 @@ class RedisEventBridge:
 
     async def _send(self, event: Event) -> None:
         message = orjson.dumps({"origin": self.origin, "event": event.to_wire()})
-        if await self._core.publish(self.channel, message) is not None:
+        if await self._messaging.publish(self.channel, message) is not None:
             self.sent += 1
 
     def _running(self) -> bool:
-        return not self._stopping and self._core.policy.may_use_fallbacks
+        return not self._stopping and self._messaging.open
 
     async def _listen(self) -> None:
         delay = 0.05
-        faults = (*self._core.store.fault_types, TimeoutError, asyncio.TimeoutError)
-        close_timeout = self._core.config.operation_timeout
+        faults = self._messaging.faults
+        close_timeout = self._messaging.config.operation_timeout
         while self._running():  # ends when stopped or when the cache is closed
-            subscriber = self._core.store.subscriber(self.channel)
+            subscriber: Subscriber | None = None
             try:
-                await subscriber.start()
+                subscriber = await self._messaging.subscribe(self.channel)
                 if self.last_error is not None:
                     self.reconnects += 1
                     logger.info("event bridge re-subscribed to %s", self.channel)
@@ -162,12 +172,13 @@ class RedisEventBridge:
                 self.last_error = f"{type(exc).__name__}: {exc}"
             finally:
                 # Bounded: closing the subscription on a hung server must not hold stop().
-                self._closing = True
-                try:
-                    closing = asyncio.ensure_future(subscriber.close())
-                    await asyncio.wait((closing,), timeout=close_timeout)
-                finally:
-                    self._closing = False
+                if subscriber is not None:
+                    self._closing = True
+                    try:
+                        closing = asyncio.ensure_future(subscriber.close())
+                        await asyncio.wait((closing,), timeout=close_timeout)
+                    finally:
+                        self._closing = False
             if not self._running():
                 break
             await asyncio.sleep(delay)
