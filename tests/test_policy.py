@@ -143,7 +143,7 @@ async def test_cancelled_probe_lets_the_next_call_probe() -> None:
     policy = make(clock)
     await open_breaker(policy)
     clock.now += 5
-    task = asyncio.create_task(policy.run(asyncio.Event().wait, "fallback"))  # type: ignore[arg-type]
+    task = asyncio.create_task(policy.run(asyncio.Event().wait, "fallback"))
     await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -157,7 +157,7 @@ async def test_disable_during_a_probe_stays_disabled() -> None:
     policy = make(clock)
     await open_breaker(policy)
     clock.now += 5
-    task = asyncio.create_task(policy.run(asyncio.Event().wait, "fallback"))  # type: ignore[arg-type]
+    task = asyncio.create_task(policy.run(asyncio.Event().wait, "fallback"))
     await asyncio.sleep(0)
     policy.disable("closed")
     task.cancel()
@@ -169,7 +169,7 @@ async def test_disable_during_a_probe_stays_disabled() -> None:
 
 async def test_timeout_is_a_fault() -> None:
     policy = make(Clock(), operation_timeout=0.01)
-    assert await policy.run(asyncio.Event().wait, "fallback") == "fallback"  # type: ignore[arg-type]
+    assert await policy.run(asyncio.Event().wait, "fallback") == "fallback"
     assert policy.consecutive_failures == 1
     assert "TimeoutError" in (policy.last_error or "")
 
@@ -234,7 +234,7 @@ async def test_bulk_calls_never_probe_and_their_timeout_is_not_an_outage() -> No
 
 async def test_the_callers_cancellation_propagates() -> None:
     policy = make(Clock(), operation_timeout=5.0)
-    task = asyncio.create_task(policy.run(asyncio.Event().wait, "fallback"))  # type: ignore[arg-type]
+    task = asyncio.create_task(policy.run(asyncio.Event().wait, "fallback"))
     await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -250,7 +250,7 @@ async def test_deadlines_are_per_call() -> None:
         await asyncio.sleep(0.01)
         return "quick"
 
-    slow = asyncio.create_task(policy.run(asyncio.Event().wait, "fallback"))  # type: ignore[arg-type]
+    slow = asyncio.create_task(policy.run(asyncio.Event().wait, "fallback"))
     results = [await policy.run(quick, "fallback") for _ in range(8)]  # 80 ms in all
     assert results == ["quick"] * 8
     assert await slow == "fallback"
@@ -262,7 +262,7 @@ async def test_a_cancel_of_the_callers_own_that_lands_with_the_deadline_propagat
     loop = asyncio.get_running_loop()
 
     async def caller() -> Any:
-        result = await policy.run(asyncio.Event().wait, "fallback")  # type: ignore[arg-type]
+        result = await policy.run(asyncio.Event().wait, "fallback")
         await asyncio.sleep(0.05)
         return result
 

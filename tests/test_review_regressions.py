@@ -328,7 +328,7 @@ async def test_a_callers_cancel_right_after_the_deadline_fired_propagates() -> N
     loop = asyncio.get_running_loop()
 
     async def caller() -> object:
-        result = await policy.run(asyncio.Event().wait, "fallback")  # type: ignore[arg-type]
+        result = await policy.run(asyncio.Event().wait, "fallback")
         await asyncio.sleep(0.05)
         return result
 
@@ -352,7 +352,7 @@ async def test_a_deadline_on_its_own_is_still_a_timeout_after_a_callers_cancel()
 
     async def caller() -> object:
         with contextlib.suppress(asyncio.CancelledError):
-            await policy.run(asyncio.Event().wait, "first")  # type: ignore[arg-type]
+            await policy.run(asyncio.Event().wait, "first")
         return await policy.run(asyncio.Event().wait, "fallback")
 
     task = asyncio.create_task(caller())

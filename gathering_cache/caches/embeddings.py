@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from gathering_cache.core import encoding
-from gathering_cache.core.engine import UNAVAILABLE, CacheCore
+from gathering_cache.core.engine import UNAVAILABLE, CacheCore, Unavailable
 from gathering_cache.core.keys import (
     EMBEDDING,
     check_dimensions,
@@ -158,7 +158,7 @@ class EmbeddingCache:
         return vector.tolist()
 
     def _resolve(
-        self, key: str, raw: bytes | None, dimensions: int | None
+        self, key: str, raw: bytes | Unavailable | None, dimensions: int | None
     ) -> tuple[array[float] | None, Source]:
         """The vector for one key given what Redis answered (or UNAVAILABLE), and where it
         came from."""
@@ -213,9 +213,10 @@ class EmbeddingCache:
         keys = [self.key(text, model, dimensions) for text in texts]
         if not keys:
             return []
-        raws: list[Any] = await self._core.get_many_raw(keys)
-        if raws is UNAVAILABLE:
-            raws = [UNAVAILABLE] * len(keys)
+        answer = await self._core.get_many_raw(keys)
+        raws: Sequence[bytes | Unavailable | None] = (
+            [UNAVAILABLE] * len(keys) if answer is UNAVAILABLE else answer
+        )
         out = [self._resolve(key, raw, dimensions) for key, raw in zip(keys, raws, strict=True)]
         hits = sum(vector is not None for vector, _ in out)
         self._core.stats.hit(EMBEDDING, hits)
@@ -233,7 +234,7 @@ class EmbeddingCache:
         """Take the cross-process compute lock of each text's entry; ``None`` when the store
         cannot answer (then nobody can coordinate)."""
         keys = [self._core.keys.lock(self.key(t, model, dimensions)) for t in texts]
-        taken: list[bool] = await self._core.acquire_locks(keys, token, ttl_ms)
+        taken = await self._core.acquire_locks(keys, token, ttl_ms)
         return None if taken is UNAVAILABLE else taken
 
     async def release_locks(

@@ -6,9 +6,10 @@ their keys and call these methods; none of them touches the store directly.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from gathering_cache.backends import Progress, Store, create_store
 from gathering_cache.backends.base import Subscriber
@@ -19,23 +20,23 @@ from gathering_cache.core.policy import BreakerState, DegradationPolicy
 from gathering_cache.core.stats import CacheStats
 from gathering_cache.errors import ArgumentTypeError, BackendError
 
-__all__ = ["UNAVAILABLE", "CacheCore", "Messaging"]
+__all__ = ["UNAVAILABLE", "CacheCore", "Messaging", "Unavailable"]
 
 logger = logging.getLogger(__name__)
 
 _MISSING: Any = object()
 
 
-class _Unavailable:
-    """The store could not answer (a fault, the breaker open, the cache disabled)."""
+class Unavailable(enum.Enum):
+    """The type of :data:`UNAVAILABLE` (an enum of one, so ``x is UNAVAILABLE`` narrows)."""
 
-    __slots__ = ()
+    UNAVAILABLE = "UNAVAILABLE"
 
     def __repr__(self) -> str:
         return "UNAVAILABLE"
 
 
-UNAVAILABLE: Any = _Unavailable()
+UNAVAILABLE: Final = Unavailable.UNAVAILABLE
 """Returned by the ``*_raw`` reads when the store could not answer, unlike ``None`` (a miss)."""
 
 DeletionListener = Callable[[Sequence[str] | None], None]
@@ -141,18 +142,20 @@ class CacheCore:
             return _MISSING
         return value
 
-    async def get_raw(self, key: str) -> bytes | None:
+    async def get_raw(self, key: str) -> bytes | Unavailable | None:
         """The bytes under ``key``; ``None`` on a miss; :data:`UNAVAILABLE` on a fault."""
         if self._ready_on is not asyncio.get_running_loop():
             await self.ready()
-        result: bytes | None = await self.policy.run(self.store.get, UNAVAILABLE, key)
+        result: bytes | Unavailable | None = await self.policy.run(self.store.get, UNAVAILABLE, key)
         return result
 
-    async def get_many_raw(self, keys: Sequence[str]) -> list[bytes | None]:
+    async def get_many_raw(self, keys: Sequence[str]) -> list[bytes | None] | Unavailable:
         """The bytes under each key (one round trip); :data:`UNAVAILABLE` on a fault."""
         if self._ready_on is not asyncio.get_running_loop():
             await self.ready()
-        result: list[bytes | None] = await self.policy.run(self.store.get_many, UNAVAILABLE, keys)
+        result: list[bytes | None] | Unavailable = await self.policy.run(
+            self.store.get_many, UNAVAILABLE, keys
+        )
         return result
 
     async def get(
@@ -331,11 +334,13 @@ class CacheCore:
         count: int | None = await self.policy.run(self.store.publish, None, channel, message)
         return count
 
-    async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
+    async def acquire_locks(
+        self, keys: Sequence[str], token: str, ttl_ms: int
+    ) -> list[bool] | Unavailable:
         """Take what locks can be taken; :data:`UNAVAILABLE` when the store cannot answer."""
         if self._ready_on is not asyncio.get_running_loop():
             await self.ready()
-        result: list[bool] = await self.policy.run(
+        result: list[bool] | Unavailable = await self.policy.run(
             self.store.acquire_locks, UNAVAILABLE, keys, token, ttl_ms
         )
         return result

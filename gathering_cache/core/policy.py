@@ -37,6 +37,7 @@ __all__ = ["BreakerState", "DegradationPolicy"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+F = TypeVar("F")
 
 
 class BreakerState(str, enum.Enum):
@@ -136,11 +137,11 @@ class DegradationPolicy:
     async def run(
         self,
         operation: Callable[..., Awaitable[T]],
-        fallback: T,
+        fallback: F,
         *args: Any,
         timeout: float | None = None,
         bulk: bool = False,
-    ) -> T:
+    ) -> T | F:
         """Run ``operation(*args)`` under the policy; ``fallback`` on any infrastructure fault.
 
         ``bulk`` marks a SCAN-based call (long by nature): it never probes an open breaker,
