@@ -14,9 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gathering_cache.errors import BackendError
+
 __all__ = [
     "COUNTER_DIGITS",
     "Capabilities",
+    "DataFault",
     "Progress",
     "Store",
     "Subscriber",
@@ -45,6 +48,12 @@ def parse_counter(raw: object) -> int | None:
     if raw[0] == 0x30 and len(raw) > 1:  # "007": Redis's INCRBY refuses leading zeros
         return None
     return int(raw)
+
+
+class DataFault(BackendError):
+    """An error reply about one call's own data or arguments (WRONGTYPE, NOPERM, an expiry
+    the server refuses ...): that call's degraded answer, the breaker untouched. Like every
+    :class:`~gathering_cache.BackendError`, never raised out of a cache operation."""
 
 
 class Progress:
@@ -190,9 +199,10 @@ class Store(ABC):
         """A (not yet started) subscription to ``channel``."""
 
     def is_data_error(self, exc: BaseException) -> bool:
-        """Whether ``exc`` concerns one key's data (a value of the wrong type), not the
-        store's health: a miss for that call, not an outage."""
-        return False
+        """Whether ``exc`` concerns one call's own data or arguments (a value of another type
+        under the key, an ACL refusing this key), not the store's health: a miss for that
+        call, not an outage. Stores say so by raising :class:`DataFault`."""
+        return isinstance(exc, DataFault)
 
     def describe(self) -> dict[str, Any]:
         """Where the store lives, for stats. Never includes secrets."""

@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Concatenate, TypeVar, cast
+
+from typing_extensions import ParamSpec
 
 from gathering_cache.backends.base import (
     COUNTER_DIGITS,
     Capabilities,
+    DataFault,
     Progress,
     Store,
     Subscriber,
@@ -52,6 +56,9 @@ try:
         TryAgainError,
     )
 
+    # What a redis call raises when Redis (or the path to it) fails: RedisClusterException
+    # (cluster unreachable, slots not covered) is not a RedisError; sockets raise OSError.
+    _REDIS_FAULTS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
     REDIS_AVAILABLE = True
 except ImportError:  # pragma: no cover - exercised in a subprocess test
     REDIS_AVAILABLE = False
@@ -245,6 +252,59 @@ async def _bounded_310(awaitable: Awaitable[Any], timeout: float) -> Any:  # pra
             handle.cancel()
 
 
+def _is_data_reply(exc: BaseException) -> bool:
+    """Whether ``exc`` is an error reply to this call's own arguments or keys (WRONGTYPE,
+    "invalid expire time", "value is not an integer", NOPERM from an ACL, ...): that
+    call's degraded answer, the breaker untouched. Replies that describe the server's
+    state (LOADING, READONLY, MASTERDOWN, CLUSTERDOWN, TRYAGAIN, BUSY, OOM, NOAUTH,
+    MISCONF, ...) remain faults, like every connection error and timeout."""
+    if isinstance(exc, DataError):
+        return True  # redis-py refused the arguments before sending them
+    if not isinstance(exc, ResponseError) or isinstance(
+        exc, (ReadOnlyError, OutOfMemoryError, ClusterDownError, TryAgainError, AskError)
+    ):
+        return False
+    message = str(exc)
+    _, annotated, reply = message.partition(_PIPELINE_ERROR)
+    if annotated:  # "Command # 2 (SET ...) of pipeline caused error: <reply>"
+        message = reply
+    if _reply_code(exc, message) in _SERVER_STATE:
+        return False
+    return not any(text in message for text in _SERVER_STATE_MESSAGES)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _mapped(
+    method: Callable[Concatenate[Any, P], Awaitable[R]],
+) -> Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]:
+    """Map the redis faults a store method raises to the library's own, once, here:
+    :class:`DataFault` for an error reply about the call's own data or arguments,
+    :class:`~gathering_cache.BackendError` for everything else (the cause chained). The core
+    then knows only the library's exceptions."""
+
+    @functools.wraps(method)
+    async def call(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(self, *args, **kwargs)
+        except BackendError:
+            raise
+        except _REDIS_FAULTS as exc:
+            raise _fault(exc, getattr(self, "where", "Redis")) from exc
+
+    return call
+
+
+def _fault(exc: BaseException, where: str) -> BackendError:
+    kind = DataFault if _is_data_reply(exc) else BackendError
+    message = str(exc) or type(exc).__name__
+    if where not in message:
+        message = f"{message} (at {where})"
+    return kind(f"{type(exc).__name__}: {message}")
+
+
 class RedisStore(Store):
     """A store on a ``redis.asyncio`` client (built from config, or injected)."""
 
@@ -271,16 +331,8 @@ class RedisStore(Store):
         # Whether EVAL may be used: an ACL without +@scripting (or a proxy without scripts)
         # refuses it, and the counters fall back to plain commands (see counters()).
         self._scripts = True
-        # RedisClusterException (cluster unreachable, slots not covered) is not a RedisError.
-        # BackendError (a reply of the wrong shape) is a ConnectionError, hence an OSError:
-        # listed for clarity.
-        self.fault_types = (
-            RedisError,
-            RedisClusterException,
-            BackendError,
-            OSError,
-            asyncio.TimeoutError,
-        )
+        # Every redis fault leaves a method as a BackendError (see _mapped).
+        self.fault_types = (BackendError,)
 
     @property
     def client(self) -> Redis:
@@ -291,11 +343,12 @@ class RedisStore(Store):
         it), never the caller's, so a degraded answer rather than an exception."""
         return BackendError(f"malformed reply to {command} from {self.where}: {_short(reply)}")
 
+    @_mapped
     async def connect(self) -> None:
         try:
             pong = await self._client.ping()
         except ResponseError as exc:
-            if self.is_data_error(exc):
+            if _is_data_reply(exc):
                 return  # an error reply proves the server answers (an ACL without +ping)
             raise
         except _MALFORMED as exc:
@@ -307,6 +360,7 @@ class RedisStore(Store):
         if self._owned:
             await self._client.aclose()
 
+    @_mapped
     async def get(self, key: str) -> bytes | None:
         try:
             value = await self._client.get(key)
@@ -316,6 +370,7 @@ class RedisStore(Store):
             return value
         raise self._malformed("GET", value)
 
+    @_mapped
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
@@ -331,6 +386,7 @@ class RedisStore(Store):
             raise self._malformed("MGET", values)
         return values
 
+    @_mapped
     async def set(self, key: str, value: bytes, ttl: int | None) -> bool:
         try:
             reply = await self._client.set(key, value, ex=ttl)
@@ -340,6 +396,7 @@ class RedisStore(Store):
             raise self._malformed("SET", reply)
         return True
 
+    @_mapped
     async def set_many(self, items: Sequence[tuple[str, bytes]], ttl: int | None) -> bool:
         if not items:
             return True
@@ -377,14 +434,17 @@ class RedisStore(Store):
             raise self._malformed(command, replies)
         return replies
 
+    @_mapped
     async def delete(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
         return await self._integer("UNLINK", self._client.unlink(*keys))
 
+    @_mapped
     async def exists(self, key: str) -> bool:
         return bool(await self._integer("EXISTS", self._client.exists(key)))
 
+    @_mapped
     async def ttl(self, key: str) -> int | None:
         remaining = await self._integer("TTL", self._client.ttl(key))
         return None if remaining == -2 else remaining
@@ -434,6 +494,7 @@ class RedisStore(Store):
             if not cursor:
                 return
 
+    @_mapped
     async def scan_delete(self, pattern: str, progress: Progress) -> int:
         async for keys in self._scan(pattern, progress):
             for start in range(0, len(keys), DELETE_BATCH):
@@ -441,31 +502,18 @@ class RedisStore(Store):
                 progress.done += int(await self._step(self._client.unlink(*chunk), progress))
         return progress.done
 
+    @_mapped
     async def count(self, pattern: str, progress: Progress) -> int:
         async for keys in self._scan(pattern, progress):
             progress.done += len(keys)
         return progress.done
 
     def is_data_error(self, exc: BaseException) -> bool:
-        """Whether ``exc`` is an error reply to this call's own arguments or keys (WRONGTYPE,
-        "invalid expire time", "value is not an integer", NOPERM from an ACL, ...): that
-        call's degraded answer, the breaker untouched. Replies that describe the server's
-        state (LOADING, READONLY, MASTERDOWN, CLUSTERDOWN, TRYAGAIN, BUSY, OOM, NOAUTH,
-        MISCONF, ...) remain faults, like every connection error and timeout."""
-        if isinstance(exc, DataError):
-            return True  # redis-py refused the arguments before sending them
-        if not isinstance(exc, ResponseError) or isinstance(
-            exc, (ReadOnlyError, OutOfMemoryError, ClusterDownError, TryAgainError, AskError)
-        ):
-            return False
-        message = str(exc)
-        _, annotated, reply = message.partition(_PIPELINE_ERROR)
-        if annotated:  # "Command # 2 (SET ...) of pipeline caused error: <reply>"
-            message = reply
-        if _reply_code(exc, message) in _SERVER_STATE:
-            return False
-        return not any(text in message for text in _SERVER_STATE_MESSAGES)
+        """A :class:`DataFault` (what the methods raise), or a redis error reply about one
+        call's own data or arguments (see :func:`_is_data_reply`)."""
+        return isinstance(exc, DataFault) or _is_data_reply(exc)
 
+    @_mapped
     async def set_indexed(self, items: Sequence[tuple[str, bytes]], ttl: int, index: str) -> bool:
         async with self._client.pipeline(transaction=False) as pipe:
             for key, value in items:
@@ -484,6 +532,7 @@ class RedisStore(Store):
             raise self._malformed("SET", replies)
         return True
 
+    @_mapped
     async def pop_index(self, index: str) -> list[str]:
         async with self._client.pipeline(transaction=True) as pipe:  # one key: one slot
             pipe.zrange(index, 0, -1)
@@ -494,6 +543,7 @@ class RedisStore(Store):
         # Anyone who can write the index chose its members: never raise on them.
         return [m.decode(errors="replace") if isinstance(m, bytes) else str(m) for m in replies[0]]
 
+    @_mapped
     async def counters(self, keys: Sequence[str], amount: int, ttl: int) -> list[int]:
         if not keys:
             return []
@@ -536,7 +586,7 @@ class RedisStore(Store):
             value = parse_counter(reply)
         if value is not None:
             return value
-        if isinstance(reply, BaseException) and not self.is_data_error(reply):
+        if isinstance(reply, BaseException) and not _is_data_reply(reply):
             raise reply
         value = fresh_counter()
         await self._client.set(key, value, px=ttl_ms)
@@ -559,12 +609,14 @@ class RedisStore(Store):
     def _counter_args(amount: int, ttl: int) -> tuple[int, int, int]:
         return fresh_counter(), amount, ttl * 1000
 
+    @_mapped
     async def publish(self, channel: str, message: bytes) -> int:
         return await self._integer("PUBLISH", self._client.publish(channel, message))
 
     def subscriber(self, channel: str) -> Subscriber:
-        return _RedisSubscriber(self._client, channel)
+        return _RedisSubscriber(self._client, channel, self.where)
 
+    @_mapped
     async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
         if not keys:
             return []
@@ -573,6 +625,7 @@ class RedisStore(Store):
                 pipe.set(key, token, nx=True, px=ttl_ms)
             return [bool(taken) for taken in await pipe.execute()]
 
+    @_mapped
     async def release_locks(self, keys: Sequence[str], token: str) -> int:
         # Compare-and-delete must be atomic, or a lock that expired and was taken by another
         # process could be deleted. A one-key script is cluster-safe (one slot).
@@ -602,16 +655,19 @@ class _RedisSubscriber(Subscriber):
     """A pub/sub subscription on its own connection (RESP2, so messages are not dropped as
     RESP3 push frames)."""
 
-    def __init__(self, client: Redis, channel: str) -> None:
+    def __init__(self, client: Redis, channel: str, where: str) -> None:
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         self._channel = channel
+        self.where = where
 
+    @_mapped
     async def start(self) -> None:
         try:
             await self._pubsub.subscribe(self._channel)
         except _MALFORMED as exc:
             raise BackendError(f"malformed reply to SUBSCRIBE: {_short(exc)}") from exc
 
+    @_mapped
     async def get(self, timeout: float) -> bytes | None:
         try:
             message = await self._pubsub.get_message(timeout=timeout)

@@ -32,6 +32,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from gathering_cache.errors import BackendError
+
 __all__ = ["BreakerState", "DegradationPolicy"]
 
 logger = logging.getLogger(__name__)
@@ -228,8 +230,11 @@ class DegradationPolicy:
         # A timeout or a TLS handshake failure names no endpoint of its own.
         if self.endpoint and self.endpoint not in message:
             message = f"{message} (at {self.endpoint})"
-        # redis errors hide their message in repr(); str() never holds the password.
-        self.last_error = f"{type(exc).__name__}: {message}"
+        # A BackendError (a store's fault, mapped) already says what it was; other errors
+        # hide their message in repr(). str() never holds the password.
+        self.last_error = (
+            message if isinstance(exc, BackendError) else f"{type(exc).__name__}: {message}"
+        )
 
     def _failure(self, exc: BaseException, probing: bool) -> None:
         self._record(exc)
