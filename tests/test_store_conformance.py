@@ -104,6 +104,14 @@ KNOWN_DIVERGENCES: dict[tuple[str, str], str] = {
         "test_every_subscriber_receives_in_order_and_other_channels_stay_quiet",
         "redis",
     ): _FIRST_GET_RETURNS_NONE,
+    (
+        "test_a_waiting_get_returns_a_message_published_meanwhile",
+        "fakeredis",
+    ): _FIRST_GET_RETURNS_NONE,
+    (
+        "test_a_waiting_get_returns_a_message_published_meanwhile",
+        "redis",
+    ): _FIRST_GET_RETURNS_NONE,
     ("test_publish_without_subscribers_reaches_nobody", "fakeredis"): (
         "Subscriber.close() of RedisStore disconnects the pub/sub connection without "
         "UNSUBSCRIBE; a real server drops the subscription with the connection, fakeredis's "
@@ -180,6 +188,25 @@ async def test_get_returns_exactly_the_bytes_set(store: Store) -> None:
         assert await store.get("k") == value
     assert await store.set("ключ:é", b"unicode key", 60) is True
     assert await store.get("ключ:é") == b"unicode key"
+
+
+@covers("get", "get_many", "set")
+async def test_a_key_of_another_type_reads_as_a_miss_and_set_overwrites_it(
+    store: Store,
+) -> None:
+    await store.set_indexed([("entry", b"v")], 60, "idx")  # "idx" is not a string value
+    # Redis answers WRONGTYPE, an error is_data_error() owns: the manager's miss, like None.
+    error: BaseException | None = None
+    value: bytes | None = None
+    try:
+        value = await store.get("idx")
+    except Exception as exc:
+        error = exc
+    assert value is None
+    assert error is None or store.is_data_error(error), repr(error)
+    assert await store.get_many(["entry", "idx"]) == [b"v", None]
+    assert await store.set("idx", b"now a string", 60) is True
+    assert await store.get("idx") == b"now a string"
 
 
 @covers("set", "ttl")
@@ -551,6 +578,19 @@ async def test_every_subscriber_receives_in_order_and_other_channels_stay_quiet(
     finally:
         for subscriber in (first, second, other):
             await subscriber.close()
+
+
+@covers("Subscriber.get")
+async def test_a_waiting_get_returns_a_message_published_meanwhile(store: Store) -> None:
+    subscriber = store.subscriber("ch")
+    await subscriber.start()
+    try:
+        waiting = asyncio.ensure_future(subscriber.get(5.0))
+        await asyncio.sleep(0.05)  # let it wait
+        assert await store.publish("ch", b"meanwhile") == 1
+        assert await waiting == b"meanwhile"
+    finally:
+        await subscriber.close()
 
 
 @covers("publish")
