@@ -86,38 +86,9 @@ STORES: dict[str, StoreBuilder] = {
 
 _NETWORKED = {"redis"}
 
-_FIRST_GET_RETURNS_NONE = (
-    "RedisStore's Subscriber.get() returns None at once, long before its timeout, on its first "
-    "call after start() although a message is waiting: redis-py's get_message() reads the "
-    "SUBSCRIBE confirmation and, with ignore_subscribe_messages=True, answers None for it; "
-    "the contract says None only after `timeout` seconds without a message"
-)
-
-KNOWN_DIVERGENCES: dict[tuple[str, str], str] = {
-    ("test_a_message_published_after_start_is_received", "fakeredis"): _FIRST_GET_RETURNS_NONE,
-    ("test_a_message_published_after_start_is_received", "redis"): _FIRST_GET_RETURNS_NONE,
-    (
-        "test_every_subscriber_receives_in_order_and_other_channels_stay_quiet",
-        "fakeredis",
-    ): _FIRST_GET_RETURNS_NONE,
-    (
-        "test_every_subscriber_receives_in_order_and_other_channels_stay_quiet",
-        "redis",
-    ): _FIRST_GET_RETURNS_NONE,
-    (
-        "test_a_waiting_get_returns_a_message_published_meanwhile",
-        "fakeredis",
-    ): _FIRST_GET_RETURNS_NONE,
-    (
-        "test_a_waiting_get_returns_a_message_published_meanwhile",
-        "redis",
-    ): _FIRST_GET_RETURNS_NONE,
-    ("test_publish_without_subscribers_reaches_nobody", "fakeredis"): (
-        "Subscriber.close() of RedisStore disconnects the pub/sub connection without "
-        "UNSUBSCRIBE; a real server drops the subscription with the connection, fakeredis's "
-        "FakeServer keeps it, so publish() still counts the closed subscriber (1, not 0)"
-    ),
-}
+KNOWN_DIVERGENCES: dict[tuple[str, str], str] = {}
+# (Fixed: the Redis subscriber's first get() answered None at once, reading the SUBSCRIBE
+# confirmation; a closed subscriber stayed subscribed on fakeredis.)
 """(test, store) -> why that store fails that test today: a bug, marked xfail(strict=True)
 so the fix shows up as an unexpected pass. Remove the entry with the fix."""
 

@@ -669,19 +669,30 @@ class _RedisSubscriber(Subscriber):
 
     @_mapped
     async def get(self, timeout: float) -> bytes | None:
-        try:
-            message = await self._pubsub.get_message(timeout=timeout)
-        except _MALFORMED as exc:
-            raise BackendError(f"malformed pub/sub message: {_short(exc)}") from exc
-        if message is None:
-            return None
-        if not isinstance(message, dict):
-            raise BackendError(f"malformed pub/sub message: {_short(message)}")
-        if message.get("type") != "message":
-            return None
-        data = message.get("data")
-        return data if isinstance(data, bytes) else str(data).encode()
+        # Replies that are not messages (the subscription's confirmation, which redis-py
+        # hands back as None) do not end the wait: None only after ``timeout`` seconds.
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                message = await self._pubsub.get_message(timeout=left)
+            except _MALFORMED as exc:
+                raise BackendError(f"malformed pub/sub message: {_short(exc)}") from exc
+            if message is None:
+                continue
+            if not isinstance(message, dict):
+                raise BackendError(f"malformed pub/sub message: {_short(message)}")
+            if message.get("type") == "message":
+                data = message.get("data")
+                return data if isinstance(data, bytes) else str(data).encode()
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):  # closing a broken connection may fail again
+        # UNSUBSCRIBE first: a proxy (or fakeredis) may keep the subscription of a connection
+        # that is merely closed. Either step may fail again on a broken connection.
+        with contextlib.suppress(Exception):
+            if self._pubsub.subscribed:
+                await self._pubsub.unsubscribe(self._channel)
+        with contextlib.suppress(Exception):
             await self._pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
