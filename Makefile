@@ -26,8 +26,15 @@ install: $(STAMP) ## create .venv and install the package with dev tools
 demo: $(STAMP) ## run the demo: on Redis if one answers (REDIS_URL or localhost:6379), else in-process
 	$(PY) examples/demo.py
 
-test: lint typecheck ## lint, type-check, then every test (unit + integration on a real redis-server)
-	$(PY) -m pytest
+# The suite runs under coverage ([tool.coverage.*] in pyproject.toml), branches and every Python
+# process the tests start included: each writes a data file, combined into .coverage (gitignored);
+# the report lists the files not fully covered and fails under the floor (fail_under).
+# `$(PY) -m coverage report -m` or `$(PY) -m coverage html` afterwards shows the lines missed.
+test: lint typecheck ## lint, type-check, then every test (unit + integration on a real redis-server) under coverage, with a floor
+	$(PY) -m coverage erase
+	$(PY) -m coverage run -m pytest
+	$(PY) -m coverage combine --quiet
+	$(PY) -m coverage report
 
 test-unit: $(STAMP) ## tests on the memory backend and fakeredis only
 	$(PY) -m pytest -m "not integration"
@@ -97,4 +104,5 @@ bench-quick: $(BENCH_STAMP) ## short benchmark (< 1 min)
 	$(PY) -m bench.run --quick
 
 clean:
-	rm -rf $(VENV) .venv-3.* .venv-lowest .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-3.* .venv-lowest .pytest_cache .mypy_cache .ruff_cache *.egg-info \
+		.coverage .coverage.* htmlcov
