@@ -30,9 +30,16 @@ demo: $(STAMP) ## run the demo: on Redis if one answers (REDIS_URL or localhost:
 # process the tests start included: each writes a data file, combined into .coverage (gitignored);
 # the report lists the files not fully covered and fails under the floor (fail_under).
 # `$(PY) -m coverage report -m` or `$(PY) -m coverage html` afterwards shows the lines missed.
-test: lint typecheck ## lint, type-check, then every test (unit + integration on a real redis-server) under coverage, with a floor
+# The fault tests run untraced: they time calls against bounds of the operation timeout and
+# write the figures of docs/reliability.md (build/reliability.json), and a tracer slows the
+# client about threefold (the burst of 2,000 callers then overruns its 0.5 s budget). The rest of
+# the suite reaches every line they reach: the total is the same with or without them.
+UNTRACED := tests/test_faults.py
+
+test: lint typecheck ## lint, type-check, then every test (unit + integration on a real redis-server) under coverage (fault tests untraced), with a floor
 	$(PY) -m coverage erase
-	$(PY) -m coverage run -m pytest
+	$(PY) -m coverage run -m pytest $(addprefix --ignore=,$(UNTRACED))
+	$(PY) -m pytest $(UNTRACED)
 	$(PY) -m coverage combine --quiet
 	$(PY) -m coverage report
 
