@@ -24,9 +24,14 @@ class Source:
         self.delay = delay
         self.calls: list[list[str]] = []
         self.fail: Exception | None = None
+        self.locked_while_computing: list[bool] = []
 
     async def compute(self, keys: list[str]) -> dict[str, str]:
         self.calls.append(list(keys))
+        locks = [self.core.keys.lock(key) for key in keys]
+        free = await self.core.acquire_locks(locks, "probe", 60_000)
+        await self.core.release_locks(locks, "probe")
+        self.locked_while_computing.append(not any(free))
         await asyncio.sleep(self.delay)
         if self.fail is not None:
             raise self.fail
@@ -106,8 +111,12 @@ async def test_a_lock_whose_owner_died_is_taken_over(make_cache: Factory, backen
     assert await there.acquire_locks([there.keys.lock(a)], "dead owner", 300) == [True]
     source = Source(here, delay=0.01)
     flight: SingleFlight[str] = SingleFlight(here, wait_timeout=30)
-    assert await flight.run(a, lambda: one(source, a), lambda: first(source, a)) == f"value of {a}"
-    assert source.calls == [[a]]  # taken over once the lock expired, long before wait_timeout
+    result = flight.run(a, lambda: one(source, a), lambda: first(source, a))
+    assert await asyncio.wait_for(result, 20) == f"value of {a}"  # a guard against hanging
+    assert source.calls == [[a]]
+    # Computed under its own lock: taken over once the dead owner's lock expired, not
+    # computed unguarded at the wait deadline.
+    assert source.locked_while_computing == [True]
     assert flight.from_other_processes == 0
     assert await lock_is_free(here, "a")
 
@@ -122,6 +131,7 @@ async def test_at_the_deadline_the_waiter_computes_and_leaves_the_owners_lock(
     flight: SingleFlight[str] = SingleFlight(here, wait_timeout=0.1)
     assert await flight.run(a, lambda: one(source, a), lambda: first(source, a)) == f"value of {a}"
     assert source.calls == [[a]]
+    assert source.locked_while_computing == [True]  # by the slow owner, not by this waiter
     assert not await lock_is_free(here, "a")  # only its owner releases a lock
     assert await there.release_locks([there.keys.lock(a)], "slow owner") == 1
 
