@@ -6,10 +6,11 @@ cache in front of it:
 
 * lookups are batched: one round trip for a whole ``embed_many``;
 * only misses go to the provider, ``max_batch_size`` texts per call, duplicates once;
-* **single-flight**: concurrent coroutines asking for the same uncached text share one
-  provider call; across processes sharing a Redis, a short-lived lock per text makes the
-  others wait for the first result (bounded by ``wait_timeout``; then they compute). A lock is
-  released only by its owner (compare-and-delete);
+* **single-flight** (:mod:`gathering_cache.core.singleflight`): concurrent coroutines asking
+  for the same uncached text share one provider call; across processes sharing a Redis, a
+  short-lived lock per text makes the others wait for the first result (bounded by
+  ``wait_timeout``; then they compute). A lock is released only by its owner
+  (compare-and-delete);
 * a provider error reaches every waiter, and nothing is cached.
 """
 
@@ -19,25 +20,22 @@ import asyncio
 import inspect
 import logging
 import os
-import secrets
-import time
 from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from gathering_cache.agents.providers import EmbeddingProvider, OpenAIEmbeddings
 from gathering_cache.caches.embeddings import check_vector
 from gathering_cache.core.keys import (
     check_dimensions,
     check_limit,
-    check_lock_ttl,
     check_model,
     check_number,
     check_text,
 )
-from gathering_cache.core.singleflight import OwnerGone, retrieve_exception
+from gathering_cache.core.singleflight import SingleFlight
 from gathering_cache.errors import ArgumentTypeError, ProviderError
 from gathering_cache.manager import AsyncCacheManager
 
@@ -48,6 +46,8 @@ __all__ = ["CachedEmbedder", "EmbedderStats"]
 
 logger = logging.getLogger(__name__)
 
+Vector: TypeAlias = "array[float] | list[float]"  # a string: array[...] needs Python 3.12
+"""A vector as the cache returns it (packed) or the provider gave it (a list)."""
 BatchFunction = Callable[[list[str]], Awaitable[list[list[float]]] | list[list[float]]]
 
 
@@ -130,14 +130,19 @@ class CachedEmbedder:
         self.model = check_model(model)
         self.dimensions = check_dimensions(dimensions)
         self.max_batch_size = check_limit(max_batch_size, "max_batch_size")
-        self.lock_ttl_ms = check_lock_ttl(lock_ttl)
-        self.wait_timeout = check_number(wait_timeout, "wait_timeout")
-        self.cross_process = bool(cross_process)
         self.stats = EmbedderStats(
             price_per_embedding=check_number(price_per_embedding, "price_per_embedding")
         )
-        self._inflight: dict[str, asyncio.Future[array[float] | list[float]]] = {}
-        self._background: set[asyncio.Future[None]] = set()
+        self._flight: SingleFlight[Vector] = SingleFlight(
+            cache._core,
+            lock_ttl=lock_ttl,
+            wait_timeout=wait_timeout,
+            cross_process=cross_process,
+            counters=self.stats,
+        )
+        self.lock_ttl_ms = self._flight.lock_ttl_ms
+        self.wait_timeout = self._flight.wait_timeout
+        self.cross_process = self._flight.cross_process
         self._owns: list[Any] = []
 
     @classmethod
@@ -198,7 +203,7 @@ class CachedEmbedder:
             check_text(text, f"texts[{index}]")
         self.stats.requested += len(texts)
         unique = list(dict.fromkeys(texts))
-        found: dict[str, array[float] | list[float]] = {}
+        found: dict[str, Vector] = {}
         if unique:
             looked_up = await self.cache.embeddings.lookup(unique, self.model, self.dimensions)
             for text, (vector, source) in zip(unique, looked_up, strict=True):
@@ -209,131 +214,37 @@ class CachedEmbedder:
                     else:
                         self.stats.hits_store += 1
         pending = [text for text in unique if text not in found]
-        while pending:
-            mine: list[str] = []
-            theirs: list[tuple[str, asyncio.Future[array[float] | list[float]]]] = []
-            for text in pending:
-                future = self._inflight.get(text)
-                if future is None:
-                    future = asyncio.get_running_loop().create_future()
-                    future.add_done_callback(retrieve_exception)
-                    self._inflight[text] = future
-                    mine.append(text)
-                else:
-                    theirs.append((text, future))
-            if mine:
-                found.update(await self._compute(mine))
-            retry: list[str] = []
-            for text, future in theirs:
-                try:
-                    found[text] = await asyncio.shield(future)
-                    self.stats.coalesced += 1
-                except OwnerGone:
-                    retry.append(text)
-            pending = retry
+        if pending:
+            key_of = {
+                text: self.cache.embeddings.key(text, self.model, self.dimensions)
+                for text in pending
+            }
+            text_of = {key: text for text, key in key_of.items()}
+
+            async def compute(keys: list[str]) -> dict[str, Vector]:
+                vectors = await self._embed_and_store([text_of[key] for key in keys])
+                return {key_of[text]: vector for text, vector in vectors.items()}
+
+            async def lookup(keys: list[str]) -> dict[str, Vector]:
+                looked_up = await self.cache.embeddings.lookup(
+                    [text_of[key] for key in keys], self.model, self.dimensions
+                )
+                return {
+                    key: vector
+                    for key, (vector, _) in zip(keys, looked_up, strict=True)
+                    if vector is not None
+                }
+
+            shared = await self._flight.run_many(list(text_of), compute, lookup)
+            found.update((text_of[key], vector) for key, vector in shared.items())
         return [list(found[text]) for text in texts]
 
+    @property
+    def _inflight(self) -> dict[str, asyncio.Future[Vector]]:
+        """Texts (by entry key) a coroutine of this process is computing."""
+        return self._flight.inflight
+
     # -- computing misses -------------------------------------------------------------------------
-
-    async def _compute(self, texts: list[str]) -> dict[str, array[float] | list[float]]:
-        """Compute (or wait for another process to compute) ``texts``; this coroutine owns
-        their in-process futures and resolves every one of them, whatever happens."""
-        token = secrets.token_hex(8)
-        locked: list[str] = []
-        results: dict[str, array[float] | list[float]] = {}
-        try:
-            waiting: list[str] = []
-            if self.cross_process:
-                taken = await self.cache.embeddings.acquire_locks(
-                    texts, self.model, self.dimensions, token, self.lock_ttl_ms
-                )
-                if taken is not None:
-                    locked = [t for t, ok in zip(texts, taken, strict=True) if ok]
-                    waiting = [t for t, ok in zip(texts, taken, strict=True) if not ok]
-            if locked or waiting:
-                results.update(await self._under_lock(locked, token))
-            else:  # no coordination possible (or wanted): compute
-                results.update(await self._embed_and_store(texts))
-            locked = []
-            if waiting:
-                results.update(await self._wait_for_others(waiting, token))
-        except BaseException as exc:
-            # Settle the waiters first: nothing below may leave them pending forever.
-            error = exc if isinstance(exc, Exception) else OwnerGone()
-            for text in texts:
-                future = self._inflight.pop(text, None)
-                if future is not None and not future.done():
-                    future.set_exception(error)
-            if locked:  # best effort, without awaiting (we may be being cancelled)
-                task = asyncio.ensure_future(self._release(locked, token))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-            raise
-        for text in texts:
-            future = self._inflight.pop(text, None)
-            if future is not None and not future.done():
-                future.set_result(results[text])
-        return results
-
-    async def _release(self, texts: list[str], token: str) -> None:
-        if texts:
-            await self.cache.embeddings.release_locks(texts, self.model, self.dimensions, token)
-
-    async def _under_lock(
-        self, texts: list[str], token: str
-    ) -> dict[str, array[float] | list[float]]:
-        """Compute texts whose locks we hold, then release them. Looks them up once more
-        first: another process may have stored one between our lookup and our lock."""
-        results: dict[str, array[float] | list[float]] = {}
-        try:
-            if texts:
-                found = await self.cache.embeddings.lookup(texts, self.model, self.dimensions)
-                for text, (vector, _) in zip(texts, found, strict=True):
-                    if vector is not None:
-                        results[text] = vector
-                        self.stats.from_other_processes += 1
-                missing = [t for t in texts if t not in results]
-                results.update(await self._embed_and_store(missing))
-        finally:
-            await self._release(texts, token)
-        return results
-
-    async def _wait_for_others(
-        self, texts: list[str], token: str
-    ) -> dict[str, array[float] | list[float]]:
-        """Poll for texts another process holds the lock of. A text whose lock frees up with
-        no value (its owner failed) is taken over; at the deadline the rest is computed."""
-        results: dict[str, array[float] | list[float]] = {}
-        deadline = time.monotonic() + self.wait_timeout
-        delay = 0.01
-        pending = texts
-        while pending and time.monotonic() < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.2)
-            looked_up = await self.cache.embeddings.lookup(pending, self.model, self.dimensions)
-            still: list[str] = []
-            for text, (vector, _) in zip(pending, looked_up, strict=True):
-                if vector is not None:
-                    results[text] = vector
-                    self.stats.from_other_processes += 1
-                else:
-                    still.append(text)
-            if not still:
-                break
-            taken = await self.cache.embeddings.acquire_locks(
-                still, self.model, self.dimensions, token, self.lock_ttl_ms
-            )
-            if taken is None:  # Redis went away: no more coordination
-                break
-            mine = [t for t, ok in zip(still, taken, strict=True) if ok]
-            if mine:
-                results.update(await self._under_lock(mine, token))
-            pending = [t for t, ok in zip(still, taken, strict=True) if not ok]
-        rest = [t for t in texts if t not in results]
-        if rest:
-            logger.debug("computing %d texts after waiting on others", len(rest))
-            results.update(await self._embed_and_store(rest))
-        return results
 
     async def _embed_and_store(self, texts: list[str]) -> dict[str, list[float]]:
         results: dict[str, list[float]] = {}

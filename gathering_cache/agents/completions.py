@@ -9,11 +9,10 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from gathering_cache.caches.llm import is_deterministic
+from gathering_cache.caches.llm import is_deterministic, make_entry
 from gathering_cache.core.keys import check_namespace, check_ttl
 from gathering_cache.core.singleflight import SingleFlight
 from gathering_cache.errors import ArgumentTypeError, CacheError
@@ -129,12 +128,7 @@ def cached_completion(
                 try:
                     await cache._core.set(
                         key,
-                        {
-                            "response": payload,
-                            "usage": _usage(response, usage),
-                            "model": model,
-                            "created_at": round(time.time(), 3),
-                        },
+                        make_entry(payload, _usage(response, usage), model),
                         check_ttl(ttl) or cache.config.llm_response_ttl,
                     )
                 except CacheError as exc:  # the answer was paid for: return it anyway

@@ -35,7 +35,14 @@ from gathering_cache.errors import (
     SerializationError,
 )
 
-__all__ = ["TRANSPORT_PARAMS", "LLMCache", "is_deterministic", "is_entry", "usage_tokens"]
+__all__ = [
+    "TRANSPORT_PARAMS",
+    "LLMCache",
+    "is_deterministic",
+    "is_entry",
+    "make_entry",
+    "usage_tokens",
+]
 
 TRANSPORT_PARAMS = frozenset(
     {
@@ -170,13 +177,8 @@ class LLMCache:
         expiry = check_ttl(ttl) or self._core.config.llm_response_ttl
         if usage is not None and not isinstance(usage, Mapping):
             raise ArgumentTypeError(f"usage must be a mapping, not {type(usage).__name__}")
-        entry = {
-            "response": response,
-            "usage": dict(usage) if usage is not None else None,
-            "model": model,
-            "created_at": round(time.time(), 3),
-        }
-        data = encoding.encode(entry)  # an unencodable response raises, cacheable or not
+        # An unencodable response raises, cacheable or not.
+        data = encoding.encode(make_entry(response, usage, model))
         if not self._cacheable(force, params):
             return False
         return await self._core.set_raw(key, data, expiry)
@@ -185,6 +187,17 @@ class LLMCache:
         namespace = check_namespace(namespace)
         space = f"ns-{quote(namespace, safe='')}" if namespace is not None else "shared"
         return await self._core.delete_pattern(f"{self._core.keys.prefix}{LLM}:{space}:*")
+
+
+def make_entry(response: Any, usage: Mapping[str, Any] | None, model: str) -> dict[str, Any]:
+    """The stored form of one LLM response (what :func:`is_entry` recognises): the response,
+    its token usage (``None`` when unknown), the model and the time it was stored."""
+    return {
+        "response": response,
+        "usage": dict(usage) if usage is not None else None,
+        "model": model,
+        "created_at": round(time.time(), 3),
+    }
 
 
 def is_entry(value: Any) -> bool:
