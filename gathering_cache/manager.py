@@ -18,7 +18,7 @@ from gathering_cache.caches.embeddings import EmbeddingCache
 from gathering_cache.caches.llm import LLMCache
 from gathering_cache.caches.rag import RagCache
 from gathering_cache.config import CacheConfig
-from gathering_cache.core.engine import CacheCore, Messaging, checked_items
+from gathering_cache.core.engine import CacheCore, Locks, Messaging, checked_items
 from gathering_cache.core.keys import GENERIC, check_key, check_ttl
 from gathering_cache.errors import ArgumentTypeError
 
@@ -67,6 +67,7 @@ class AsyncCacheManager:
         self._circles = CircleCache(self._core)
         self._llm = LLMCache(self._core)
         self._messaging = Messaging(self._core)
+        self._locks = Locks(self._core)
 
     @classmethod
     def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> AsyncCacheManager:
@@ -95,6 +96,12 @@ class AsyncCacheManager:
         """Publish / subscribe on the cache's store under its policy (used by
         :class:`~gathering_cache.RedisEventBridge`)."""
         return self._messaging
+
+    @property
+    def locks(self) -> Locks:
+        """Short-lived locks in the store under the policy: what single-flight (in
+        ``CachedEmbedder`` and ``cached_completion``) coordinates processes with."""
+        return self._locks
 
     @property
     def llm(self) -> LLMCache:

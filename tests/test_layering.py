@@ -124,3 +124,29 @@ def test_no_import_cycles() -> None:
 
     for module in sorted(graph):
         visit(module)
+
+
+def test_nothing_outside_the_core_and_the_manager_reaches_the_core() -> None:
+    """The event bridge, CachedEmbedder and cached_completion work through public handles
+    (``messaging``, ``locks``, the domain caches), never ``cache._core``."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE).as_posix()
+        if relative.startswith("core/") or relative == "manager.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                assert node.attr != "_core", f"{relative}:{node.lineno} uses ._core"
+
+
+def test_only_the_backends_know_which_backend_it_is() -> None:
+    """Outside ``backends/`` nothing compares store kinds, backend names or breaker-state
+    strings: the core and the domains read the store's capabilities."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE).as_posix()
+        if relative.startswith("backends/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                text = ast.unparse(node)
+                for smell in ("store.kind", ".backend ==", "state.value", '"redis"', '"memory"'):
+                    assert smell not in text, f"{relative}:{node.lineno}: {text}"

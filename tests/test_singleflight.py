@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import pytest
 
 from gathering_cache import AsyncCacheManager
-from gathering_cache.core.engine import CacheCore
+from gathering_cache.core.engine import UNAVAILABLE, CacheCore
 from gathering_cache.core.keys import GENERIC
 from gathering_cache.core.singleflight import SingleFlight
 from tests.conftest import Factory
@@ -30,6 +30,7 @@ class Source:
         self.calls.append(list(keys))
         locks = [self.core.keys.lock(key) for key in keys]
         free = await self.core.acquire_locks(locks, "probe", 60_000)
+        assert free is not UNAVAILABLE
         await self.core.release_locks(locks, "probe")
         self.locked_while_computing.append(not any(free))
         await asyncio.sleep(self.delay)
@@ -60,6 +61,7 @@ async def two_processes(make_cache: Factory, backend: str) -> tuple[CacheCore, C
 async def lock_is_free(core: CacheCore, name: str) -> bool:
     lock = core.keys.lock(key(core, name))
     taken = await core.acquire_locks([lock], "probe", 60_000)
+    assert taken is not UNAVAILABLE
     if taken[0]:
         await core.release_locks([lock], "probe")
     return bool(taken[0])

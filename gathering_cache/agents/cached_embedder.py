@@ -134,7 +134,7 @@ class CachedEmbedder:
             price_per_embedding=check_number(price_per_embedding, "price_per_embedding")
         )
         self._flight: SingleFlight[Vector] = SingleFlight(
-            cache._core,
+            cache.locks,
             lock_ttl=lock_ttl,
             wait_timeout=wait_timeout,
             cross_process=cross_process,

@@ -75,7 +75,7 @@ def cached_completion(
         if hook is not None and not callable(hook):
             raise ArgumentTypeError(f"{name} must be callable, not {type(hook).__name__}")
     flight: SingleFlight[Any] = SingleFlight(
-        cache._core, lock_ttl=lock_ttl, wait_timeout=wait_timeout
+        cache.locks, lock_ttl=lock_ttl, wait_timeout=wait_timeout
     )
     llm = cache.llm
 
@@ -100,7 +100,7 @@ def cached_completion(
             prompt = arguments.pop("prompt", None)
             messages = arguments.pop("messages", None)
             if not (forced or is_deterministic(arguments)):
-                cache._core.stats.llm_skipped += 1
+                llm.count_skipped()
                 return await function(*args, **kwargs)
             try:
                 key = llm.key(model, prompt, messages, space, arguments)
@@ -126,11 +126,7 @@ def cached_completion(
                 if payload is _UNSTORABLE:
                     return response
                 try:
-                    await cache._core.set(
-                        key,
-                        make_entry(payload, _usage(response, usage), model),
-                        check_ttl(ttl) or cache.config.llm_response_ttl,
-                    )
+                    await llm.write(key, make_entry(payload, _usage(response, usage), model), ttl)
                 except CacheError as exc:  # the answer was paid for: return it anyway
                     logger.warning("LLM response not cached: %s", exc)
                 return response

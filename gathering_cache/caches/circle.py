@@ -22,20 +22,20 @@ class CircleCache:
     """Get, set and invalidate circle context through the core."""
 
     def __init__(self, core: CacheCore) -> None:
-        self._core = core
+        self._engine = core
 
     async def get(self, circle_id: int) -> dict[str, Any] | None:
-        key = self._core.keys.circle(check_id(circle_id, "circle_id"))
-        value: dict[str, Any] | None = await self._core.get(key, CIRCLE, _is_dict)
+        key = self._engine.keys.circle(check_id(circle_id, "circle_id"))
+        value: dict[str, Any] | None = await self._engine.get(key, CIRCLE, _is_dict)
         return value
 
     async def set(self, circle_id: int, context: dict[str, Any], ttl: int | None) -> bool:
-        key = self._core.keys.circle(check_id(circle_id, "circle_id"))
+        key = self._engine.keys.circle(check_id(circle_id, "circle_id"))
         if not isinstance(context, dict):
             raise ArgumentTypeError(f"context must be a dict, not {type(context).__name__}")
-        expiry = check_ttl(ttl) or self._core.config.circle_context_ttl
-        return await self._core.set(key, context, expiry)
+        expiry = check_ttl(ttl) or self._engine.config.circle_context_ttl
+        return await self._engine.set(key, context, expiry)
 
     async def invalidate(self, circle_id: int) -> bool:
-        key = self._core.keys.circle(check_id(circle_id, "circle_id"))
-        return await self._core.delete([key]) > 0
+        key = self._engine.keys.circle(check_id(circle_id, "circle_id"))
+        return await self._engine.delete([key]) > 0

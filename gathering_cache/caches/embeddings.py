@@ -129,14 +129,14 @@ class EmbeddingCache:
     """Get and set embeddings through the core, with the in-process fallback LRU."""
 
     def __init__(self, core: CacheCore) -> None:
-        self._core = core
+        self._engine = core
         # An in-process store needs no in-process copy in front of it.
         size = core.config.embedding_lru_size if core.store.capabilities.networked else 0
         self.lru = LRU(size)
         core.on_delete(self.lru.forget)
 
     def key(self, text: str, model: str | None, dimensions: int | None) -> str:
-        return self._core.keys.embedding(
+        return self._engine.keys.embedding(
             check_text(text), check_model(model), check_dimensions(dimensions)
         )
 
@@ -144,10 +144,10 @@ class EmbeddingCache:
         try:
             vector = encoding.decode_vector(raw)
         except encoding.DecodeError:
-            self._core.stats.errors += 1
+            self._engine.stats.errors += 1
             return None
         if dimensions is not None and len(vector) != dimensions:
-            self._core.stats.errors += 1
+            self._engine.stats.errors += 1
             return None
         return vector
 
@@ -163,7 +163,7 @@ class EmbeddingCache:
         """The vector for one key given what Redis answered (or UNAVAILABLE), and where it
         came from."""
         if raw is UNAVAILABLE:
-            if not self._core.policy.may_use_fallbacks:
+            if not self._engine.policy.may_use_fallbacks:
                 return None, None  # disabled or closed: every read is a miss
             cached = self.lru.get(key)
             if cached is None:
@@ -187,11 +187,11 @@ class EmbeddingCache:
         as_numpy: bool = False,
     ) -> list[float] | npt.NDArray[np.floating[Any]] | None:
         key = self.key(text, model, dimensions)
-        vector, _ = self._resolve(key, await self._core.get_raw(key), dimensions)
+        vector, _ = self._resolve(key, await self._engine.get_raw(key), dimensions)
         if vector is None:
-            self._core.stats.miss(EMBEDDING)
+            self._engine.stats.miss(EMBEDDING)
             return None
-        self._core.stats.hit(EMBEDDING)
+        self._engine.stats.hit(EMBEDDING)
         return self._output(vector, as_numpy)  # type: ignore[no-any-return]
 
     async def get_many(
@@ -213,14 +213,14 @@ class EmbeddingCache:
         keys = [self.key(text, model, dimensions) for text in texts]
         if not keys:
             return []
-        answer = await self._core.get_many_raw(keys)
+        answer = await self._engine.get_many_raw(keys)
         raws: Sequence[bytes | Unavailable | None] = (
             [UNAVAILABLE] * len(keys) if answer is UNAVAILABLE else answer
         )
         out = [self._resolve(key, raw, dimensions) for key, raw in zip(keys, raws, strict=True)]
         hits = sum(vector is not None for vector, _ in out)
-        self._core.stats.hit(EMBEDDING, hits)
-        self._core.stats.miss(EMBEDDING, len(out) - hits)
+        self._engine.stats.hit(EMBEDDING, hits)
+        self._engine.stats.miss(EMBEDDING, len(out) - hits)
         return out
 
     async def acquire_locks(
@@ -233,19 +233,19 @@ class EmbeddingCache:
     ) -> list[bool] | None:
         """Take the cross-process compute lock of each text's entry; ``None`` when the store
         cannot answer (then nobody can coordinate)."""
-        keys = [self._core.keys.lock(self.key(t, model, dimensions)) for t in texts]
-        taken = await self._core.acquire_locks(keys, token, ttl_ms)
+        keys = [self._engine.keys.lock(self.key(t, model, dimensions)) for t in texts]
+        taken = await self._engine.acquire_locks(keys, token, ttl_ms)
         return None if taken is UNAVAILABLE else taken
 
     async def release_locks(
         self, texts: Sequence[str], model: str | None, dimensions: int | None, token: str
     ) -> int:
-        keys = [self._core.keys.lock(self.key(t, model, dimensions)) for t in texts]
-        return await self._core.release_locks(keys, token)
+        keys = [self._engine.keys.lock(self.key(t, model, dimensions)) for t in texts]
+        return await self._engine.release_locks(keys, token)
 
     def _pack(self, embedding: object, dimensions: int | None) -> bytes:
         return encoding.encode_vector(
-            check_vector(embedding, dimensions), self._core.config.embedding_precision
+            check_vector(embedding, dimensions), self._engine.config.embedding_precision
         )
 
     async def set(
@@ -258,11 +258,11 @@ class EmbeddingCache:
     ) -> bool:
         key = self.key(text, model, dimensions)
         data = self._pack(embedding, dimensions)
-        expiry = check_ttl(ttl) or self._core.config.embedding_ttl
-        if self._core.oversized([(key, data)]):
+        expiry = check_ttl(ttl) or self._engine.config.embedding_ttl
+        if self._engine.oversized([(key, data)]):
             return False
         self.lru.put(key, data)
-        return await self._core.set_raw(key, data, expiry)
+        return await self._engine.set_raw(key, data, expiry)
 
     async def set_many(
         self,
@@ -287,9 +287,9 @@ class EmbeddingCache:
             (self.key(text, model, dimensions), self._pack(vector, dimensions))
             for text, vector in zip(texts, embeddings, strict=True)
         ]
-        expiry = check_ttl(ttl) or self._core.config.embedding_ttl
-        if self._core.oversized(items):
+        expiry = check_ttl(ttl) or self._engine.config.embedding_ttl
+        if self._engine.oversized(items):
             return False
         for key, data in items:
             self.lru.put(key, data)
-        return await self._core.set_many_raw(items, expiry)
+        return await self._engine.set_many_raw(items, expiry)

@@ -97,7 +97,7 @@ class LLMCache:
     """Get, set and invalidate LLM responses through the core."""
 
     def __init__(self, core: CacheCore) -> None:
-        self._core = core
+        self._engine = core
 
     def key(
         self,
@@ -131,12 +131,12 @@ class LLMCache:
             raise SerializationError(f"cannot hash the LLM request: {exc}") from None
         digest = hashlib.sha256(canonical).hexdigest()[:32]
         space = f"ns-{quote(namespace, safe='')}" if namespace is not None else "shared"
-        return f"{self._core.keys.prefix}{LLM}:{space}:{digest}"
+        return f"{self._engine.keys.prefix}{LLM}:{space}:{digest}"
 
     def _cacheable(self, force: bool, params: Mapping[str, Any]) -> bool:
         if force or is_deterministic(params):
             return True
-        self._core.stats.llm_skipped += 1
+        self._engine.stats.llm_skipped += 1
         return False
 
     async def get(
@@ -155,9 +155,9 @@ class LLMCache:
         return await self.read(key)
 
     async def read(self, key: str) -> dict[str, Any] | None:
-        entry: dict[str, Any] | None = await self._core.get(key, LLM, is_entry)
+        entry: dict[str, Any] | None = await self._engine.get(key, LLM, is_entry)
         if entry is not None:
-            self._core.stats.llm_tokens_saved += usage_tokens(entry.get("usage"))
+            self._engine.stats.llm_tokens_saved += usage_tokens(entry.get("usage"))
         return entry
 
     async def set(
@@ -174,19 +174,33 @@ class LLMCache:
         params: Mapping[str, Any],
     ) -> bool:
         key = self.key(model, prompt, messages, namespace, params)
-        expiry = check_ttl(ttl) or self._core.config.llm_response_ttl
+        expiry = check_ttl(ttl) or self._engine.config.llm_response_ttl
         if usage is not None and not isinstance(usage, Mapping):
             raise ArgumentTypeError(f"usage must be a mapping, not {type(usage).__name__}")
         # An unencodable response raises, cacheable or not.
         data = encoding.encode(make_entry(response, usage, model))
         if not self._cacheable(force, params):
             return False
-        return await self._core.set_raw(key, data, expiry)
+        return await self._engine.set_raw(key, data, expiry)
+
+    async def write(self, key: str, entry: dict[str, Any], ttl: int | None = None) -> bool:
+        """Store an entry (:func:`make_entry`) under a key from :meth:`key`, for
+        ``ttl`` seconds (default ``llm_response_ttl``).
+
+        Raises:
+            SerializationError: the entry cannot be encoded (nothing is written).
+        """
+        expiry = check_ttl(ttl) or self._engine.config.llm_response_ttl
+        return await self._engine.set_raw(key, encoding.encode(entry), expiry)
+
+    def count_skipped(self) -> None:
+        """Count a call left uncached because it is not deterministic (``llm_skipped``)."""
+        self._engine.stats.llm_skipped += 1
 
     async def invalidate(self, namespace: str | None) -> int:
         namespace = check_namespace(namespace)
         space = f"ns-{quote(namespace, safe='')}" if namespace is not None else "shared"
-        return await self._core.delete_pattern(f"{self._core.keys.prefix}{LLM}:{space}:*")
+        return await self._engine.delete_pattern(f"{self._engine.keys.prefix}{LLM}:{space}:*")
 
 
 def make_entry(response: Any, usage: Mapping[str, Any] | None, model: str) -> dict[str, Any]:

@@ -65,7 +65,7 @@ class RagCache:
     """Get, set and invalidate RAG results through the core."""
 
     def __init__(self, core: CacheCore) -> None:
-        self._core = core
+        self._engine = core
         # Invalidations that could not reach Redis: owed, retried before this process reads
         # or writes those agents' entries again (never served stale meanwhile).
         self._owed: set[int] = set()
@@ -78,9 +78,9 @@ class RagCache:
 
     async def _bump(self, agent_id: int | None) -> bool:
         """Increment one generation counter (creating it if absent); False when unavailable."""
-        key = self._core.keys.rag_generation(agent_id)
-        ttl = self._core.config.rag_results_ttl + _COUNTER_MARGIN
-        return await self._core.counters([key], 1, ttl) is not None
+        key = self._engine.keys.rag_generation(agent_id)
+        ttl = self._engine.config.rag_results_ttl + _COUNTER_MARGIN
+        return await self._engine.counters([key], 1, ttl) is not None
 
     async def _settle(self, agent_id: int) -> bool:
         """Pay owed invalidations; False while one for this agent is still owed."""
@@ -96,13 +96,13 @@ class RagCache:
         return True
 
     def _keys(self, agent_id: int) -> list[str]:
-        keys = self._core.keys
+        keys = self._engine.keys
         return [keys.rag_generation(agent_id), keys.rag_generation(None)]
 
     async def _current(self, agent_id: int, ttl: int) -> Generation | None:
         """The agent's generation, creating (or repairing) its counters as needed and making
         them live at least ``ttl`` more seconds; ``None`` when the store cannot answer."""
-        values = await self._core.counters(self._keys(agent_id), 0, ttl + _COUNTER_MARGIN)
+        values = await self._engine.counters(self._keys(agent_id), 0, ttl + _COUNTER_MARGIN)
         if values is None:
             return None
         return values[0], values[1]
@@ -110,16 +110,16 @@ class RagCache:
     async def generation(self, agent_id: int) -> Generation | None:
         """The agent's current generation; ``None`` when the store cannot answer."""
         agent_id = check_id(agent_id, "agent_id")
-        return await self._current(agent_id, self._core.config.rag_results_ttl)
+        return await self._current(agent_id, self._engine.config.rag_results_ttl)
 
     async def get(self, agent_id: int, query: str) -> list[dict[str, Any]] | None:
         agent_id = check_id(agent_id, "agent_id")
-        key = self._core.keys.rag(agent_id, check_text(query, "query"))
-        stats = self._core.stats
+        key = self._engine.keys.rag(agent_id, check_text(query, "query"))
+        stats = self._engine.stats
         if (self._owed or self._owed_all) and not await self._settle(agent_id):
             stats.miss(RAG)
             return None
-        raws = await self._core.get_many_raw([key, *self._keys(agent_id)])
+        raws = await self._engine.get_many_raw([key, *self._keys(agent_id)])
         if raws is UNAVAILABLE:
             stats.miss(RAG)
             return None
@@ -133,7 +133,7 @@ class RagCache:
                 raws[2] is not None and all_gen is None
             ):
                 stats.errors += 1
-            fresh = await self._current(agent_id, self._core.config.rag_results_ttl)
+            fresh = await self._current(agent_id, self._engine.config.rag_results_ttl)
             if fresh is not None:
                 self._remember(key, fresh)
             stats.miss(RAG)
@@ -162,7 +162,7 @@ class RagCache:
         never be served, so nothing is written. False when the store cannot answer.
         """
         agent_id = check_id(agent_id, "agent_id")
-        key = self._core.keys.rag(agent_id, check_text(query, "query"))
+        key = self._engine.keys.rag(agent_id, check_text(query, "query"))
         if not isinstance(results, list):
             raise ArgumentTypeError(f"results must be a list, not {type(results).__name__}")
         if generation is not None and not (
@@ -171,10 +171,10 @@ class RagCache:
             and all(isinstance(g, int) and not isinstance(g, bool) for g in generation)
         ):
             raise ArgumentTypeError("generation must be the value get_rag_generation returned")
-        expiry = check_ttl(ttl) or self._core.config.rag_results_ttl
+        expiry = check_ttl(ttl) or self._engine.config.rag_results_ttl
         encoding.encode(results)  # refuse what cannot be stored before any I/O
         if (self._owed or self._owed_all) and not await self._settle(agent_id):
-            self._core.stats.write_failures += 1
+            self._engine.stats.write_failures += 1
             return False
         if generation is None:
             generation = self._take(key)
@@ -182,7 +182,7 @@ class RagCache:
         # first. The same call creates them if absent and reads them for the stale check.
         current = await self._current(agent_id, expiry)
         if current is None:
-            self._core.stats.write_failures += 1
+            self._engine.stats.write_failures += 1
             return False
         if generation is None:
             generation = current
@@ -191,17 +191,17 @@ class RagCache:
             # value it had), so there is nothing worth storing. Not a failure either.
             return True
         data = encoding.encode([generation[0], generation[1], results])
-        index = self._core.keys.rag_index(agent_id)
-        return await self._core.set_indexed([(key, data)], expiry, index)
+        index = self._engine.keys.rag_index(agent_id)
+        return await self._engine.set_indexed([(key, data)], expiry, index)
 
     async def invalidate(self, agent_id: int) -> int:
         """Make every entry of the agent unreadable, then delete them; how many were live."""
         agent_id = check_id(agent_id, "agent_id")
-        keys = self._core.keys
+        keys = self._engine.keys
         if not await self._bump(agent_id):
             if not self._owed and not self._owed_all:  # once per outage, not per call
                 # During an outage the breaker has said so already; otherwise say it here.
-                log = logger.warning if self._core.policy.available else logger.debug
+                log = logger.warning if self._engine.policy.available else logger.debug
                 log(
                     "invalidating agent %d's RAG results failed; this "
                     "process will not read them until the invalidation reaches Redis",
@@ -213,11 +213,11 @@ class RagCache:
             else:
                 self._owed.add(agent_id)
             return 0
-        members = await self._core.pop_index(keys.rag_index(agent_id))
+        members = await self._engine.pop_index(keys.rag_index(agent_id))
         # Only this agent's own entries: never a counter, another agent's or another
         # application's key, whatever someone wrote into the set.
         own = [key for key in members if keys.is_rag(agent_id, key)]
-        return await self._core.delete(own) if own else 0
+        return await self._engine.delete(own) if own else 0
 
     async def invalidate_all(self) -> bool:
         """Make every agent's entries unreadable (O(1); they expire with their TTL)."""
@@ -242,7 +242,7 @@ class RagCache:
             and isinstance(entry[2], list)  # items unchecked: set() accepts any list
         ):
             return entry
-        self._core.stats.errors += 1
+        self._engine.stats.errors += 1
         return None
 
     def _remember(self, key: str, generation: Generation) -> None:

@@ -20,7 +20,7 @@ from gathering_cache.core.policy import BreakerState, DegradationPolicy
 from gathering_cache.core.stats import CacheStats
 from gathering_cache.errors import ArgumentTypeError, BackendError
 
-__all__ = ["UNAVAILABLE", "CacheCore", "Messaging", "Unavailable"]
+__all__ = ["UNAVAILABLE", "CacheCore", "Locks", "Messaging", "Unavailable"]
 
 logger = logging.getLogger(__name__)
 
@@ -411,6 +411,31 @@ class Messaging:
                 f"cannot subscribe to {channel}: {core.policy.reason or core.policy.last_error}"
             )
         return subscriber
+
+
+class Locks:
+    """Short-lived locks in the store, under the policy: the handle single-flight works
+    through (``AsyncCacheManager.locks``), so it never reaches the store or the core."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: CacheCore) -> None:
+        self._core = core
+
+    def key(self, key: str) -> str:
+        """The lock key guarding the computation of ``key`` (a key under the prefix)."""
+        return self._core.keys.lock(key)
+
+    async def acquire(
+        self, keys: Sequence[str], token: str, ttl_ms: int
+    ) -> list[bool] | Unavailable:
+        """Take what locks can be taken (owned by ``token``, expiring after ``ttl_ms``);
+        :data:`UNAVAILABLE` when the store cannot answer."""
+        return await self._core.acquire_locks(keys, token, ttl_ms)
+
+    async def release(self, keys: Sequence[str], token: str) -> int:
+        """Release the locks ``token`` still owns; how many were released."""
+        return await self._core.release_locks(keys, token)
 
 
 def checked_items(mapping: object, ttl: object) -> tuple[Mapping[str, Any], int | None]:

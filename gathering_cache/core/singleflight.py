@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from gathering_cache.core.engine import UNAVAILABLE, CacheCore
+from gathering_cache.core.engine import UNAVAILABLE, CacheCore, Locks
 from gathering_cache.core.keys import check_lock_ttl, check_number
 
 __all__ = ["FlightCounters", "OwnerGone", "SingleFlight", "retrieve_exception"]
@@ -73,14 +73,14 @@ class SingleFlight(Generic[T]):
 
     def __init__(
         self,
-        core: CacheCore,
+        locks: Locks | CacheCore,
         *,
         lock_ttl: float = 30.0,
         wait_timeout: float = 10.0,
         cross_process: bool = True,
         counters: FlightCounters | None = None,
     ) -> None:
-        self._core = core
+        self._locks = locks if isinstance(locks, Locks) else Locks(locks)
         self.lock_ttl_ms = check_lock_ttl(lock_ttl)
         self.wait_timeout = check_number(wait_timeout, "wait_timeout")
         self.cross_process = bool(cross_process)
@@ -183,8 +183,8 @@ class SingleFlight(Generic[T]):
         return results
 
     async def _acquire(self, keys: list[str], token: str) -> list[bool] | None:
-        locks = [self._core.keys.lock(key) for key in keys]
-        taken: list[bool] = await self._core.acquire_locks(locks, token, self.lock_ttl_ms)
+        locks = [self._locks.key(key) for key in keys]
+        taken = await self._locks.acquire(locks, token, self.lock_ttl_ms)
         return None if taken is UNAVAILABLE else taken
 
     async def _under_lock(
@@ -204,7 +204,7 @@ class SingleFlight(Generic[T]):
             return results
         finally:
             # Only the owner's token deletes a lock (compare-and-delete).
-            await self._core.release_locks([self._core.keys.lock(key) for key in keys], token)
+            await self._locks.release([self._locks.key(key) for key in keys], token)
 
     async def _wait_for_others(
         self, keys: list[str], token: str, compute: Compute[T], lookup: Lookup[T]
