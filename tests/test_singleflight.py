@@ -78,7 +78,8 @@ async def test_a_batch_computes_only_what_it_owns(cache: AsyncCacheManager) -> N
     )
     assert first == {a: f"value of {a}", b: f"value of {b}"}
     assert second == {b: f"value of {b}", c: f"value of {c}"}
-    assert source.calls == [[a, b], [c]]  # b once, by its first owner
+    # b once, by its first owner; which batch reaches its provider first is not promised.
+    assert sorted(sorted(call) for call in source.calls) == [[a, b], [c]]
     assert flight.coalesced == 1
     assert flight.from_other_processes == 0
     assert flight.inflight == {}
@@ -144,7 +145,10 @@ async def test_a_cancelled_owner_hands_its_keys_to_the_waiters(cache: AsyncCache
     flight: SingleFlight[str] = SingleFlight(core)
     a, b = key(core, "a"), key(core, "b")
     owner = asyncio.create_task(flight.run_many([a, b], source.compute, source.lookup))
-    await asyncio.sleep(0.05)
+    for _ in range(500):  # until the owner is computing (its locks taken), at most 5 s
+        if source.calls:
+            break
+        await asyncio.sleep(0.01)
     waiter = asyncio.create_task(flight.run_many([b], source.compute, source.lookup))
     await asyncio.sleep(0.05)
     owner.cancel()
