@@ -8,11 +8,15 @@ from __future__ import annotations
 import datetime
 import ipaddress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+if TYPE_CHECKING:
+    from tests.servers import RedisServer
 
 
 def _name(common_name: str) -> x509.Name:
@@ -95,3 +99,24 @@ def make_certificates(directory: Path, ca_name: str = "gathering-cache test CA")
     paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     paths["key"].write_bytes(_pem_key(key))
     return paths
+
+
+def tls_redis_server(
+    directory: Path, *, password: str | None = None
+) -> tuple[RedisServer, int, dict[str, Path]]:
+    """A (not yet started) redis-server that also listens with TLS on a free port, with a
+    test certificate made in ``directory``: the server, its TLS port and the certificates
+    (``ca``, ``cert``, ``key``). Clients are not asked for a certificate."""
+    from tests.servers import RedisServer, free_port
+
+    certs = make_certificates(directory)
+    tls_port = free_port()
+    server = RedisServer(
+        "--tls-port", str(tls_port),
+        "--tls-cert-file", str(certs["cert"]),
+        "--tls-key-file", str(certs["key"]),
+        "--tls-ca-cert-file", str(certs["ca"]),
+        "--tls-auth-clients", "no",
+        password=password,
+    )  # fmt: skip
+    return server, tls_port, certs

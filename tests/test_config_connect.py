@@ -14,9 +14,9 @@ import redis.asyncio as redis_asyncio
 
 from gathering_cache import AsyncCacheManager, CacheConfig
 from gathering_cache.backends.redis_store import build_client
-from tests.certs import make_certificates
+from tests.certs import tls_redis_server
 from tests.conftest import require_redis_server
-from tests.servers import RedisServer, free_port
+from tests.servers import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -60,16 +60,7 @@ async def test_url_query_parameters_reach_the_connection(redis_server: RedisServ
 @pytest.fixture
 def tls_server_with_password(tmp_path: Path) -> Iterator[tuple[RedisServer, int, Path]]:
     require_redis_server()
-    certs = make_certificates(tmp_path)
-    tls_port = free_port()
-    server = RedisServer(
-        "--tls-port", str(tls_port),
-        "--tls-cert-file", str(certs["cert"]),
-        "--tls-key-file", str(certs["key"]),
-        "--tls-ca-cert-file", str(certs["ca"]),
-        "--tls-auth-clients", "no",
-        password=PASSWORD,
-    )  # fmt: skip
+    server, tls_port, certs = tls_redis_server(tmp_path, password=PASSWORD)
     server.start()
     yield server, tls_port, certs["ca"]
     server.cleanup()

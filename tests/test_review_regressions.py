@@ -32,7 +32,7 @@ from gathering_cache import (
     SerializationError,
 )
 from gathering_cache.core.policy import DegradationPolicy
-from tests.certs import make_certificates
+from tests.certs import tls_redis_server
 from tests.conftest import require_redis_server
 from tests.servers import RedisServer, free_port
 
@@ -379,15 +379,7 @@ async def test_tls_without_verification_connects(
     # redis-py 5.x raised "Cannot set verify_mode to CERT_NONE when check_hostname is
     # enabled" for the first case on every connect, so the cache stayed degraded for good.
     require_redis_server()
-    certs = make_certificates(tmp_path)
-    tls_port = free_port()
-    server = RedisServer(
-        "--tls-port", str(tls_port),
-        "--tls-cert-file", str(certs["cert"]),
-        "--tls-key-file", str(certs["key"]),
-        "--tls-ca-cert-file", str(certs["ca"]),
-        "--tls-auth-clients", "no",
-    )  # fmt: skip
+    server, tls_port, _ = tls_redis_server(tmp_path)
     server.start()
     try:
         url = f"rediss://127.0.0.1:{tls_port}/0"

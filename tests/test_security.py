@@ -20,9 +20,9 @@ from gathering_cache import (
     RedisEventBridge,
     cached_completion,
 )
-from tests.certs import make_certificates
+from tests.certs import make_certificates, tls_redis_server
 from tests.conftest import require_redis_server
-from tests.servers import RedisServer, free_port
+from tests.servers import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -30,15 +30,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[tuple[RedisServer, dict[str, Path]]]:
     require_redis_server()
-    certs = make_certificates(tmp_path)
-    tls_port = free_port()
-    server = RedisServer(
-        "--tls-port", str(tls_port),
-        "--tls-cert-file", str(certs["cert"]),
-        "--tls-key-file", str(certs["key"]),
-        "--tls-ca-cert-file", str(certs["ca"]),
-        "--tls-auth-clients", "no",
-    )  # fmt: skip
+    server, tls_port, certs = tls_redis_server(tmp_path)
     server.start()
     server.tls_port = tls_port  # type: ignore[attr-defined]
     yield server, certs
