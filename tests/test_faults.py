@@ -25,6 +25,10 @@ pytestmark = pytest.mark.integration
 # few milliseconds more to resume the caller.
 SCHEDULING = 0.1
 WORKERS = 64
+# A generous bound on recovery after the server is back (a figure, not a contract): the
+# breaker probes every recovery_interval (1 s), and the first reconnect after a restart may
+# take a retry or two. Measured 0.6-0.9 s here; 2.5 s once with the lowest redis-py (6.1).
+RECOVERY = 4.0
 
 
 @pytest.fixture
@@ -59,7 +63,7 @@ async def outage_under_load(
         await asyncio.to_thread(heal)  # type: ignore[arg-type]
         return healing
 
-    driver = asyncio.create_task(drive(call, WORKERS, 0.7 + outage + 2.6, load))
+    driver = asyncio.create_task(drive(call, WORKERS, 0.7 + outage + RECOVERY + 0.6, load))
     healed_at = await faults()
     await driver
     recovered = load.first_success_after(healed_at)
@@ -80,7 +84,7 @@ async def outage_under_load(
     assert load.exceptions == []
     assert load.longest <= config.operation_timeout + SCHEDULING
     assert recovered is not None
-    assert recovered <= 2.0
+    assert recovered <= RECOVERY
 
 
 async def test_kill_9_under_load_then_restart(server: RedisServer) -> None:
@@ -165,7 +169,7 @@ def test_sync_facade_under_faults_from_threads(server: RedisServer) -> None:
     cache = CacheManager(config)
     assert cache.is_enabled()
     load = Load()
-    stop = time.monotonic() + 4.0
+    stop = time.monotonic() + 1.9 + RECOVERY + 0.5
 
     def worker(n: int) -> None:
         i = 0
@@ -205,4 +209,4 @@ def test_sync_facade_under_faults_from_threads(server: RedisServer) -> None:
     assert load.exceptions == []
     assert load.longest <= config.operation_timeout + SCHEDULING
     assert recovered is not None
-    assert recovered <= 2.0
+    assert recovered <= RECOVERY
