@@ -16,6 +16,7 @@ from gathering_cache.agents.warming import WarmProgress, WarmReport, warm_rag_ca
 from gathering_cache.backends import REDIS_AVAILABLE
 from gathering_cache.caches.llm import is_deterministic
 from gathering_cache.config import CacheConfig
+from gathering_cache.core.observe import Observer, Operation, Outcome
 from gathering_cache.errors import (
     ArgumentTypeError,
     BackendError,
@@ -53,7 +54,10 @@ __all__ = [
     "InMemoryVectorStore",
     "InvalidArgumentError",
     "MemoryManager",
+    "Observer",
     "OpenAIEmbeddings",
+    "Operation",
+    "Outcome",
     "PatternError",
     "ProviderError",
     "REDIS_AVAILABLE",

@@ -20,6 +20,7 @@ from gathering_cache.caches.rag import RagCache
 from gathering_cache.config import CacheConfig
 from gathering_cache.core.engine import CacheCore, Locks, Messaging, checked_items
 from gathering_cache.core.keys import GENERIC, check_key, check_ttl
+from gathering_cache.core.observe import Observer
 from gathering_cache.errors import ArgumentTypeError
 
 if TYPE_CHECKING:
@@ -107,6 +108,29 @@ class AsyncCacheManager:
     def llm(self) -> LLMCache:
         """The LLM response cache (lower-level: ``cached_completion`` builds on it)."""
         return self._llm
+
+    # -- observers ----------------------------------------------------------------------------
+
+    def add_observer(self, observer: Observer) -> None:
+        """Report every store operation of this cache to ``observer``: a callable given one
+        :class:`~gathering_cache.Operation` (op, namespace, outcome, duration, bytes, keys,
+        hits) right after each operation ends, on the event loop. It must be quick and must
+        not block; one that raises is logged once and removed. The cache's own statistics
+        are such an observer; metrics and tracing attach the same way.
+
+        Raises:
+            ArgumentTypeError: ``observer`` is not callable.
+        """
+        self._core.add_observer(observer)
+
+    def remove_observer(self, observer: Observer) -> bool:
+        """Stop reporting to ``observer``; whether it was registered."""
+        return self._core.remove_observer(observer)
+
+    @property
+    def observers(self) -> tuple[Observer, ...]:
+        """The observers added with :meth:`add_observer`, in order."""
+        return self._core.observers
 
     # -- lifecycle ----------------------------------------------------------------------------
 

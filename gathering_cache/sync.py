@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from gathering_cache.config import CacheConfig
+from gathering_cache.core.observe import Observer
 from gathering_cache.manager import AsyncCacheManager
 
 if TYPE_CHECKING:
@@ -294,12 +295,15 @@ class CacheManager:
             closed = not self._finalizer.alive
             self._finalizer.detach()  # the parent's portal is not ours to stop
             config = self._async.config
+            observers = self._async.observers
             if self._injected:
                 logger.warning(
                     "CacheManager used after fork with an injected client; "
                     "building a new client from its config"
                 )
             self._start(config, None)
+            for observer in observers:  # the child's operations are reported too
+                self._async.add_observer(observer)
             if closed:
                 self._finalizer()
 
@@ -600,6 +604,15 @@ class CacheManager:
             return {"enabled": False, "reason": reason}
 
         return self._run(self._live().get_stats(), fallback, bulk=True)
+
+    def add_observer(self, observer: Observer) -> None:
+        """Report every store operation to ``observer``; see
+        ``AsyncCacheManager.add_observer``. It is called on this facade's loop thread."""
+        self._live().add_observer(observer)
+
+    def remove_observer(self, observer: Observer) -> bool:
+        """Stop reporting to ``observer``; whether it was registered."""
+        return self._live().remove_observer(observer)
 
     def reset_stats(self) -> None:
         """Zero the hit / miss / error counters."""

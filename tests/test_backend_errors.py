@@ -105,8 +105,10 @@ async def redis_like(request: pytest.FixtureRequest) -> AsyncIterator[AsyncCache
 async def test_invalid_expire_time_replies_are_data_errors(redis_like: AsyncCacheManager) -> None:
     core = redis_like._core
     for _ in range(5):  # past failure_threshold: bypasses check_ttl to reach Redis
-        assert await core.set_raw("gathering:k", b"1", 10**18) is False
-        assert await core.set_many_raw([("gathering:a", b"1")], 10**18) is False  # pipeline
+        assert await core.write("generic", "gathering:k", b"1", 10**18) is False
+        assert (
+            await core.write_many("generic", [("gathering:a", b"1")], 10**18) is False
+        )  # pipeline
     breaker = (await redis_like.get_stats())["breaker"]
     assert breaker["state"] == "closed"
     assert breaker["data_errors"] == 10

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from gathering_cache import PatternError, SerializationError
+from gathering_cache import Operation, Outcome, PatternError, SerializationError
 from gathering_cache.core.encoding import DecodeError, decode, encode
 from gathering_cache.core.globmatch import compile_glob
 from gathering_cache.core.keys import KeySpace, check_id, check_key, check_ttl, text_hash
@@ -110,8 +110,8 @@ def test_hit_rate() -> None:
 
 def test_stats_snapshot() -> None:
     stats = CacheStats()
-    stats.hit("embedding", 3)
-    stats.miss("rag")
+    stats.observe(Operation("get_many", "embedding", Outcome.HIT, 0.001, 30, keys=3, hits=3))
+    stats.observe(Operation("get", "rag", Outcome.MISS, 0.001))
     snap = stats.snapshot()
     assert (snap["hits"], snap["misses"], snap["hit_rate"]) == (3, 1, 75.0)
     assert snap["namespaces"]["embedding"]["hit_rate"] == 100.0

@@ -8,12 +8,12 @@ count as infrastructure faults; anything else is a bug and propagates.
 
 from __future__ import annotations
 
-import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gathering_cache.core.encoding import COUNTER_DIGITS, fresh_counter, parse_counter
 from gathering_cache.errors import BackendError
 
 __all__ = [
@@ -26,28 +26,6 @@ __all__ = [
     "fresh_counter",
     "parse_counter",
 ]
-
-COUNTER_DIGITS = 15
-"""A counter is stored as at most this many decimal digits: below 2**53, so Lua (whose
-numbers are doubles) and Python read the same value."""
-
-
-def fresh_counter() -> int:
-    """The value a counter is created (or repaired) at: random 48 bits, so a counter that
-    disappears (expiry, eviction, a restart that lost data, a deletion) and comes back never
-    repeats a value it held before, with overwhelming probability (~n/2**48 after n
-    increments)."""
-    return secrets.randbits(48)
-
-
-def parse_counter(raw: object) -> int | None:
-    """The value of a stored counter; ``None`` when ``raw`` is not one (absent, or bytes
-    that are not 1 to :data:`COUNTER_DIGITS` ASCII digits without a leading zero)."""
-    if not isinstance(raw, bytes) or not 0 < len(raw) <= COUNTER_DIGITS or not raw.isdigit():
-        return None
-    if raw[0] == 0x30 and len(raw) > 1:  # "007": Redis's INCRBY refuses leading zeros
-        return None
-    return int(raw)
 
 
 class DataFault(BackendError):
@@ -101,6 +79,13 @@ class Capabilities:
     disabled: str | None = None
     """Why the store can never answer (the cache disabled, the redis library missing), or
     ``None``: such a store is never called, and the cache runs degraded from the start."""
+    indexes: bool = False
+    """It keeps index sets (:meth:`Store.set_indexed`, :meth:`Store.pop_index`). Without
+    them, values are stored alone and an invalidation that would read an index finds it
+    empty: the entries are unreadable anyway (the RAG cache's counters) and expire."""
+    locks: bool = False
+    """It takes short-lived locks (:meth:`Store.acquire_locks`). Without them, single-flight
+    works within the process only."""
 
 
 class Store(ABC):
@@ -158,19 +143,6 @@ class Store(ABC):
         """How many keys match ``pattern`` (SCAN, never KEYS or DBSIZE)."""
 
     @abstractmethod
-    async def set_indexed(self, items: Sequence[tuple[str, bytes]], ttl: int, index: str) -> bool:
-        """Store values (SET EX) and add their keys to the index ``index`` (a sorted set
-        scored by expiry; members whose entries have expired are dropped), whose own expiry
-        is extended to at least ``ttl`` (never shortened: it lists entries that may live
-        longer). One non-transactional pipeline; cluster-safe. True."""
-
-    @abstractmethod
-    async def pop_index(self, index: str) -> list[str]:
-        """Read and delete the index ``index`` atomically (one key, one slot): its members,
-        as stored (callers must check them: anyone who can write the set chose them).
-        Members that are not UTF-8 come back with replacement characters, never raise."""
-
-    @abstractmethod
     async def counters(self, keys: Sequence[str], amount: int, ttl: int) -> list[int]:
         """Get-or-create, optionally increment, and keep alive a counter under each key.
 
@@ -182,21 +154,36 @@ class Store(ABC):
         """
 
     @abstractmethod
-    async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
-        """Try to take a short-lived lock on each key (SET NX PX); which ones were taken."""
-
-    @abstractmethod
-    async def release_locks(self, keys: Sequence[str], token: str) -> int:
-        """Release the locks among ``keys`` still held with ``token``; never another owner's.
-        Returns how many were released."""
-
-    @abstractmethod
     async def publish(self, channel: str, message: bytes) -> int:
         """Send ``message`` on a pub/sub channel; how many subscribers got it."""
 
     @abstractmethod
     def subscriber(self, channel: str) -> Subscriber:
         """A (not yet started) subscription to ``channel``."""
+
+    # -- optional: declared in ``capabilities``, never called unless declared ------------------
+
+    async def set_indexed(self, items: Sequence[tuple[str, bytes]], ttl: int, index: str) -> bool:
+        """Store values (SET EX) and add their keys to the index ``index`` (a sorted set
+        scored by expiry; members whose entries have expired are dropped), whose own expiry
+        is extended to at least ``ttl`` (never shortened: it lists entries that may live
+        longer). One non-transactional pipeline; cluster-safe. True."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no indexes")
+
+    async def pop_index(self, index: str) -> list[str]:
+        """Read and delete the index ``index`` atomically (one key, one slot): its members,
+        as stored (callers must check them: anyone who can write the set chose them).
+        Members that are not UTF-8 come back with replacement characters, never raise."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no indexes")
+
+    async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
+        """Try to take a short-lived lock on each key (SET NX PX); which ones were taken."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no locks")
+
+    async def release_locks(self, keys: Sequence[str], token: str) -> int:
+        """Release the locks among ``keys`` still held with ``token``; never another owner's.
+        Returns how many were released."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no locks")
 
     def is_data_error(self, exc: BaseException) -> bool:
         """Whether ``exc`` concerns one call's own data or arguments (a value of another type

@@ -34,7 +34,9 @@ _Value = bytes | dict[str, float]
 class MemoryStore(Store):
     """A bounded LRU of bytes with per-entry expiry. Not shared between processes."""
 
-    capabilities = Capabilities(backend="memory", networked=False, loop_bound=False)
+    capabilities = Capabilities(
+        backend="memory", networked=False, loop_bound=False, indexes=True, locks=True
+    )
     fault_types = ()
 
     def __init__(

@@ -62,12 +62,6 @@ class NullStore(Store):
     async def count(self, pattern: str, progress: Progress) -> int:
         self._fail()
 
-    async def set_indexed(self, items: Sequence[tuple[str, bytes]], ttl: int, index: str) -> bool:
-        self._fail()
-
-    async def pop_index(self, index: str) -> list[str]:
-        self._fail()
-
     async def counters(self, keys: Sequence[str], amount: int, ttl: int) -> list[int]:
         self._fail()
 
@@ -76,12 +70,6 @@ class NullStore(Store):
 
     def subscriber(self, channel: str) -> Subscriber:
         return _NullSubscriber(self.reason)
-
-    async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
-        self._fail()
-
-    async def release_locks(self, keys: Sequence[str], token: str) -> int:
-        self._fail()
 
 
 class _NullSubscriber(Subscriber):

@@ -317,7 +317,12 @@ class RedisStore(Store):
         concurrency: int | None = None,
     ) -> None:
         self.capabilities = Capabilities(
-            backend="redis", networked=True, loop_bound=True, concurrency=concurrency
+            backend="redis",
+            networked=True,
+            loop_bound=True,
+            concurrency=concurrency,
+            indexes=True,
+            locks=True,
         )
         self._client = client
         self._owned = owned

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gathering_cache.core import encoding
 from gathering_cache.core.engine import CacheCore
 from gathering_cache.core.keys import CIRCLE, check_id, check_ttl
 from gathering_cache.errors import ArgumentTypeError
@@ -23,10 +24,11 @@ class CircleCache:
 
     def __init__(self, core: CacheCore) -> None:
         self._engine = core
+        self._judge = core.decoder(_is_dict)
 
     async def get(self, circle_id: int) -> dict[str, Any] | None:
         key = self._engine.keys.circle(check_id(circle_id, "circle_id"))
-        value: dict[str, Any] | None = await self._engine.get(key, CIRCLE, _is_dict)
+        value: dict[str, Any] | None = await self._engine.read(CIRCLE, key, self._judge)
         return value
 
     async def set(self, circle_id: int, context: dict[str, Any], ttl: int | None) -> bool:
@@ -34,8 +36,8 @@ class CircleCache:
         if not isinstance(context, dict):
             raise ArgumentTypeError(f"context must be a dict, not {type(context).__name__}")
         expiry = check_ttl(ttl) or self._engine.config.circle_context_ttl
-        return await self._engine.set(key, context, expiry)
+        return await self._engine.write(CIRCLE, key, encoding.encode(context), expiry)
 
     async def invalidate(self, circle_id: int) -> bool:
         key = self._engine.keys.circle(check_id(circle_id, "circle_id"))
-        return await self._engine.delete([key]) > 0
+        return await self._engine.delete([key], CIRCLE) > 0

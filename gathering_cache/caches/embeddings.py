@@ -18,6 +18,7 @@ is a miss.
 
 from __future__ import annotations
 
+import functools
 import math
 from array import array
 from collections.abc import Sequence
@@ -140,14 +141,14 @@ class EmbeddingCache:
             check_text(text), check_model(model), check_dimensions(dimensions)
         )
 
-    def _unpack(self, raw: bytes, dimensions: int | None) -> array[float] | None:
+    @staticmethod
+    def _unpack(raw: bytes, dimensions: int | None) -> array[float] | None:
+        """The vector packed in ``raw``; ``None`` when it is not one (of ``dimensions``)."""
         try:
             vector = encoding.decode_vector(raw)
         except encoding.DecodeError:
-            self._engine.stats.errors += 1
             return None
         if dimensions is not None and len(vector) != dimensions:
-            self._engine.stats.errors += 1
             return None
         return vector
 
@@ -159,25 +160,49 @@ class EmbeddingCache:
 
     def _resolve(
         self, key: str, raw: bytes | Unavailable | None, dimensions: int | None
-    ) -> tuple[array[float] | None, Source]:
-        """The vector for one key given what Redis answered (or UNAVAILABLE), and where it
-        came from."""
+    ) -> tuple[array[float] | None, Source, bool]:
+        """The vector for one key given what Redis answered (or UNAVAILABLE), where it came
+        from, and whether an entry was found but refused."""
         if raw is UNAVAILABLE:
             if not self._engine.policy.may_use_fallbacks:
-                return None, None  # disabled or closed: every read is a miss
+                return None, None, False  # disabled or closed: every read is a miss
             cached = self.lru.get(key)
             if cached is None:
-                return None, None
+                return None, None, False
             vector = self._unpack(cached, dimensions)
-            return vector, "lru" if vector is not None else None
+            return vector, "lru" if vector is not None else None, vector is None
         if raw is None:
             self.lru.discard(key)  # Redis lost or expired it: so must we
-            return None, None
+            return None, None, False
         vector = self._unpack(raw, dimensions)
         if vector is None:
-            return None, None
+            return None, None, True
         self.lru.put(key, raw)
-        return vector, "store"
+        return vector, "store", False
+
+    def _judge(
+        self, keys: Sequence[str], dimensions: int | None, answer: Any
+    ) -> tuple[list[tuple[array[float] | None, Source]], int, int, int]:
+        """Each key's vector and source (see :meth:`_resolve`), hits, refused, bytes."""
+        raws: Sequence[bytes | Unavailable | None] = (
+            [UNAVAILABLE] * len(keys) if answer is UNAVAILABLE else answer
+        )
+        out: list[tuple[array[float] | None, Source]] = []
+        hits = invalid = nbytes = 0
+        for key, raw in zip(keys, raws, strict=True):
+            vector, source, refused = self._resolve(key, raw, dimensions)
+            out.append((vector, source))
+            hits += vector is not None
+            invalid += refused
+            if isinstance(raw, bytes):
+                nbytes += len(raw)
+        return out, hits, invalid, nbytes
+
+    def _judge_one(
+        self, key: str, dimensions: int | None, raw: Any
+    ) -> tuple[array[float] | None, int, int, int]:
+        vector, _, refused = self._resolve(key, raw, dimensions)
+        return vector, vector is not None, refused, len(raw) if isinstance(raw, bytes) else 0
 
     async def get(
         self,
@@ -187,11 +212,10 @@ class EmbeddingCache:
         as_numpy: bool = False,
     ) -> list[float] | npt.NDArray[np.floating[Any]] | None:
         key = self.key(text, model, dimensions)
-        vector, _ = self._resolve(key, await self._engine.get_raw(key), dimensions)
+        judge = functools.partial(self._judge_one, key, dimensions)
+        vector: array[float] | None = await self._engine.read(EMBEDDING, key, judge)
         if vector is None:
-            self._engine.stats.miss(EMBEDDING)
             return None
-        self._engine.stats.hit(EMBEDDING)
         return self._output(vector, as_numpy)  # type: ignore[no-any-return]
 
     async def get_many(
@@ -213,15 +237,11 @@ class EmbeddingCache:
         keys = [self.key(text, model, dimensions) for text in texts]
         if not keys:
             return []
-        answer = await self._engine.get_many_raw(keys)
-        raws: Sequence[bytes | Unavailable | None] = (
-            [UNAVAILABLE] * len(keys) if answer is UNAVAILABLE else answer
+        judge = functools.partial(self._judge, keys, dimensions)
+        found: list[tuple[array[float] | None, Source]] = await self._engine.read_many(
+            EMBEDDING, keys, judge
         )
-        out = [self._resolve(key, raw, dimensions) for key, raw in zip(keys, raws, strict=True)]
-        hits = sum(vector is not None for vector, _ in out)
-        self._engine.stats.hit(EMBEDDING, hits)
-        self._engine.stats.miss(EMBEDDING, len(out) - hits)
-        return out
+        return found
 
     async def acquire_locks(
         self,
@@ -259,10 +279,9 @@ class EmbeddingCache:
         key = self.key(text, model, dimensions)
         data = self._pack(embedding, dimensions)
         expiry = check_ttl(ttl) or self._engine.config.embedding_ttl
-        if self._engine.oversized([(key, data)]):
-            return False
-        self.lru.put(key, data)
-        return await self._engine.set_raw(key, data, expiry)
+        if self._engine.fits([(key, data)]):
+            self.lru.put(key, data)  # served during an outage, whatever the write's fate
+        return await self._engine.write(EMBEDDING, key, data, expiry)
 
     async def set_many(
         self,
@@ -288,8 +307,7 @@ class EmbeddingCache:
             for text, vector in zip(texts, embeddings, strict=True)
         ]
         expiry = check_ttl(ttl) or self._engine.config.embedding_ttl
-        if self._engine.oversized(items):
-            return False
-        for key, data in items:
-            self.lru.put(key, data)
-        return await self._engine.set_many_raw(items, expiry)
+        if self._engine.fits(items):
+            for key, data in items:
+                self.lru.put(key, data)
+        return await self._engine.write_many(EMBEDDING, items, expiry)

@@ -22,7 +22,6 @@ import logging
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 
@@ -98,6 +97,7 @@ class LLMCache:
 
     def __init__(self, core: CacheCore) -> None:
         self._engine = core
+        self._judge = core.decoder(is_entry)
 
     def key(
         self,
@@ -129,9 +129,7 @@ class LLMCache:
             )
         except orjson.JSONEncodeError as exc:
             raise SerializationError(f"cannot hash the LLM request: {exc}") from None
-        digest = hashlib.sha256(canonical).hexdigest()[:32]
-        space = f"ns-{quote(namespace, safe='')}" if namespace is not None else "shared"
-        return f"{self._engine.keys.prefix}{LLM}:{space}:{digest}"
+        return self._engine.keys.llm(namespace, hashlib.sha256(canonical).hexdigest()[:32])
 
     def _cacheable(self, force: bool, params: Mapping[str, Any]) -> bool:
         if force or is_deterministic(params):
@@ -155,7 +153,7 @@ class LLMCache:
         return await self.read(key)
 
     async def read(self, key: str) -> dict[str, Any] | None:
-        entry: dict[str, Any] | None = await self._engine.get(key, LLM, is_entry)
+        entry: dict[str, Any] | None = await self._engine.read(LLM, key, self._judge)
         if entry is not None:
             self._engine.stats.llm_tokens_saved += usage_tokens(entry.get("usage"))
         return entry
@@ -181,7 +179,7 @@ class LLMCache:
         data = encoding.encode(make_entry(response, usage, model))
         if not self._cacheable(force, params):
             return False
-        return await self._engine.set_raw(key, data, expiry)
+        return await self._engine.write(LLM, key, data, expiry)
 
     async def write(self, key: str, entry: dict[str, Any], ttl: int | None = None) -> bool:
         """Store an entry (:func:`make_entry`) under a key from :meth:`key`, for
@@ -191,16 +189,15 @@ class LLMCache:
             SerializationError: the entry cannot be encoded (nothing is written).
         """
         expiry = check_ttl(ttl) or self._engine.config.llm_response_ttl
-        return await self._engine.set_raw(key, encoding.encode(entry), expiry)
+        return await self._engine.write(LLM, key, encoding.encode(entry), expiry)
 
     def count_skipped(self) -> None:
         """Count a call left uncached because it is not deterministic (``llm_skipped``)."""
         self._engine.stats.llm_skipped += 1
 
     async def invalidate(self, namespace: str | None) -> int:
-        namespace = check_namespace(namespace)
-        space = f"ns-{quote(namespace, safe='')}" if namespace is not None else "shared"
-        return await self._engine.delete_pattern(f"{self._engine.keys.prefix}{LLM}:{space}:*")
+        pattern = self._engine.keys.llm_pattern(check_namespace(namespace))
+        return await self._engine.delete_pattern(pattern, LLM)
 
 
 def make_entry(response: Any, usage: Mapping[str, Any] | None, model: str) -> dict[str, Any]:

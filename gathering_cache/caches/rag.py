@@ -36,10 +36,11 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from gathering_cache.backends.base import parse_counter
 from gathering_cache.core import encoding
+from gathering_cache.core.encoding import parse_counter
 from gathering_cache.core.engine import UNAVAILABLE, CacheCore
 from gathering_cache.core.keys import RAG, check_id, check_text, check_ttl
+from gathering_cache.core.observe import Outcome
 from gathering_cache.errors import ArgumentTypeError
 
 __all__ = ["Generation", "RagCache"]
@@ -80,7 +81,7 @@ class RagCache:
         """Increment one generation counter (creating it if absent); False when unavailable."""
         key = self._engine.keys.rag_generation(agent_id)
         ttl = self._engine.config.rag_results_ttl + _COUNTER_MARGIN
-        return await self._engine.counters([key], 1, ttl) is not None
+        return await self._engine.counters(RAG, [key], 1, ttl) is not None
 
     async def _settle(self, agent_id: int) -> bool:
         """Pay owed invalidations; False while one for this agent is still owed."""
@@ -102,7 +103,7 @@ class RagCache:
     async def _current(self, agent_id: int, ttl: int) -> Generation | None:
         """The agent's generation, creating (or repairing) its counters as needed and making
         them live at least ``ttl`` more seconds; ``None`` when the store cannot answer."""
-        values = await self._engine.counters(self._keys(agent_id), 0, ttl + _COUNTER_MARGIN)
+        values = await self._engine.counters(RAG, self._keys(agent_id), 0, ttl + _COUNTER_MARGIN)
         if values is None:
             return None
         return values[0], values[1]
@@ -115,36 +116,25 @@ class RagCache:
     async def get(self, agent_id: int, query: str) -> list[dict[str, Any]] | None:
         agent_id = check_id(agent_id, "agent_id")
         key = self._engine.keys.rag(agent_id, check_text(query, "query"))
-        stats = self._engine.stats
         if (self._owed or self._owed_all) and not await self._settle(agent_id):
-            stats.miss(RAG)
+            self._engine.report("get", RAG, Outcome.SKIPPED)
             return None
-        raws = await self._engine.get_many_raw([key, *self._keys(agent_id)])
-        if raws is UNAVAILABLE:
-            stats.miss(RAG)
+        found = await self._engine.read_many(RAG, [key, *self._keys(agent_id)], _judge, lookups=1)
+        if found is None:
             return None
-        entry = None if raws[0] is None else self._entry(raws[0])
-        agent_gen, all_gen = parse_counter(raws[1]), parse_counter(raws[2])
-        if agent_gen is None or all_gen is None:
+        entry, current = found
+        if current is None:
             # Absent (expired, evicted, deleted) or not a counter: nothing can be trusted to
             # be current, so a miss; the counters are created or repaired for the write that
             # follows (a fresh random value: no entry stored before can match it).
-            if (raws[1] is not None and agent_gen is None) or (
-                raws[2] is not None and all_gen is None
-            ):
-                stats.errors += 1
             fresh = await self._current(agent_id, self._engine.config.rag_results_ttl)
             if fresh is not None:
                 self._remember(key, fresh)
-            stats.miss(RAG)
             return None
-        current = (agent_gen, all_gen)
         if entry is None or (entry[0], entry[1]) != current:
             # Absent, unreadable, or computed under an older generation (invalidated).
             self._remember(key, current)
-            stats.miss(RAG)
             return None
-        stats.hit(RAG)
         results: list[dict[str, Any]] = entry[2]
         return results
 
@@ -174,7 +164,7 @@ class RagCache:
         expiry = check_ttl(ttl) or self._engine.config.rag_results_ttl
         encoding.encode(results)  # refuse what cannot be stored before any I/O
         if (self._owed or self._owed_all) and not await self._settle(agent_id):
-            self._engine.stats.write_failures += 1
+            self._engine.report("set", RAG, Outcome.SKIPPED)
             return False
         if generation is None:
             generation = self._take(key)
@@ -182,7 +172,7 @@ class RagCache:
         # first. The same call creates them if absent and reads them for the stale check.
         current = await self._current(agent_id, expiry)
         if current is None:
-            self._engine.stats.write_failures += 1
+            self._engine.report("set", RAG, Outcome.SKIPPED)
             return False
         if generation is None:
             generation = current
@@ -192,7 +182,7 @@ class RagCache:
             return True
         data = encoding.encode([generation[0], generation[1], results])
         index = self._engine.keys.rag_index(agent_id)
-        return await self._engine.set_indexed([(key, data)], expiry, index)
+        return await self._engine.write_many(RAG, [(key, data)], expiry, index=index)
 
     async def invalidate(self, agent_id: int) -> int:
         """Make every entry of the agent unreadable, then delete them; how many were live."""
@@ -213,11 +203,11 @@ class RagCache:
             else:
                 self._owed.add(agent_id)
             return 0
-        members = await self._engine.pop_index(keys.rag_index(agent_id))
+        members = await self._engine.pop_index(RAG, keys.rag_index(agent_id))
         # Only this agent's own entries: never a counter, another agent's or another
         # application's key, whatever someone wrote into the set.
         own = [key for key in members if keys.is_rag(agent_id, key)]
-        return await self._engine.delete(own) if own else 0
+        return await self._engine.delete(own, RAG) if own else 0
 
     async def invalidate_all(self) -> bool:
         """Make every agent's entries unreadable (O(1); they expire with their TTL)."""
@@ -226,24 +216,6 @@ class RagCache:
             self._owed.clear()  # the global increment owed covers them
             return False
         return True
-
-    def _entry(self, raw: bytes) -> list[Any] | None:
-        """A stored entry, ``[agent generation, global generation, results]``, or ``None``
-        (counted as an error) when the bytes are not one."""
-        try:
-            entry = encoding.decode(raw)
-        except encoding.DecodeError:
-            entry = None
-        if (
-            isinstance(entry, list)
-            and len(entry) == 3
-            and isinstance(entry[0], int)
-            and isinstance(entry[1], int)
-            and isinstance(entry[2], list)  # items unchecked: set() accepts any list
-        ):
-            return entry
-        self._engine.stats.errors += 1
-        return None
 
     def _remember(self, key: str, generation: Generation) -> None:
         """Record a miss of ``key`` under ``generation``. While earlier misses of the key
@@ -274,3 +246,42 @@ class RagCache:
             del self._seen[key]
         generation: Generation = record[0]
         return generation
+
+
+def _parse_entry(raw: bytes) -> list[Any] | None:
+    """A stored entry, ``[agent generation, global generation, results]``, or ``None`` when
+    the bytes are not one."""
+    try:
+        entry = encoding.decode(raw)
+    except encoding.DecodeError:
+        return None
+    if (
+        isinstance(entry, list)
+        and len(entry) == 3
+        and isinstance(entry[0], int)
+        and isinstance(entry[1], int)
+        and isinstance(entry[2], list)  # items unchecked: set() accepts any list
+    ):
+        return entry
+    return None
+
+
+def _judge(raws: Any) -> tuple[tuple[list[Any] | None, Generation | None] | None, int, int, int]:
+    """What one read (MGET entry, agent counter, global counter) found: ``(entry, current
+    generation)`` (either ``None`` when absent or unreadable), a hit only when the entry is
+    of the current generation; an unreadable entry, or counters that are not counters (they
+    are repaired), count as invalid."""
+    if raws is UNAVAILABLE:
+        return None, 0, 0, 0
+    entry_raw, agent_raw, all_raw = raws
+    invalid = 0
+    entry = None
+    if entry_raw is not None:
+        entry = _parse_entry(entry_raw)
+        invalid += entry is None
+    agent_gen, all_gen = parse_counter(agent_raw), parse_counter(all_raw)
+    if (agent_raw is not None and agent_gen is None) or (all_raw is not None and all_gen is None):
+        invalid += 1
+    current = None if agent_gen is None or all_gen is None else (agent_gen, all_gen)
+    hit = current is not None and entry is not None and (entry[0], entry[1]) == current
+    return (entry, current), int(hit), invalid, len(entry_raw or b"")

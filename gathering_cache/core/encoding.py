@@ -13,6 +13,7 @@ A value written by another format version, by another program, or planted by som
 from __future__ import annotations
 
 import math
+import secrets
 import sys
 from array import array
 from typing import Any, Final, Literal
@@ -22,12 +23,15 @@ import orjson
 from gathering_cache.errors import InvalidArgumentError, SerializationError
 
 __all__ = [
+    "COUNTER_DIGITS",
     "DecodeError",
     "Precision",
     "decode",
     "decode_vector",
     "encode",
     "encode_vector",
+    "fresh_counter",
+    "parse_counter",
 ]
 
 Precision = Literal["lossless", "float32"]
@@ -191,3 +195,28 @@ def decode_vector(data: bytes) -> array[float]:
         # Never written by encode_vector (its input is checked finite): planted or corrupt.
         raise DecodeError("non-finite value in vector")
     return vector
+
+
+# -- counters -------------------------------------------------------------------------------
+
+COUNTER_DIGITS = 15
+"""A counter is stored as at most this many decimal digits: below 2**53, so Lua (whose
+numbers are doubles) and Python read the same value."""
+
+
+def fresh_counter() -> int:
+    """The value a counter is created (or repaired) at: random 48 bits, so a counter that
+    disappears (expiry, eviction, a restart that lost data, a deletion) and comes back never
+    repeats a value it held before, with overwhelming probability (~n/2**48 after n
+    increments)."""
+    return secrets.randbits(48)
+
+
+def parse_counter(raw: object) -> int | None:
+    """The value of a stored counter; ``None`` when ``raw`` is not one (absent, or bytes
+    that are not 1 to :data:`COUNTER_DIGITS` ASCII digits without a leading zero)."""
+    if not isinstance(raw, bytes) or not 0 < len(raw) <= COUNTER_DIGITS or not raw.isdigit():
+        return None
+    if raw[0] == 0x30 and len(raw) > 1:  # "007": Redis's INCRBY refuses leading zeros
+        return None
+    return int(raw)

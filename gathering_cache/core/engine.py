@@ -1,6 +1,7 @@
-"""The cache core shared by the manager and every domain cache: encoding, key checks, stats
-and the degradation policy around one store. Domain modules (embeddings, rag, circle) build
-their keys and call these methods; none of them touches the store directly.
+"""The cache core shared by the manager and every domain cache: one store behind the
+degradation policy, every call through one guarded call that reports to the observers.
+Domain modules (embeddings, rag, circle, llm) build their keys and call these methods; none
+of them touches the store directly.
 """
 
 from __future__ import annotations
@@ -8,19 +9,21 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from time import perf_counter
 from typing import Any, Final
 
 from gathering_cache.backends import Progress, Store, create_store
 from gathering_cache.backends.base import Subscriber
 from gathering_cache.config import CacheConfig
 from gathering_cache.core import encoding
-from gathering_cache.core.keys import KeySpace, check_key, check_ttl
+from gathering_cache.core.keys import EVENTS, GENERIC, LOCK, KeySpace, check_key, check_ttl
+from gathering_cache.core.observe import Observer, Operation, Outcome
 from gathering_cache.core.policy import BreakerState, DegradationPolicy
 from gathering_cache.core.stats import CacheStats
 from gathering_cache.errors import ArgumentTypeError, BackendError
 
-__all__ = ["UNAVAILABLE", "CacheCore", "Locks", "Messaging", "Unavailable"]
+__all__ = ["UNAVAILABLE", "CacheCore", "Judge", "Locks", "Messaging", "Unavailable"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +46,22 @@ DeletionListener = Callable[[Sequence[str] | None], None]
 """Told which keys this process deletes (``None``: a pattern, anything may be gone)."""
 
 
+Judge = Callable[[Any], tuple[Any, int, int, int]]
+"""How a domain reads what the store answered: given the store's reply (or
+:data:`UNAVAILABLE` when it gave none), ``(value for the caller, hits, invalid, bytes)``:
+how many lookups the caller gets a value for, how many entries were found but refused
+(undecodable, another shape), and the value bytes read back."""
+
+
 class CacheCore:
-    """Encoded, counted, fault-tolerant operations on one store."""
+    """Encoded, counted, fault-tolerant operations on one store.
+
+    Every store call goes through :meth:`guarded`: the policy around it (ready check,
+    deadline, breaker, limiter), then one :class:`~gathering_cache.core.observe.Operation`
+    reported to the observers (the first is this cache's stats). The domain caches use the
+    few primitives built on it (:meth:`read`, :meth:`read_many`, :meth:`write`,
+    :meth:`write_many`, :meth:`delete`, :meth:`counters` ...), each with its namespace.
+    """
 
     def __init__(self, config: CacheConfig, client: Any = None) -> None:
         self.config = config
@@ -66,11 +83,50 @@ class CacheCore:
             self.policy.disable(reason)
             if config.enabled:
                 logger.warning("%s; running without cache (degraded mode)", reason)
+        self._observers: tuple[Observer, ...] = (self.stats.observe,)
         self._connected = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready_on: asyncio.AbstractEventLoop | None = None
         self._deletion_listeners: list[DeletionListener] = []
         self._warned_oversized = False
+        self.read_value = self.decoder(None)
+        """The judge of a plain encoded value (the generic key-value API)."""
+
+    # -- observers ----------------------------------------------------------------------------
+
+    def add_observer(self, observer: Observer) -> None:
+        """Report every store operation to ``observer`` from now on (see
+        :data:`~gathering_cache.core.observe.Observer`)."""
+        if not callable(observer):
+            raise ArgumentTypeError(f"observer must be callable, not {type(observer).__name__}")
+        self._observers = (*self._observers, observer)
+
+    @property
+    def observers(self) -> tuple[Observer, ...]:
+        """The observers added (this cache's own stats, always the first, excluded)."""
+        return tuple(o for o in self._observers if o != self.stats.observe)
+
+    def remove_observer(self, observer: Observer) -> bool:
+        """Stop reporting to ``observer``; whether it was registered."""
+        kept = tuple(o for o in self._observers if o != observer)
+        removed = len(kept) != len(self._observers)
+        self._observers = kept
+        return removed
+
+    def emit(self, operation: Operation) -> None:
+        """Hand ``operation`` to every observer. One that raises is logged and removed: an
+        observer's bug never reaches a cache call."""
+        for observer in self._observers:
+            try:
+                observer(operation)
+            except Exception:
+                logger.exception("cache observer %r failed; it is removed", observer)
+                self.remove_observer(observer)
+
+    def report(self, op: str, namespace: str, outcome: Outcome, keys: int = 1) -> None:
+        """Report an operation the domain decided without the store (an earlier step of
+        it could not complete): its outcome, taking no time."""
+        self.emit(Operation(op, namespace, outcome, 0.0, 0, keys))
 
     def on_delete(self, listener: DeletionListener) -> None:
         """Register an in-process layer (an LRU) to forget what this process deletes."""
@@ -91,7 +147,7 @@ class CacheCore:
         self._connected = True
         if self.policy.state is BreakerState.DISABLED:
             return False
-        ok = await self.policy.run(self._ping, False)
+        ok = await self.guarded("connect", GENERIC, self._ping, fallback=False)
         if not ok and self.policy.consecutive_failures:
             # The first contact failed: degrade at once rather than after `failure_threshold`.
             # (A call shed by local load is no verdict on the store.)
@@ -127,81 +183,137 @@ class CacheCore:
             await self.connect()
         self._ready_on = loop
 
-    # -- generic operations -------------------------------------------------------------------
+    # -- the guarded call ---------------------------------------------------------------------
 
-    def _decode(self, raw: bytes, accept: Callable[[Any], bool] | None = None) -> Any:
+    async def guarded(
+        self,
+        op: str,
+        namespace: str,
+        call: Callable[..., Awaitable[Any]],
+        *args: Any,
+        fallback: Any = None,
+        judge: Judge | None = None,
+        success: Outcome = Outcome.DONE,
+        keys: int = 1,
+        nbytes: int = 0,
+        timeout: float | None = None,
+        bulk: bool = False,
+    ) -> Any:
+        """Run ``call(*args)`` (a store method) under the policy and report it: the one place
+        every store operation passes.
+
+        Without ``judge``: the store's result, or ``fallback`` when it gave none; reported
+        with ``success`` as its outcome (``STORED`` for a write). With ``judge`` (a read):
+        what the judge makes of the reply, or of :data:`UNAVAILABLE`; a hit or a miss.
+        ``keys`` and ``nbytes`` are what the operation concerns and sends.
+        """
+        if self._ready_on is not asyncio.get_running_loop():
+            await self.ready()
+        started = perf_counter()
+        result = await self.policy.run(call, UNAVAILABLE, *args, timeout=timeout, bulk=bulk)
+        if judge is not None:
+            outcome = self.policy.verdict if result is UNAVAILABLE else None
+            result, hits, invalid, read = judge(result)
+            if outcome is None:
+                outcome = Outcome.HIT if hits else Outcome.MISS
+            self.emit(
+                Operation(
+                    op, namespace, outcome, perf_counter() - started, read, keys, hits, invalid
+                )
+            )
+            return result
+        if result is UNAVAILABLE:
+            self.emit(
+                Operation(op, namespace, self.policy.verdict, perf_counter() - started, 0, keys)
+            )
+            return fallback
+        self.emit(Operation(op, namespace, success, perf_counter() - started, nbytes, keys))
+        return result
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def decoder(self, accept: Callable[[Any], bool] | None) -> Judge:
+        """The judge of one encoded value: decoded, and when ``accept`` is given, of the
+        shape it accepts (a domain's own type); anything else is a miss, counted invalid."""
+
+        def judge(raw: Any) -> tuple[Any, int, int, int]:
+            if raw is None or raw is UNAVAILABLE:
+                return None, 0, 0, 0
+            value = self._decode(raw, accept)
+            if value is _MISSING:
+                return None, 0, 1, len(raw)
+            return value, 1, 0, len(raw)
+
+        return judge
+
+    @staticmethod
+    def _decode(raw: bytes, accept: Callable[[Any], bool] | None = None) -> Any:
         try:
             value = encoding.decode(raw)
         except encoding.DecodeError as exc:
-            self.stats.errors += 1
             logger.debug("undecodable entry treated as a miss: %s", exc)
             return _MISSING
         if accept is not None and not accept(value):
-            self.stats.errors += 1
             logger.debug("entry of unexpected shape treated as a miss")
             return _MISSING
         return value
 
-    async def get_raw(self, key: str) -> bytes | Unavailable | None:
-        """The bytes under ``key``; ``None`` on a miss; :data:`UNAVAILABLE` on a fault."""
-        if self._ready_on is not asyncio.get_running_loop():
-            await self.ready()
-        result: bytes | Unavailable | None = await self.policy.run(self.store.get, UNAVAILABLE, key)
-        return result
+    async def read(self, namespace: str, key: str, judge: Judge) -> Any:
+        """One lookup (GET), judged by the domain."""
+        return await self.guarded("get", namespace, self.store.get, key, judge=judge)
 
-    async def get_many_raw(self, keys: Sequence[str]) -> list[bytes | None] | Unavailable:
-        """The bytes under each key (one round trip); :data:`UNAVAILABLE` on a fault."""
-        if self._ready_on is not asyncio.get_running_loop():
-            await self.ready()
-        result: list[bytes | None] | Unavailable = await self.policy.run(
-            self.store.get_many, UNAVAILABLE, keys
+    async def read_many(
+        self, namespace: str, keys: Sequence[str], judge: Judge, lookups: int | None = None
+    ) -> Any:
+        """Several keys in one round trip (MGET, cluster-safe), judged together by the
+        domain; ``lookups``: how many lookups they serve (default one per key)."""
+        return await self.guarded(
+            "get_many",
+            namespace,
+            self.store.get_many,
+            keys,
+            judge=judge,
+            keys=len(keys) if lookups is None else lookups,
         )
-        return result
 
     async def get(
         self, key: str, namespace: str, accept: Callable[[Any], bool] | None = None
     ) -> Any:
-        """The decoded value under ``key`` or ``None``; counted as a hit or a miss.
-
-        ``accept`` checks the decoded value's shape (a domain's own type): a value it
-        refuses is a miss, counted as an error, like bytes that do not decode.
-        """
-        if self._ready_on is not asyncio.get_running_loop():
-            await self.ready()
-        raw = await self.policy.run(self.store.get, UNAVAILABLE, key)
-        counter = self.stats.namespaces[namespace]
-        if raw is None or raw is UNAVAILABLE:
-            counter.misses += 1
-            return None
-        value = self._decode(raw, accept)
-        if value is _MISSING:
-            counter.misses += 1
-            return None
-        counter.hits += 1
-        return value
+        """The decoded value under ``key`` or ``None``; a hit or a miss."""
+        judge = self.read_value if accept is None else self.decoder(accept)
+        return await self.guarded("get", namespace, self.store.get, key, judge=judge)
 
     async def get_many(self, keys: Sequence[str], namespace: str) -> list[Any]:
         if not keys:
             return []
-        raws = await self.get_many_raw(keys)
+        values: list[Any] | None = await self.read_many(namespace, keys, self._judge_values)
+        return [None] * len(keys) if values is None else values
+
+    def _judge_values(self, raws: Any) -> tuple[list[Any] | None, int, int, int]:
         if raws is UNAVAILABLE:
-            self.stats.miss(namespace, len(keys))
-            return [None] * len(keys)
+            return None, 0, 0, 0
         values: list[Any] = []
-        hits = 0
+        hits = invalid = nbytes = 0
         for raw in raws:
-            value = _MISSING if raw is None else self._decode(raw)
+            if raw is None:
+                values.append(None)
+                continue
+            nbytes += len(raw)
+            value = self._decode(raw)
             if value is _MISSING:
+                invalid += 1
                 values.append(None)
             else:
                 hits += 1
                 values.append(value)
-        self.stats.hit(namespace, hits)
-        self.stats.miss(namespace, len(keys) - hits)
-        return values
+        return values, hits, invalid, nbytes
 
-    async def set(self, key: str, value: Any, ttl: int | None) -> bool:
-        return await self.set_raw(key, encoding.encode(value), ttl)  # encode raises first
+    # -- writes -------------------------------------------------------------------------------
+
+    def fits(self, items: Sequence[tuple[str, bytes]]) -> bool:
+        """Whether every value is within ``max_value_bytes`` (what :meth:`write` stores)."""
+        limit = self.config.max_value_bytes
+        return all(len(data) <= limit for _, data in items)
 
     def oversized(self, items: Sequence[tuple[str, bytes]]) -> bool:
         """Whether any value is above ``max_value_bytes`` (then none is stored): each one
@@ -222,67 +334,96 @@ class CacheCore:
             )
         return True
 
-    async def set_raw(self, key: str, data: bytes, ttl: int | None) -> bool:
-        if self.oversized([(key, data)]):
-            return False
-        if self._ready_on is not asyncio.get_running_loop():
-            await self.ready()
-        if ttl is None:  # every key the library writes expires
-            ttl = self.config.default_ttl
-        ok = await self.policy.run(self.store.set, False, key, data, ttl)
-        self._count_write(ok)
-        return ok
+    async def set(self, key: str, value: Any, ttl: int | None, namespace: str = GENERIC) -> bool:
+        return await self.write(namespace, key, encoding.encode(value), ttl)  # encode raises first
 
     async def set_many(self, mapping: Mapping[str, Any], ttl: int | None) -> bool:
         items = [(key, encoding.encode(value)) for key, value in mapping.items()]
-        return await self.set_many_raw(items, ttl)
+        return await self.write_many(GENERIC, items, ttl)
 
-    async def set_many_raw(self, items: list[tuple[str, bytes]], ttl: int | None) -> bool:
-        if self.oversized(items):
+    async def write(self, namespace: str, key: str, data: bytes, ttl: int | None) -> bool:
+        """Store encoded bytes (SET EX); ``ttl`` None: ``default_ttl`` (every key expires)."""
+        if len(data) > self.config.max_value_bytes and self.oversized([(key, data)]):
             return False
-        if self._ready_on is not asyncio.get_running_loop():
-            await self.ready()
-        if not items:
-            return self.policy.available  # nothing to write: "stored" only if we could have
-        if ttl is None:  # every key the library writes expires
-            ttl = self.config.default_ttl
-        ok = await self.policy.run(self.store.set_many, False, items, ttl)
-        self._count_write(ok, len(items))
+        ok: bool = await self.guarded(
+            "set",
+            namespace,
+            self.store.set,
+            key,
+            data,
+            self.config.default_ttl if ttl is None else ttl,
+            fallback=False,
+            success=Outcome.STORED,
+            nbytes=len(data),
+        )
         return ok
 
-    def _count_write(self, ok: bool, count: int = 1) -> None:
-        if ok:
-            self.stats.writes += count
+    async def write_many(
+        self,
+        namespace: str,
+        items: list[tuple[str, bytes]],
+        ttl: int | None,
+        index: str | None = None,
+    ) -> bool:
+        """Store several encoded values with one TTL (no cross-slot transaction). With
+        ``index``, also list their keys in that index (a sorted set by expiry, see
+        :meth:`Store.set_indexed`) when the store keeps indexes; when it does not, they are
+        stored alone (they expire with their TTL)."""
+        if self.oversized(items):
+            return False
+        if not items:
+            if self._ready_on is not asyncio.get_running_loop():
+                await self.ready()
+            return self.policy.available  # nothing to write: "stored" only if we could have
+        expiry = self.config.default_ttl if ttl is None else ttl
+        nbytes = sum(len(data) for _, data in items)
+        if index is not None and self.store.capabilities.indexes:
+            call: Callable[..., Awaitable[Any]] = self.store.set_indexed
+            args: tuple[Any, ...] = (items, expiry, index)
         else:
-            self.stats.write_failures += count
+            call, args = self.store.set_many, (items, expiry)
+        ok: bool = await self.guarded(
+            "set_many",
+            namespace,
+            call,
+            *args,
+            fallback=False,
+            success=Outcome.STORED,
+            keys=len(items),
+            nbytes=nbytes,
+        )
+        return ok
 
-    async def delete(self, keys: Sequence[str]) -> int:
-        if self._ready_on is not asyncio.get_running_loop():
-            await self.ready()
+    # -- other operations ---------------------------------------------------------------------
+
+    async def delete(self, keys: Sequence[str], namespace: str = GENERIC) -> int:
         self._notify_deleted(keys)
-        return await self.policy.run(self.store.delete, 0, keys)
+        deleted: int = await self.guarded(
+            "delete", namespace, self.store.delete, keys, fallback=0, keys=len(keys)
+        )
+        return deleted
 
     async def exists(self, key: str) -> bool:
-        if self._ready_on is not asyncio.get_running_loop():
-            await self.ready()
-        return await self.policy.run(self.store.exists, False, key)
+        found: bool = await self.guarded("exists", GENERIC, self.store.exists, key, fallback=False)
+        return found
 
     async def ttl(self, key: str) -> int | None:
-        if self._ready_on is not asyncio.get_running_loop():
-            await self.ready()
-        return await self.policy.run(self.store.ttl, None, key)
+        left: int | None = await self.guarded("ttl", GENERIC, self.store.ttl, key)
+        return left
 
-    async def delete_pattern(self, pattern: str) -> int:
+    async def delete_pattern(self, pattern: str, namespace: str = GENERIC) -> int:
         """Delete keys matching a pattern already checked to lie under the prefix."""
-        if self._ready_on is not asyncio.get_running_loop():
-            await self.ready()
         self._notify_deleted(None)
         progress = Progress(step_timeout=self.config.socket_timeout)
         # Counters (RAG generations) go too: one recreated starts at a fresh random value, so
         # deleting it cannot revive what it invalidated (see Store.counters).
-        await self.policy.run(
-            lambda: self.store.scan_delete(pattern, progress),
-            0,
+        await self.guarded(
+            "delete_pattern",
+            namespace,
+            self.store.scan_delete,
+            pattern,
+            progress,
+            fallback=0,
             timeout=self.config.bulk_timeout,
             bulk=True,
         )
@@ -290,67 +431,71 @@ class CacheCore:
         return progress.done
 
     async def count(self, pattern: str) -> int | None:
-        if self._ready_on is not asyncio.get_running_loop():
-            await self.ready()
         progress = Progress(step_timeout=self.config.socket_timeout)
-        return await self.policy.run(
-            lambda: self.store.count(pattern, progress),
-            None,
+        found: int | None = await self.guarded(
+            "count",
+            GENERIC,
+            self.store.count,
+            pattern,
+            progress,
             timeout=self.config.bulk_timeout,
             bulk=True,
         )
+        return found
 
-    async def set_indexed(self, items: list[tuple[str, bytes]], ttl: int, index: str) -> bool:
-        if self.oversized(items):
-            return False
-        if self._ready_on is not asyncio.get_running_loop():
-            await self.ready()
-        ok = await self.policy.run(self.store.set_indexed, False, items, ttl, index)
-        self._count_write(ok, len(items))
-        return ok
-
-    async def pop_index(self, index: str) -> list[str]:
+    async def pop_index(self, namespace: str, index: str) -> list[str]:
         """Read and delete an index set: its members, unchecked (the caller must check them);
-        ``[]`` when the store cannot answer."""
-        if self._ready_on is not asyncio.get_running_loop():
-            await self.ready()
-        members: list[str] = await self.policy.run(self.store.pop_index, [], index)
+        ``[]`` when the store cannot answer or keeps no indexes."""
+        if not self.store.capabilities.indexes:
+            return []
+        members: list[str] = await self.guarded(
+            "pop_index", namespace, self.store.pop_index, index, fallback=[]
+        )
         return members
 
-    async def counters(self, keys: Sequence[str], amount: int, ttl: int) -> list[int] | None:
+    async def counters(
+        self, namespace: str, keys: Sequence[str], amount: int, ttl: int
+    ) -> list[int] | None:
         """Get-or-create each counter, add ``amount``, extend its expiry to at least ``ttl``
         (see :meth:`Store.counters`); ``None`` when the store cannot answer."""
-        if self._ready_on is not asyncio.get_running_loop():
-            await self.ready()
-        values: list[int] | None = await self.policy.run(
-            self.store.counters, None, keys, amount, ttl
+        values: list[int] | None = await self.guarded(
+            "counters", namespace, self.store.counters, keys, amount, ttl, keys=len(keys)
         )
         return values
 
     async def publish(self, channel: str, message: bytes) -> int | None:
         """Send on a pub/sub channel; subscribers reached, or ``None`` when unavailable."""
-        if self._ready_on is not asyncio.get_running_loop():
-            await self.ready()
-        count: int | None = await self.policy.run(self.store.publish, None, channel, message)
+        count: int | None = await self.guarded(
+            "publish", EVENTS, self.store.publish, channel, message, nbytes=len(message)
+        )
         return count
 
     async def acquire_locks(
         self, keys: Sequence[str], token: str, ttl_ms: int
     ) -> list[bool] | Unavailable:
-        """Take what locks can be taken; :data:`UNAVAILABLE` when the store cannot answer."""
-        if self._ready_on is not asyncio.get_running_loop():
-            await self.ready()
-        result: list[bool] | Unavailable = await self.policy.run(
-            self.store.acquire_locks, UNAVAILABLE, keys, token, ttl_ms
+        """Take what locks can be taken; :data:`UNAVAILABLE` when the store cannot answer
+        (or keeps no locks: then nobody can coordinate)."""
+        if not self.store.capabilities.locks:
+            return UNAVAILABLE
+        result: list[bool] | Unavailable = await self.guarded(
+            "acquire_locks",
+            LOCK,
+            self.store.acquire_locks,
+            keys,
+            token,
+            ttl_ms,
+            fallback=UNAVAILABLE,
+            keys=len(keys),
         )
         return result
 
     async def release_locks(self, keys: Sequence[str], token: str) -> int:
-        if not keys:
+        if not keys or not self.store.capabilities.locks:
             return 0
-        if self._ready_on is not asyncio.get_running_loop():
-            await self.ready()
-        return await self.policy.run(self.store.release_locks, 0, keys, token)
+        released: int = await self.guarded(
+            "release_locks", LOCK, self.store.release_locks, keys, token, fallback=0, keys=len(keys)
+        )
+        return released
 
 
 class Messaging:
@@ -397,15 +542,13 @@ class Messaging:
         """A started subscription. Raises one of :attr:`faults` when the store cannot
         subscribe now (a fault, or the breaker open)."""
         core = self._core
-        if core._ready_on is not asyncio.get_running_loop():
-            await core.ready()
         subscriber = core.store.subscriber(channel)
 
         async def start() -> bool:
             await subscriber.start()
             return True
 
-        if not await core.policy.run(start, False):
+        if not await core.guarded("subscribe", EVENTS, start, fallback=False):
             await subscriber.close()
             raise BackendError(
                 f"cannot subscribe to {channel}: {core.policy.reason or core.policy.last_error}"

@@ -59,6 +59,11 @@ CIRCLE: Final = "circle"
 LLM: Final = "llm"
 GENERIC: Final = "generic"
 NAMESPACES: Final = (EMBEDDING, RAG, CIRCLE, LLM, GENERIC)
+"""The namespaces whose lookups stats count (hits, misses)."""
+LOCK: Final = "lock"
+"""The namespace of single-flight locks in operation reports (no lookups)."""
+EVENTS: Final = "events"
+"""The namespace of pub/sub traffic in operation reports (no lookups)."""
 """The namespaces hits and misses are counted under."""
 
 
@@ -205,6 +210,10 @@ def check_ttl(ttl: object) -> int | None:
     return ttl
 
 
+def _llm_space(namespace: str | None) -> str:
+    return "shared" if namespace is None else f"ns-{quote(namespace, safe='')}"
+
+
 class KeySpace:
     """Builds the keys and patterns of every domain under one prefix."""
 
@@ -259,6 +268,15 @@ class KeySpace:
 
     def circle(self, circle_id: int) -> str:
         return f"{self.prefix}{CIRCLE}:{circle_id}"
+
+    def llm(self, namespace: str | None, digest: str) -> str:
+        """``<prefix>llm:shared:<digest>``, or ``<prefix>llm:ns-<namespace>:<digest>`` with the
+        namespace percent-encoded (so it holds no ``:`` or glob metacharacter)."""
+        return f"{self.prefix}{LLM}:{_llm_space(namespace)}:{digest}"
+
+    def llm_pattern(self, namespace: str | None) -> str:
+        """The pattern of every LLM response of one namespace (``None``: the shared one)."""
+        return f"{self.prefix}{LLM}:{_llm_space(namespace)}:*"
 
     def lock(self, key: str) -> str:
         """The lock key guarding the computation of ``key`` (a key under the prefix)."""

@@ -32,6 +32,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from gathering_cache.core.observe import Outcome
 from gathering_cache.errors import BackendError
 
 __all__ = ["BreakerState", "DegradationPolicy"]
@@ -95,6 +96,9 @@ class DegradationPolicy:
         self.shed = 0
         self.data_errors = 0
         self.bulk_timeouts = 0
+        #: How the last call that returned its fallback ended (set just before it returns,
+        #: so the awaiting caller reads its own call's: nothing runs in between).
+        self.verdict = Outcome.SKIPPED
 
     # -- state --------------------------------------------------------------------------------
 
@@ -157,6 +161,7 @@ class DegradationPolicy:
                 or self._probing
                 or self._clock() - self._opened_at < self._recovery
             ):
+                self.verdict = Outcome.SKIPPED
                 return fallback
             self.state = BreakerState.HALF_OPEN
             self._probing = probing = True
@@ -193,10 +198,12 @@ class DegradationPolicy:
                 # Timed out waiting for a connection slot, or left too little of the budget
                 # by that wait: local load, not a Redis fault.
                 self.shed += 1
+                self.verdict = Outcome.SHED
                 if probing:
                     self.state = BreakerState.OPEN
             elif self._is_data_error(exc):
                 self.data_errors += 1
+                self.verdict = Outcome.REJECTED
                 logger.debug("data error treated as a miss: %s", exc)
                 if probing:
                     self._success(probing=True)
@@ -204,8 +211,10 @@ class DegradationPolicy:
                 # The whole SCAN ran out of time (a large keyspace); each of its round trips
                 # answered in time, or the step bound would have failed it as a fault.
                 self.bulk_timeouts += 1
+                self.verdict = Outcome.TIMEOUT
                 logger.debug("bulk operation ran out of time")
             else:
+                self.verdict = Outcome.TIMEOUT if expired else Outcome.FAULT
                 self._failure(exc, probing)
             return fallback
         except BaseException:

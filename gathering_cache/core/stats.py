@@ -1,4 +1,5 @@
-"""Hit / miss counters of this cache's own lookups. Pure: no I/O, no event loop.
+"""Hit / miss counters of this cache's own lookups: the first observer of the core's
+operations (see :mod:`gathering_cache.core.observe`). Pure: no I/O, no event loop.
 
 Counts are per namespace (embedding, rag, circle, llm, generic) and in total; they are this
 process's lookups, not the server-wide INFO counters another application also moves.
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gathering_cache.core.keys import NAMESPACES
+from gathering_cache.core.observe import READS, WRITES, Operation, Outcome
 
 __all__ = ["CacheStats", "hit_rate"]
 
@@ -40,11 +42,20 @@ class CacheStats:
     llm_skipped: int = 0
     oversized: int = 0
 
-    def hit(self, namespace: str, count: int = 1) -> None:
-        self.namespaces[namespace].hits += count
-
-    def miss(self, namespace: str, count: int = 1) -> None:
-        self.namespaces[namespace].misses += count
+    def observe(self, operation: Operation) -> None:
+        """Count one operation: a read's hits, misses and refused entries, a write's values
+        stored or not."""
+        if operation.op in READS:
+            counter = self.namespaces.get(operation.namespace)
+            if counter is not None:
+                counter.hits += operation.hits
+                counter.misses += operation.keys - operation.hits
+            self.errors += operation.invalid
+        elif operation.op in WRITES:
+            if operation.outcome is Outcome.STORED:
+                self.writes += operation.keys
+            else:
+                self.write_failures += operation.keys
 
     @property
     def hits(self) -> int:
