@@ -8,7 +8,7 @@ facade drives an instance of this class on a private event loop.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -19,7 +19,7 @@ from gathering_cache.caches.llm import LLMCache
 from gathering_cache.caches.rag import RagCache
 from gathering_cache.config import CacheConfig
 from gathering_cache.core.engine import CacheCore, Locks, Messaging, checked_items
-from gathering_cache.core.keys import GENERIC, check_key, check_ttl
+from gathering_cache.core.keys import GENERIC, check_key, check_limit, check_ttl
 from gathering_cache.core.observe import Observer
 from gathering_cache.errors import ArgumentTypeError
 
@@ -218,6 +218,41 @@ class AsyncCacheManager:
             PatternError: the pattern does not start with ``key_prefix``; nothing is deleted.
         """
         return await self._core.delete_pattern(self._core.keys.check_pattern(pattern))
+
+    def scan_keys(
+        self, pattern: str | None = None, *, namespace: str | None = None, count: int = 500
+    ) -> AsyncIterator[str]:
+        """Every key under ``key_prefix`` matching ``pattern``, listed with SCAN (never KEYS),
+        one page of about ``count`` keys per round trip: ``async for key in
+        cache.scan_keys(namespace="embedding"): ...``.
+
+        Args:
+            pattern: a glob pattern starting with ``key_prefix`` (default: every key under it).
+            namespace: ``"embedding"``, ``"rag"``, ``"circle"`` or ``"llm"``: only keys under
+                ``<key_prefix><namespace>:`` (a pattern must then lie under it too).
+            count: the SCAN page size hint.
+
+        A key may be listed twice (SCAN's guarantee is "at least once" for keys present
+        throughout). When the store fails mid-way the listing ends early, without raising.
+
+        Raises:
+            PatternError: the pattern is outside the prefix (or the namespace).
+            InvalidArgumentError: an unknown namespace, or ``count`` < 1. Raised by this call,
+                before any iteration.
+        """
+        return self._scan(self._core.keys.listing(pattern, namespace), check_limit(count, "count"))
+
+    async def _scan(self, pattern: str, count: int) -> AsyncIterator[str]:
+        cursor = 0
+        while True:
+            page = await self._core.scan_page(pattern, cursor, count)
+            if page is None:
+                return
+            cursor, keys = page
+            for key in keys:
+                yield key
+            if not cursor:
+                return
 
     async def get_many(self, keys: Sequence[str]) -> list[Any | None]:
         """Get several keys in one round trip; ``None`` where missing, in input order."""

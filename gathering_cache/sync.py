@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Mapping, Sequence, Sized
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence, Sized
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -244,6 +244,21 @@ def _drive(coro: Coroutine[Any, Any, T], fallback: Callable[[], T], loop: Any) -
             asyncio._set_running_loop(None)
 
 
+async def _take(keys: AsyncIterator[str], count: int) -> tuple[list[str], bool]:
+    """Up to ``count`` more keys of a listing, and whether it may have more."""
+    page: list[str] = []
+    try:
+        while len(page) < count:
+            page.append(await keys.__anext__())
+    except StopAsyncIteration:
+        return page, False
+    return page, True
+
+
+def _no_page() -> tuple[list[str], bool]:
+    return [], False
+
+
 async def _reset(manager: AsyncCacheManager) -> None:
     manager.reset_stats()  # on the portal loop, like every other access to the counters
 
@@ -400,6 +415,21 @@ class CacheManager:
     def delete_pattern(self, pattern: str) -> int:
         """Delete all keys matching a pattern under the prefix; the number deleted."""
         return self._run(self._live().delete_pattern(pattern), _zero, bulk=True)
+
+    def scan_keys(
+        self, pattern: str | None = None, *, namespace: str | None = None, count: int = 500
+    ) -> Iterator[str]:
+        """Every key under the prefix matching ``pattern`` (SCAN); see
+        ``AsyncCacheManager.scan_keys``. Bad arguments raise here, before iterating."""
+        keys = self._live().scan_keys(pattern, namespace=namespace, count=count)
+        return self._drain(keys, count)
+
+    def _drain(self, keys: AsyncIterator[str], count: int) -> Iterator[str]:
+        while True:  # one trip through the portal per page, not per key
+            page, more = self._run(_take(keys, count), _no_page, bulk=True)
+            yield from page
+            if not more:
+                return
 
     def get_many(self, keys: Sequence[str]) -> list[Any | None]:
         """Get several keys in one round trip."""

@@ -139,6 +139,13 @@ class Store(ABC):
         UNLINK in batches); the number deleted, also kept in ``progress.done``."""
 
     @abstractmethod
+    async def scan_page(self, pattern: str, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One step of listing the keys matching ``pattern`` (SCAN, never KEYS): from
+        ``cursor`` (0 to start), about ``count`` keys (a hint; a page may be empty), and the
+        cursor of the next step (0: done). Keys present for the whole listing are listed at
+        least once; keys that are not UTF-8 come back with replacement characters."""
+
+    @abstractmethod
     async def count(self, pattern: str, progress: Progress) -> int:
         """How many keys match ``pattern`` (SCAN, never KEYS or DBSIZE)."""
 

@@ -508,6 +508,18 @@ class RedisStore(Store):
         return progress.done
 
     @_mapped
+    async def scan_page(self, pattern: str, cursor: int, count: int) -> tuple[int, list[str]]:
+        if hasattr(self._client, "get_nodes"):  # RedisCluster: every primary, in one page
+            keys: list[bytes] = []
+            async for batch in self._scan(pattern, Progress()):
+                keys.extend(batch)
+            return 0, [key.decode("utf-8", "replace") for key in keys]
+        reply = await self._client.scan(cursor, match=pattern, count=count)
+        if type(reply) is not tuple or len(reply) != 2 or type(reply[0]) is not int:
+            raise self._malformed("SCAN", reply)
+        return reply[0], [key.decode("utf-8", "replace") for key in self._keys(reply[1])]
+
+    @_mapped
     async def count(self, pattern: str, progress: Progress) -> int:
         async for keys in self._scan(pattern, progress):
             progress.done += len(keys)

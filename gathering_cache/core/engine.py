@@ -442,6 +442,16 @@ class CacheCore:
         # On a fault part-way, report what was deleted before it.
         return progress.done
 
+    async def scan_page(
+        self, pattern: str, cursor: int, count: int
+    ) -> tuple[int, list[str]] | None:
+        """One step of listing keys (see :meth:`Store.scan_page`); ``None`` when the store
+        cannot answer (the listing ends there, incomplete)."""
+        page: tuple[int, list[str]] | None = await self.guarded(
+            "scan", GENERIC, self.store.scan_page, pattern, cursor, count
+        )
+        return page
+
     async def count(self, pattern: str) -> int | None:
         progress = Progress(step_timeout=self.config.socket_timeout)
         found: int | None = await self.guarded(

@@ -60,6 +60,8 @@ LLM: Final = "llm"
 GENERIC: Final = "generic"
 NAMESPACES: Final = (EMBEDDING, RAG, CIRCLE, LLM, GENERIC)
 """The namespaces whose lookups stats count (hits, misses)."""
+LISTED: Final = (EMBEDDING, RAG, CIRCLE, LLM)
+"""The namespaces with a key segment of their own (``scan_keys(namespace=...)``)."""
 LOCK: Final = "lock"
 """The namespace of single-flight locks in operation reports (no lookups)."""
 EVENTS: Final = "events"
@@ -286,7 +288,28 @@ class KeySpace:
         """The pattern that matches every key under the prefix."""
         return f"{self.prefix}*"
 
-    def check_pattern(self, pattern: object) -> str:
+    def listing(self, pattern: object, namespace: object) -> str:
+        """The pattern ``scan_keys`` lists: ``pattern`` (confined to the prefix), or every key
+        under the prefix, or under ``<prefix><namespace>:`` for a domain namespace."""
+        if namespace is None:
+            return (
+                self.everything()
+                if pattern is None
+                else self.check_pattern(pattern, "scan_keys lists")
+            )
+        if namespace not in LISTED:
+            raise InvalidArgumentError(
+                f"namespace must be one of {', '.join(LISTED)} (or None), not {namespace!r}"
+            )
+        head = f"{self.prefix}{namespace}:"
+        if pattern is None:
+            return f"{head}*"
+        pattern = self.check_pattern(pattern, "scan_keys lists")
+        if not pattern.startswith(head):
+            raise PatternError(f"pattern {pattern!r} is outside namespace {namespace!r} ({head!r})")
+        return pattern
+
+    def check_pattern(self, pattern: object, what: str = "delete_pattern only deletes") -> str:
         """Return ``pattern`` if it is confined to the prefix, else raise.
 
         The prefix holds no glob metacharacters (the config refuses them), so a pattern that
@@ -299,6 +322,6 @@ class KeySpace:
         if not pattern.startswith(self.prefix):
             raise PatternError(
                 f"pattern {pattern!r} is outside the key prefix {self.prefix!r}; "
-                "delete_pattern only deletes keys under the prefix"
+                f"{what} keys under the prefix"
             )
         return pattern
