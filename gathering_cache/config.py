@@ -289,6 +289,9 @@ class CacheConfig(BaseSettings):
     """Upper bound on SCAN-based calls (delete_pattern, clear_all, invalidate_llm_responses,
     total_keys in get_stats)."""
     max_connections: int = 32
+    auto_pipeline: bool = True
+    """Send the commands that concurrent callers issue while Redis is busy as one pipeline
+    per connection (see docs/benchmarks.md); a single sequential caller is unaffected."""
     retry_attempts: int = 2
     health_check_interval: float = 0.0
     """redis-py's idle-connection PING (seconds; 0 = off). Off by default: the retry already

@@ -48,9 +48,18 @@ def create_store(config: CacheConfig, client: Any = None) -> Store:
     from gathering_cache.backends.redis_store import RedisStore, build_client
 
     limit = config.max_connections  # the pool's size: the policy keeps calls within it
+    pipelined = config.auto_pipeline
     if client is not None:
-        return RedisStore(client, owned=False, describe=describe, concurrency=limit)
-    return RedisStore(build_client(config), owned=True, describe=describe, concurrency=limit)
+        return RedisStore(
+            client, owned=False, describe=describe, concurrency=limit, auto_pipeline=pipelined
+        )
+    return RedisStore(
+        build_client(config),
+        owned=True,
+        describe=describe,
+        concurrency=limit,
+        auto_pipeline=pipelined,
+    )
 
 
 _DISABLED = "disabled in config (enabled=False / CACHE_ENABLED=false)"

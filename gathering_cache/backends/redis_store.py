@@ -56,6 +56,8 @@ try:
         TryAgainError,
     )
 
+    from gathering_cache.backends.autopipeline import AutoPipeline
+
     # What a redis call raises when Redis (or the path to it) fails: RedisClusterException
     # (cluster unreachable, slots not covered) is not a RedisError; sockets raise OSError.
     _REDIS_FAULTS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
@@ -315,6 +317,7 @@ class RedisStore(Store):
         owned: bool,
         describe: dict[str, Any],
         concurrency: int | None = None,
+        auto_pipeline: bool = False,
     ) -> None:
         self.capabilities = Capabilities(
             backend="redis",
@@ -328,16 +331,26 @@ class RedisStore(Store):
         self._owned = owned
         self._describe = describe
         self.where = _where(describe)
-        # RedisCluster splits multi-key reads per slot only through mget_nonatomic.
-        self._mget = cast(
-            "Callable[..., Awaitable[list[bytes | None]]]",
-            getattr(client, "mget_nonatomic", client.mget),
-        )
         # Whether EVAL may be used: an ACL without +@scripting (or a proxy without scripts)
         # refuses it, and the counters fall back to plain commands (see counters()).
         self._scripts = True
         # Every redis fault leaves a method as a BackendError (see _mapped).
         self.fault_types = (BackendError,)
+        # The single-key commands of concurrent callers share round trips (a cluster routes
+        # each command to its node itself: not batched there).
+        cluster = hasattr(client, "get_nodes")
+        self.pipeline = AutoPipeline(client) if auto_pipeline and not cluster else None
+        self._send: Callable[..., Awaitable[Any]] = (
+            client.execute_command if self.pipeline is None else self.pipeline.execute
+        )
+        # RedisCluster splits multi-key reads per slot only through mget_nonatomic.
+        self._mget = cast(
+            "Callable[..., Awaitable[list[bytes | None]]]",
+            getattr(client, "mget_nonatomic", None) if cluster else self._mget_one,
+        )
+
+    def _mget_one(self, keys: list[str]) -> Awaitable[Any]:
+        return self._send("MGET", *keys)
 
     @property
     def client(self) -> Redis:
@@ -368,7 +381,7 @@ class RedisStore(Store):
     @_mapped
     async def get(self, key: str) -> bytes | None:
         try:
-            value = await self._client.get(key)
+            value = await self._send("GET", key)
         except _MALFORMED as exc:
             raise self._malformed("GET", exc) from exc
         if value is None or type(value) is bytes:
@@ -394,10 +407,15 @@ class RedisStore(Store):
     @_mapped
     async def set(self, key: str, value: bytes, ttl: int | None) -> bool:
         try:
-            reply = await self._client.set(key, value, ex=ttl)
+            if ttl is None:
+                reply = await self._send("SET", key, value)
+            else:
+                reply = await self._send("SET", key, value, "EX", ttl)
         except _MALFORMED as exc:
             raise self._malformed("SET", exc) from exc
-        if reply is not True:  # redis-py turns +OK into True; anything else stored nothing
+        # +OK: redis-py's callback makes it True, a pipelined reply is the raw b"OK"; anything
+        # else stored nothing.
+        if reply is not True and reply != b"OK":
             raise self._malformed("SET", reply)
         return True
 
@@ -443,15 +461,15 @@ class RedisStore(Store):
     async def delete(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
-        return await self._integer("UNLINK", self._client.unlink(*keys))
+        return await self._integer("UNLINK", self._send("UNLINK", *keys))
 
     @_mapped
     async def exists(self, key: str) -> bool:
-        return bool(await self._integer("EXISTS", self._client.exists(key)))
+        return bool(await self._integer("EXISTS", self._send("EXISTS", key)))
 
     @_mapped
     async def ttl(self, key: str) -> int | None:
-        remaining = await self._integer("TTL", self._client.ttl(key))
+        remaining = await self._integer("TTL", self._send("TTL", key))
         return None if remaining == -2 else remaining
 
     async def _step(self, awaitable: Awaitable[Any], progress: Progress) -> Any:
