@@ -164,12 +164,14 @@ def encode_vector_fast(
     if np is None:
         return None
     if type(embedding) is list:
-        # Plain floats (and ints) only: a bool, a str, None ... take the precise path.
-        if not embedding or not _PLAIN.issuperset(map(type, embedding)):
-            return None
         try:
-            values = np.fromiter(embedding, dtype="<f8", count=len(embedding))
-        except OverflowError:  # an int too large for a float
+            packed = array("d", embedding)  # what float() takes; a str or None raises
+        except (TypeError, ValueError, OverflowError):
+            return None
+        values = np.frombuffer(packed, dtype=np.float64)
+        # A bool became 1.0 or 0.0: the precise path refuses bools, so any vector holding
+        # exactly 1.0 or 0.0 goes there (correct, only slower; rare in real embeddings).
+        if values.size and ((values == 1.0) | (values == 0.0)).any():
             return None
     elif isinstance(embedding, np.ndarray):
         values = embedding
@@ -183,19 +185,20 @@ def encode_vector_fast(
     wide = values.astype("<f8", copy=False)
     if not np.isfinite(wide).all():
         return None
-    with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
-        narrow = wide.astype("<f4")
-    if precision == "lossless":
-        if not np.array_equal(narrow, wide):
-            wide_body: bytes = wide.tobytes()
-            return _F64 + wide_body
-    elif not np.isfinite(narrow).all():
-        return None  # beyond float32's range: the precise path raises, naming the value
+    if np.abs(wide).max() > _F32_MAX:  # inf in float32 (checked first: no overflow warning)
+        if precision == "float32":
+            return None  # the precise path raises, naming the value
+        wide_body: bytes = wide.tobytes()
+        return _F64 + wide_body
+    narrow = wide.astype("<f4")
+    if precision == "lossless" and not np.array_equal(narrow, wide):
+        wide_body = wide.tobytes()
+        return _F64 + wide_body
     body: bytes = narrow.tobytes()
     return _F32 + body
 
 
-_PLAIN: Final = frozenset({float, int})
+_F32_MAX: Final = 3.4028234663852886e38
 _NUMPY: list[Any] = []
 
 
