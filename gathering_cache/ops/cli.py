@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -42,9 +43,11 @@ def fail(message: str) -> NoReturn:
 
 def _config(url: str | None, env_file: str | None) -> CacheConfig:
     config = CacheConfig.from_env(env_file)
+    # The CLI reads the fleet's statistics; it is not part of the fleet.
+    update: dict[str, Any] = {"stats_flush_interval": 0}
     if url is not None:
-        config = config.model_copy(update={"url": url})
-    return config
+        update["url"] = url
+    return config.model_copy(update=update)
 
 
 def _run(ctx: click.Context, action: Callable[[AsyncCacheManager], Coroutine[Any, Any, T]]) -> T:
@@ -285,6 +288,10 @@ def dashboard(ctx: click.Context, host: str, port: int, token: str | None, minut
 
 def main(argv: list[str] | None = None) -> None:
     """The console script: run the CLI, every failure as one ``error:`` line, exit 1."""
+    # The library's warnings (Redis unavailable ...) would repeat the error line.
+    library_log = logging.getLogger("gathering_cache")
+    library_log.addHandler(logging.NullHandler())
+    library_log.propagate = False
     try:
         cli.main(args=argv, prog_name="gathering-cache", standalone_mode=False)
     except click.exceptions.Abort:
