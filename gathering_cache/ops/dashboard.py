@@ -108,7 +108,7 @@ def _e(value: object) -> str:
 
 def _line_chart(series: dict[str, list[float | None]], *, top: float, unit: str, kind: str) -> str:
     """An SVG line chart: one polyline per series (gaps where a value is None)."""
-    width, height, left, bottom = 420, 180, 36, 20
+    width, height, left, bottom = 420, 180, 52, 20
     plot_w, plot_h = width - left - 8, height - bottom - 8
     parts = [
         f'<svg class="chart" data-chart="{kind}" viewBox="0 0 {width} {height}" '
@@ -119,7 +119,8 @@ def _line_chart(series: dict[str, list[float | None]], *, top: float, unit: str,
         parts.append(
             f'<line x1="{left}" x2="{width - 8}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e2e8f0"/>'
             f'<text x="{left - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end" '
-            f'fill="#64748b">{top * fraction:.4g}{unit}</text>'
+            f'fill="#64748b">{_e(unit[:1] if unit == "$" else "")}{top * fraction:.3g}'
+            f"{_e('' if unit == '$' else unit)}</text>"
         )
     for name, values in series.items():
         count = len(values)
@@ -268,7 +269,7 @@ def render_page(report: dict[str, Any]) -> str:
 <div class="legend">{legend}</div></div>
 <div class="card" id="cost"><h2>Cost saved</h2>
 <div class="big">${fleet["cost_saved"]:.4f}</div>
-{_line_chart({"generic": cumulative}, top=cost_top, unit="", kind="cost")}
+{_line_chart({"generic": cumulative}, top=cost_top, unit="$", kind="cost")}
 <div class="evidence">Estimated: dollars per hit of an embedding, a RAG recall, an LLM call.</div>
 </div>
 <div class="card" id="namespaces"><h2>Fleet counters</h2><table>
