@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from gathering_cache.core.keys import NAMESPACES, STATS
-from gathering_cache.core.observe import READS, WRITES, Operation, Outcome
+from gathering_cache.core.keys import NAMESPACES
+from gathering_cache.core.observe import FAILURES, READS, WRITES, Operation, Outcome
 from gathering_cache.core.stats import hit_rate
 
 if TYPE_CHECKING:
@@ -187,8 +187,9 @@ class FleetRecorder:
         self.started = clock()
         self.flushed: float | None = None
         self.flushes = 0
-        self.total = _table()
+        self._closed = _table()
         self._minute = int(self.started // 60)
+        self._next_minute = (self._minute + 1) * 60
         self._current = _table()
         self._pending: dict[int, dict[str, Counts]] = {}
         self._due = self.started + interval
@@ -198,54 +199,66 @@ class FleetRecorder:
     # -- the observer: counts only ------------------------------------------------------------
 
     def observe(self, operation: Operation) -> None:
-        """Count one operation (reads, writes, failures); start a flush when one is due."""
-        namespace = operation.namespace
-        if namespace == STATS:
-            return
-        total = self.total.get(namespace)
-        if total is None:
-            return
+        """Count one operation (reads, writes, failures) in the current minute; start a
+        flush when one is due."""
         now = self._clock()
-        minute = int(now // 60)
-        if minute != self._minute:
-            self._pending[self._minute] = self._current
-            self._current = _table()
-            self._minute = minute
-        current = self._current[namespace]
+        if now >= self._next_minute:
+            self._roll(now)
+        counts = self._current.get(operation.namespace)
+        if counts is None:
+            return  # the statistics' own writes, locks, events
         op = operation.op
-        failed = operation.outcome is not Outcome.HIT and operation.failed
+        outcome = operation.outcome
         if op in READS:
             hits = operation.hits
-            misses = operation.keys - hits
-            saved = hits * HIT_SAVINGS[namespace]
-            for counts in (total, current):
-                counts.hits += hits
-                counts.misses += misses
-                counts.cost += saved
+            counts.hits += hits
+            counts.misses += operation.keys - hits
+            if hits:
+                counts.cost += hits * HIT_SAVINGS[operation.namespace]
+            if operation.invalid:
+                counts.errors += operation.invalid
         elif op in WRITES:
-            if operation.outcome is Outcome.STORED:
-                total.sets += operation.keys
-                current.sets += operation.keys
-        elif op in _INVALIDATIONS and not failed and (op, namespace) != _RAG_DELETE:
-            total.invalidations += 1
-            current.invalidations += 1
-            return
-        elif not failed:
+            if outcome is Outcome.STORED:
+                counts.sets += operation.keys
+        elif outcome is Outcome.DONE:
+            if op in _INVALIDATIONS and (op, operation.namespace) != _RAG_DELETE:
+                counts.invalidations += 1
             return  # counters, locks ...: neither lookups nor writes
-        if failed or operation.invalid:
-            errors = operation.invalid + (1 if failed else 0)
-            total.errors += errors
-            current.errors += errors
-        bucket = bisect_left(BUCKETS, operation.duration)
-        total.latency[bucket] += 1
-        current.latency[bucket] += 1
-        if now >= self._due and self._task is None and not self.closed:
-            if not self.telemetry.available:  # degraded: try again an interval later
-                self._due = now + self.interval
-                return
-            self._due = now + self.interval
-            self._task = asyncio.get_running_loop().create_task(self.flush())
-            self._task.add_done_callback(self._flushed)
+        elif outcome not in FAILURES:
+            return
+        if outcome in FAILURES:
+            counts.errors += 1
+        counts.latency[bisect_left(BUCKETS, operation.duration)] += 1
+        if now >= self._due:
+            self._start_flush(now)
+
+    def _roll(self, now: float) -> None:
+        """A new minute: the finished one waits for the next flush, and joins the totals."""
+        minute = int(now // 60)
+        self._pending[self._minute] = self._current
+        for name, counts in self._current.items():
+            self._closed[name].add(counts)
+        self._current = _table()
+        self._minute = minute
+        self._next_minute = (minute + 1) * 60
+
+    @property
+    def total(self) -> dict[str, Counts]:
+        """This process's counters since it started, per namespace."""
+        merged = _table()
+        for name, counts in merged.items():
+            counts.add(self._closed[name])
+            counts.add(self._current[name])
+        return merged
+
+    def _start_flush(self, now: float) -> None:
+        self._due = now + self.interval
+        if self._task is not None or self.closed:
+            return
+        if not self.telemetry.available:  # degraded: try again an interval later
+            return
+        self._task = asyncio.get_running_loop().create_task(self.flush())
+        self._task.add_done_callback(self._flushed)
 
     def _flushed(self, task: asyncio.Task[bool]) -> None:
         self._task = None
