@@ -562,7 +562,10 @@ class RedisStore(Store):
             async for batch in self._scan(pattern, Progress()):
                 keys.extend(batch)
             return 0, [key.decode("utf-8", "replace") for key in keys]
-        reply = await self._client.scan(cursor, match=pattern, count=count)
+        try:
+            reply = await self._client.scan(cursor, match=pattern, count=count)
+        except _MALFORMED as exc:  # redis-py's SCAN callback unpacks the reply
+            raise self._malformed("SCAN", exc) from exc
         if type(reply) is not tuple or len(reply) != 2 or type(reply[0]) is not int:
             raise self._malformed("SCAN", reply)
         return reply[0], [key.decode("utf-8", "replace") for key in self._keys(reply[1])]

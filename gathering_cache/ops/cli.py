@@ -289,9 +289,7 @@ def dashboard(ctx: click.Context, host: str, port: int, token: str | None, minut
 def main(argv: list[str] | None = None) -> None:
     """The console script: run the CLI, every failure as one ``error:`` line, exit 1."""
     # The library's warnings (Redis unavailable ...) would repeat the error line.
-    library_log = logging.getLogger("gathering_cache")
-    library_log.addHandler(logging.NullHandler())
-    library_log.propagate = False
+    logging.disable(logging.WARNING)
     try:
         cli.main(args=argv, prog_name="gathering-cache", standalone_mode=False)
     except click.exceptions.Abort:
