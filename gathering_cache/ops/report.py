@@ -101,7 +101,7 @@ def recommend(report: dict[str, Any], operation_timeout: float = 0.5) -> list[di
             f"{_n(figures['sets'])} entries written"
         )
         if isinstance(expired, int) and expired:
-            evidence += f"; the server expired {_n(expired)} keys unread or read (all clients)"
+            evidence += f"; the server has expired {_n(expired)} keys (all clients)"
         found.append(
             {
                 "title": f"Low hit rate in {name}",
