@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
 import uuid
@@ -193,3 +194,32 @@ def test_help_lists_every_command() -> None:
     assert result.returncode == 0
     for command in ("ping", "stats", "keys", "clear", "warm", "demo", "dashboard"):
         assert command in result.stdout
+
+
+def test_clear_asks_on_a_terminal(url: str, prefix: str) -> None:
+    """On a terminal, ``clear`` asks; "n" keeps everything, "y" clears."""
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith("GATHERING_CACHE_")
+    }
+    environment["GATHERING_CACHE_KEY_PREFIX"] = prefix
+    for answer, expected_status in (("n", 1), ("y", 0)):
+        controller, terminal = pty.openpty()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "gathering_cache", "--url", url, "clear"],
+                cwd=ROOT,
+                env=environment,
+                stdin=terminal,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            os.write(controller, f"{answer}\n".encode())
+            out, err = process.communicate(timeout=60)
+        finally:
+            os.close(controller)
+            os.close(terminal)
+        assert process.returncode == expected_status, err
+        assert f"Delete every key under {prefix!r}?" in out
+        left = cli("--url", url, "keys", prefix=prefix).stdout
+        assert (left != "") is (answer == "n")
