@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from gathering_cache import AsyncCacheManager, CacheConfig, Operation, Outcome
 from gathering_cache.ops.dashboard import render_page
@@ -187,6 +188,10 @@ def test_json_and_metrics_carry_the_fleet_and_never_the_password(dashboard: str)
     assert 'gathering_cache_operation_duration_seconds_bucket{operation="rag",le="+Inf"}' in (
         metrics
     )
+    families = {family.name: family for family in text_string_to_metric_families(metrics)}
+    hits = families["gathering_cache_hits"]  # the parser drops _total from counters
+    assert sum(sample.value for sample in hits.samples) == report["fleet"]["hits"]
+    assert families["gathering_cache_operation_duration_seconds"].type == "histogram"
     page = get(dashboard + "/", BEARER)[2]
     for text in (body, metrics, page):
         assert PASSWORD not in text

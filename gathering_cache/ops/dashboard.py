@@ -32,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from gathering_cache.config import CacheConfig
 from gathering_cache.manager import AsyncCacheManager
-from gathering_cache.ops.fleet import BUCKETS, percentile
+from gathering_cache.ops.fleet import BUCKETS
 from gathering_cache.ops.metrics import BREAKER_STATES
 from gathering_cache.ops.report import NAMESPACES_SHOWN, collect
 
@@ -321,19 +321,23 @@ def render_metrics(report: dict[str, Any]) -> str:
             f'gathering_cache_errors_total{{namespace="{name}",kind="all"}} {figures["errors"]}'
         )
     metric = "gathering_cache_operation_duration_seconds"
-    lines += [f"# HELP {metric} Store operation durations (fleet).", f"# TYPE {metric} histogram"]
-    for name, series in (report.get("history") or {}).get("namespaces", {}).items():
-        counts = [sum(column) for column in zip(*series["latency"], strict=True)]
-        if not counts or not sum(counts):
+    lines += [
+        f"# HELP {metric} Store operation durations per namespace (fleet; the sum is estimated "
+        "from the bucket bounds).",
+        f"# TYPE {metric} histogram",
+    ]
+    for name, figures in fleet["namespaces"].items():
+        counts = figures["latency_histogram"]
+        if not sum(counts):
             continue
-        cumulative = 0
+        cumulative, estimate = 0, 0.0
         for bound, count in zip((*BUCKETS, None), counts, strict=True):
             cumulative += count
+            estimate += count * (BUCKETS[-1] if bound is None else bound)
             le = "+Inf" if bound is None else repr(bound)
             lines.append(f'{metric}_bucket{{operation="{name}",le="{le}"}} {cumulative}')
         lines.append(f'{metric}_count{{operation="{name}"}} {cumulative}')
-        p50 = percentile(counts, 0.5) or 0.0
-        lines.append(f'{metric}_sum{{operation="{name}"}} {p50 / 1000 * cumulative}')
+        lines.append(f'{metric}_sum{{operation="{name}"}} {estimate:.6f}')
     states = [BREAKER_STATES.get(str(p["breaker"]), 2) for p in fleet["by_process"]]
     lines += [
         "# HELP gathering_cache_breaker_state 0 closed, 1 half-open, 2 open (worst process).",

@@ -123,7 +123,8 @@ class Counts:
 
     def summary(self) -> dict[str, Any]:
         """Plain figures: hits, misses, hit rate, sets, errors, cost saved, latency p50/p95/p99
-        (milliseconds, from the histogram's buckets)."""
+        (milliseconds, from the histogram's buckets) and the histogram itself (counts per
+        bucket of :data:`BUCKETS`, then beyond)."""
         return {
             "hits": self.hits,
             "misses": self.misses,
@@ -133,6 +134,7 @@ class Counts:
             "invalidations": self.invalidations,
             "cost_saved": round(self.cost, 4),
             "latency_ms": {f"p{q}": percentile(self.latency, q / 100) for q in (50, 95, 99)},
+            "latency_histogram": list(self.latency),
         }
 
 
@@ -286,20 +288,18 @@ class FleetRecorder:
         minutes = {**self._pending, self._minute: self._current}
         oldest = int(self._clock() // 60) - self.window // 60
         items = [(keys.stats_process(self.process), orjson.dumps(self.snapshot()))]
-        items += [
-            (
-                keys.stats_minute(minute, self.process),
-                orjson.dumps(
-                    {
-                        name: c.to_json()
-                        for name, c in table.items()
-                        if c.hits or c.misses or c.sets or c.errors
-                    }
-                ),
-            )
-            for minute, table in minutes.items()
-            if minute >= oldest
-        ]
+        for minute, table in minutes.items():
+            active = {
+                name: counts.to_json()
+                for name, counts in table.items()
+                if counts.hits
+                or counts.misses
+                or counts.sets
+                or counts.errors
+                or counts.invalidations
+            }
+            if active and minute >= oldest:
+                items.append((keys.stats_minute(minute, self.process), orjson.dumps(active)))
         written = await self.telemetry.write(items, self.window)
         if written:
             for minute in minutes:
