@@ -18,7 +18,7 @@ LOWEST_PYTHON ?= 3.10
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
-	$(PY) -m pip install --quiet -e . $(foreach g,$(GROUPS),--group $(g))
+	$(PY) -m pip install --quiet -e ".[cli,metrics]" $(foreach g,$(GROUPS),--group $(g))
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package with dev tools

@@ -87,6 +87,18 @@ class OursUnpipelined(Ours):
         )
 
 
+class OursStatsOff(Ours):
+    """The same client with fleet statistics off: W1 shows what recording and flushing them
+    cost (the default, ``Ours``, flushes every 10 s)."""
+
+    name = "gathering_cache (fleet stats off)"
+
+    def __init__(self, url: str) -> None:
+        self.cache = AsyncCacheManager(
+            CacheConfig(url=url, max_connections=64, stats_flush_interval=0)
+        )
+
+
 class AioCache:
     name = "aiocache"
 

@@ -31,7 +31,7 @@ from typing import Any
 import redis.asyncio as redis_asyncio
 
 from bench.chart import ratio_chart
-from bench.clients import COMPARED, AioCache, Cashews, Raw, RawPacked
+from bench.clients import COMPARED, AioCache, Cashews, OursStatsOff, Raw, RawPacked
 from gathering_cache import AsyncCacheManager, CacheConfig, CachedEmbedder, CacheManager
 from tests.servers import RedisServer, free_port
 
@@ -98,8 +98,10 @@ def rotations(items: list[Any], reps: int) -> list[list[Any]]:
 # -- W1 / W2: single get and set ---------------------------------------------------------------
 
 
-async def single_value(url: str, value: Any, tag: str, n: int, total: int, reps: int) -> dict:
-    clients = [cls(url) for cls in COMPARED]
+async def single_value(
+    url: str, value: Any, tag: str, n: int, total: int, reps: int, extra: tuple[type, ...] = ()
+) -> dict:
+    clients = [cls(url) for cls in (*COMPARED, *extra)]
     metrics = ["get_p50", "get_p99", "set_p50", "get_tput", "get_tput8", "get_tput512", "p99@64"]
     samples: dict[str, dict[str, list[float]]] = {
         c.name: {metric: [] for metric in metrics} for c in clients
@@ -487,7 +489,10 @@ def main() -> None:
         for loop_name, uv in (("asyncio", False), ("uvloop", True)):
             print(f"W1 small JSON get/set ({loop_name}) ...", flush=True)
             report[f"W1 {loop_name}"] = run_loop(
-                lambda: single_value(url, SMALL, "w1", p["n"], p["total"], p["reps"]), uv
+                lambda: single_value(
+                    url, SMALL, "w1", p["n"], p["total"], p["reps"], (OursStatsOff,)
+                ),
+                uv,
             )
         print("W2 1536-float embedding ...", flush=True)
         report["W2"] = run_loop(

@@ -318,6 +318,14 @@ class CacheConfig(BaseSettings):
     """``lossless``: float32 when exact, else float64. ``float32``: always float32 (lossy for
     models that return float64 values)."""
 
+    # Fleet statistics (what the CLI and the dashboard read)
+    stats_flush_interval: float = 10.0
+    """Seconds between two folds of this process's counters into the store (one more on
+    close), so every process's traffic is seen together; 0 turns fleet statistics off."""
+    stats_window: int = 86400
+    """Seconds of minute-by-minute history (and of a silent process's counters) kept in the
+    store: each of those keys expires after it."""
+
     if not TYPE_CHECKING:
         # Hidden from type checkers so that the pydantic plugin keeps typed keyword arguments.
         def __init__(self, **values: Any) -> None:
@@ -502,7 +510,13 @@ class CacheConfig(BaseSettings):
     def _validate_client_name(cls, value: str | None) -> str | None:
         return None if value is None else _check_client_name(value)
 
-    @field_validator("db", "retry_attempts", "embedding_lru_size", "health_check_interval")
+    @field_validator(
+        "db",
+        "retry_attempts",
+        "embedding_lru_size",
+        "health_check_interval",
+        "stats_flush_interval",
+    )
     @classmethod
     def _check_non_negative(cls, value: float) -> float:
         if value < 0:
@@ -519,6 +533,7 @@ class CacheConfig(BaseSettings):
         "max_value_bytes",
         "failure_threshold",
         "memory_max_entries",
+        "stats_window",
     )
     @classmethod
     def _check_positive_int(cls, value: int) -> int:

@@ -18,10 +18,11 @@ from gathering_cache.caches.embeddings import EmbeddingCache
 from gathering_cache.caches.llm import LLMCache
 from gathering_cache.caches.rag import RagCache
 from gathering_cache.config import CacheConfig
-from gathering_cache.core.engine import CacheCore, Locks, Messaging, checked_items
+from gathering_cache.core.engine import CacheCore, Locks, Messaging, Telemetry, checked_items
 from gathering_cache.core.keys import GENERIC, check_key, check_limit, check_ttl
 from gathering_cache.core.observe import Observer
 from gathering_cache.errors import ArgumentTypeError
+from gathering_cache.ops.fleet import FleetRecorder, fleet_stats
 
 if TYPE_CHECKING:
     import numpy as np
@@ -69,6 +70,13 @@ class AsyncCacheManager:
         self._llm = LLMCache(self._core)
         self._messaging = Messaging(self._core)
         self._locks = Locks(self._core)
+        self._telemetry = Telemetry(self._core)
+        self._fleet: FleetRecorder | None = None
+        if config.stats_flush_interval > 0 and config.enabled:
+            self._fleet = FleetRecorder(
+                self._telemetry, config.stats_flush_interval, config.stats_window
+            )
+            self._telemetry.attach(self._fleet.observe)
 
     @classmethod
     def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> AsyncCacheManager:
@@ -103,6 +111,18 @@ class AsyncCacheManager:
         """Short-lived locks in the store under the policy: what single-flight (in
         ``CachedEmbedder`` and ``cached_completion``) coordinates processes with."""
         return self._locks
+
+    @property
+    def telemetry(self) -> Telemetry:
+        """Fleet statistics and the store's introspection under the policy (used by the
+        CLI, the dashboard and the metrics collector)."""
+        return self._telemetry
+
+    @property
+    def fleet(self) -> FleetRecorder | None:
+        """This process's fleet-statistics recorder (``None`` when
+        ``stats_flush_interval`` is 0 or the cache is disabled)."""
+        return self._fleet
 
     @property
     def llm(self) -> LLMCache:
@@ -146,12 +166,15 @@ class AsyncCacheManager:
         return await self._core.connect()
 
     async def aclose(self) -> None:
-        """Close the connections this manager opened; later calls answer degraded."""
+        """Fold this process's statistics into the store one last time, then close the
+        connections this manager opened; later calls answer degraded."""
+        if self._fleet is not None:
+            await self._fleet.aclose()
         await self._core.aclose()
 
     async def close(self) -> None:
         """Alias of :meth:`aclose`, awaitable."""
-        await self._core.aclose()
+        await self.aclose()
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -545,7 +568,9 @@ class AsyncCacheManager:
         ``writes`` / ``write_failures``; ``oversized`` (values above ``max_value_bytes``);
         ``llm_tokens_saved`` / ``llm_skipped``; ``namespaces`` (hits, misses, hit rate per
         embedding / rag / circle / llm / generic); ``breaker`` (state, consecutive failures,
-        last error, outages, seconds degraded, calls shed, data errors, bulk timeouts).
+        last error, outages, seconds degraded, calls shed, data errors, bulk timeouts);
+        ``fleet``: every process's counters folded into the store, added up (see
+        :func:`gathering_cache.ops.fleet.fleet_stats`; this process's as they are now).
         Never includes the password.
         """
         core = self._core
@@ -563,7 +588,16 @@ class AsyncCacheManager:
         stats["total_keys"] = total_keys
         stats.update(core.stats.snapshot())
         stats["breaker"] = policy.snapshot()
+        stats["fleet"] = await fleet_stats(self._telemetry, self._fleet)
         return stats
+
+    async def flush_stats(self) -> bool:
+        """Fold this process's statistics into the store now (done every
+        ``stats_flush_interval`` seconds and on close); whether the store took them
+        (``False`` too when fleet statistics are off)."""
+        if self._fleet is None:
+            return False
+        return await self._fleet.flush()
 
     def reset_stats(self) -> None:
         """Zero this process's counters (hits, misses, errors, writes, oversized, LLM)."""

@@ -177,6 +177,9 @@ def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
 
 async def _close_on_loop(portal: _Portal, manager: AsyncCacheManager) -> None:
     """Close ``manager`` leaving no call behind; runs on the portal loop."""
+    fleet = manager.fleet
+    if fleet is not None:  # the statistics' last fold, while the store is still in use
+        await fleet.aclose()
     me = asyncio.current_task()
     # Calls in the middle of a store operation are cancelled rather than left to run against
     # a store being closed (where redis-py could reconnect and leave a socket open); their
@@ -643,6 +646,11 @@ class CacheManager:
     def remove_observer(self, observer: Observer) -> bool:
         """Stop reporting to ``observer``; whether it was registered."""
         return self._live().remove_observer(observer)
+
+    def flush_stats(self) -> bool:
+        """Fold this process's statistics into the store now; see
+        ``AsyncCacheManager.flush_stats``."""
+        return self._run(self._live().flush_stats(), _false)
 
     def reset_stats(self) -> None:
         """Zero the hit / miss / error counters."""

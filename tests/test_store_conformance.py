@@ -637,3 +637,51 @@ async def test_close_never_raises(store: Store) -> None:
 async def test_a_fault_is_never_a_data_error(store: Store) -> None:
     for fault in (ConnectionError("down"), asyncio.TimeoutError(), OSError("reset")):
         assert store.is_data_error(fault) is False
+
+
+# --- introspection (operators' tools) -----------------------------------------------------
+
+
+@covers("server_info")
+async def test_server_info_is_flat_fields_without_secrets(store: Store) -> None:
+    info = await store.server_info()
+    assert isinstance(info, dict)
+    allowed = {
+        "redis_version",
+        "uptime_in_seconds",
+        "used_memory",
+        "maxmemory",
+        "maxmemory_policy",
+        "aof_enabled",
+        "rdb_changes_since_last_save",
+        "rdb_save",
+        "expired_keys",
+        "evicted_keys",
+        "keyspace_hits",
+        "keyspace_misses",
+    }
+    assert set(info) <= allowed
+    if not store.capabilities.networked:
+        assert isinstance(info["used_memory"], int)
+    elif info:  # a real server (fakeredis refuses INFO: it has nothing to say, {})
+        assert isinstance(info["redis_version"], str)
+        assert isinstance(info["used_memory"], int)
+        assert info["maxmemory_policy"]
+
+
+@covers("memory_usage")
+async def test_memory_usage_sizes_present_keys_and_none_for_absent(store: Store) -> None:
+    await store.set("gathering:m:small", b"x" * 10, 60)
+    await store.set("gathering:m:big", b"x" * 5000, 60)
+    sizes = await store.memory_usage(["gathering:m:small", "gathering:m:big", "gathering:m:no"])
+    assert len(sizes) == 3
+    assert sizes[2] is None
+    assert await store.memory_usage([]) == []
+    small, big = sizes[0], sizes[1]
+    if small is not None and big is not None:  # fakeredis cannot tell: None
+        assert big > small >= 10
+    else:  # only a store that refuses MEMORY USAGE (fakeredis) cannot tell
+        assert small is None
+        assert big is None
+    if not store.capabilities.networked:
+        assert small is not None

@@ -192,6 +192,20 @@ class Store(ABC):
         Returns how many were released."""
         raise NotImplementedError(f"{type(self).__name__} keeps no locks")
 
+    # -- introspection, for operators (the CLI and dashboard); never on a cache call's path ----
+
+    async def server_info(self) -> dict[str, Any]:
+        """What the server says about itself, as flat fields (those it has among
+        ``redis_version``, ``used_memory``, ``maxmemory``, ``maxmemory_policy``,
+        ``aof_enabled``, ``rdb_save``, ``expired_keys``, ``evicted_keys``, ``uptime_in_seconds``),
+        ``{}`` when it has nothing to say (a proxy or an ACL refusing INFO is no fault)."""
+        return {}
+
+    async def memory_usage(self, keys: Sequence[str]) -> list[int | None]:
+        """Bytes each key takes in the store (MEMORY USAGE), in order; ``None`` for a key that
+        is absent, or when the store cannot tell."""
+        return [None] * len(keys)
+
     def is_data_error(self, exc: BaseException) -> bool:
         """Whether ``exc`` concerns one call's own data or arguments (a value of another type
         under the key, an ACL refusing this key), not the store's health: a miss for that

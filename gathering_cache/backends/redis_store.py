@@ -110,6 +110,22 @@ _MALFORMED = (TypeError, ValueError, IndexError, KeyError, AttributeError)
 """What redis-py's reply parsing raises on a reply of the wrong shape."""
 
 
+_INFO_FIELDS = (
+    "redis_version",
+    "uptime_in_seconds",
+    "used_memory",
+    "maxmemory",
+    "maxmemory_policy",
+    "aof_enabled",
+    "rdb_changes_since_last_save",
+    "expired_keys",
+    "evicted_keys",
+    "keyspace_hits",
+    "keyspace_misses",
+)
+"""What :meth:`RedisStore.server_info` keeps of INFO (never anything about clients or auth)."""
+
+
 def _reply_code(exc: BaseException, message: str) -> str | None:
     """The error code of a Redis error reply (``WRONGTYPE``, ``READONLY``, ...), if any."""
     code = getattr(exc, "status_code", None)  # redis-py >= 8 keeps it
@@ -470,6 +486,38 @@ class RedisStore(Store):
         return replies
 
     @_mapped
+    async def server_info(self) -> dict[str, Any]:
+        try:
+            info = await self._client.info()
+        except ResponseError:  # INFO refused (an ACL, a proxy, fakeredis): nothing to say
+            return {}
+        except _MALFORMED as exc:
+            raise self._malformed("INFO", exc) from exc
+        if not isinstance(info, dict):
+            raise self._malformed("INFO", info)
+        fields = {name: info[name] for name in _INFO_FIELDS if name in info}
+        try:
+            save = await self._client.config_get("save")
+        except ResponseError:  # CONFIG is often refused to applications; INFO still tells
+            return fields
+        if isinstance(save, dict) and isinstance(save.get("save"), str):
+            fields["rdb_save"] = save["save"]
+        return fields
+
+    @_mapped
+    async def memory_usage(self, keys: Sequence[str]) -> list[int | None]:
+        if not keys:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.memory_usage(key, samples=5)
+        try:
+            replies = await self._replies("MEMORY USAGE", pipe.execute(raise_on_error=False))
+        except ResponseError:
+            return [None] * len(keys)
+        return [reply if type(reply) is int else None for reply in replies]
+
+    @_mapped
     async def delete(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
@@ -544,7 +592,10 @@ class RedisStore(Store):
             async for batch in self._scan(pattern, Progress()):
                 keys.extend(batch)
             return 0, [key.decode("utf-8", "replace") for key in keys]
-        reply = await self._client.scan(cursor, match=pattern, count=count)
+        try:
+            reply = await self._client.scan(cursor, match=pattern, count=count)
+        except _MALFORMED as exc:  # redis-py's SCAN callback unpacks the reply
+            raise self._malformed("SCAN", exc) from exc
         if type(reply) is not tuple or len(reply) != 2 or type(reply[0]) is not int:
             raise self._malformed("SCAN", reply)
         return reply[0], [key.decode("utf-8", "replace") for key in self._keys(reply[1])]

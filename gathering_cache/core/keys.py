@@ -13,6 +13,9 @@ All keys live under the configured ``key_prefix`` (``gathering:`` by default)::
     <prefix>llm:shared:<32 hex of sha256(request)>            no namespace
     <prefix>lock:<key without prefix>                         single-flight locks
     <prefix>events                                            the event bridge's channel
+    <prefix>stats:proc:<process>                              one process's counters (fleet
+                                                              stats), kept for the window
+    <prefix>stats:min:<minute>:<process>                      its counts of one minute
 
 Every key the library writes expires, RAG counters and indexes included (the event channel
 is a pub/sub channel, not a key).
@@ -66,6 +69,8 @@ LOCK: Final = "lock"
 """The namespace of single-flight locks in operation reports (no lookups)."""
 EVENTS: Final = "events"
 """The namespace of pub/sub traffic in operation reports (no lookups)."""
+STATS: Final = "stats"
+"""The namespace of the fleet statistics each process folds into the store."""
 """The namespaces hits and misses are counted under."""
 
 
@@ -283,6 +288,18 @@ class KeySpace:
     def lock(self, key: str) -> str:
         """The lock key guarding the computation of ``key`` (a key under the prefix)."""
         return f"{self.prefix}lock:{key[len(self.prefix) :]}"
+
+    def stats_process(self, process: str) -> str:
+        """One process's cumulative counters (``process`` as :meth:`process_id` checks)."""
+        return f"{self.prefix}{STATS}:proc:{process}"
+
+    def stats_processes(self) -> str:
+        """The pattern of every process's counters."""
+        return f"{self.prefix}{STATS}:proc:*"
+
+    def stats_minute(self, minute: int, process: str) -> str:
+        """One process's counts of one minute (``minute``: minutes since the epoch)."""
+        return f"{self.prefix}{STATS}:min:{minute}:{process}"
 
     def everything(self) -> str:
         """The pattern that matches every key under the prefix."""
