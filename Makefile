@@ -12,7 +12,7 @@ MATRIX ?= 3.10 3.11 3.12 3.13
 LOWEST_PYTHON ?= 3.10
 
 .PHONY: install demo test test-unit test-integration test-matrix test-lowest lint format \
-	typecheck examples docs bench bench-quick bench-ab clean
+	typecheck examples docs screenshot bench bench-quick bench-ab clean
 
 # `pip install --group` needs pip >= 25.1, hence the upgrade first.
 $(STAMP): pyproject.toml
@@ -94,6 +94,9 @@ typecheck: $(STAMP)
 
 examples: $(STAMP) ## run every example (memory backend and real Redis)
 	$(PY) -m pytest tests/test_examples.py
+
+screenshot: $(STAMP) ## refresh docs/images/dashboard.png from the dashboard's browser test
+	UPDATE_SCREENSHOT=1 $(PY) -m pytest tests/test_dashboard.py -k real_browser
 
 docs: $(STAMP) ## run every python snippet of README.md and docs/*.md (memory backend and real Redis)
 	$(PY) -m pytest tests/test_docs.py
