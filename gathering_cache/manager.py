@@ -7,6 +7,7 @@ facade drives an instance of this class on a private event loop.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
     from typing_extensions import Self
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["AsyncCacheManager"]
 
@@ -168,9 +171,15 @@ class AsyncCacheManager:
     async def aclose(self) -> None:
         """Fold this process's statistics into the store one last time, then close the
         connections this manager opened; later calls answer degraded."""
-        if self._fleet is not None:
-            await self._fleet.aclose()
-        await self._core.aclose()
+        try:
+            # The last flush is I/O: only where this manager's connections live, and only
+            # once it has talked to the store (closing an unused manager connects nowhere).
+            if self._fleet is not None and self._core.used_here():
+                await self._fleet.aclose()
+        except Exception:  # a bug in the flush must not keep the manager open
+            logger.exception("the final statistics flush failed; closing anyway")
+        finally:
+            await self._core.aclose()
 
     async def close(self) -> None:
         """Alias of :meth:`aclose`, awaitable."""

@@ -262,6 +262,14 @@ def _no_page() -> tuple[list[str], bool]:
     return [], False
 
 
+async def _observe(manager: AsyncCacheManager, observer: Observer) -> None:
+    manager.add_observer(observer)
+
+
+async def _unobserve(manager: AsyncCacheManager, observer: Observer) -> bool:
+    return manager.remove_observer(observer)
+
+
 async def _reset(manager: AsyncCacheManager) -> None:
     manager.reset_stats()  # on the portal loop, like every other access to the counters
 
@@ -640,12 +648,21 @@ class CacheManager:
 
     def add_observer(self, observer: Observer) -> None:
         """Report every store operation to ``observer``; see
-        ``AsyncCacheManager.add_observer``. It is called on this facade's loop thread."""
-        self._live().add_observer(observer)
+        ``AsyncCacheManager.add_observer``. It is called on this facade's loop thread.
+
+        Raises:
+            ArgumentTypeError: ``observer`` is not callable.
+        """
+        manager = self._live()
+        if not callable(observer):
+            manager.add_observer(observer)  # raises, naming the problem
+        # On the loop thread, like every change to the observers (one that fails is removed
+        # there): two threads never rewrite the list at once.
+        self._run(_observe(manager, observer), _none)
 
     def remove_observer(self, observer: Observer) -> bool:
         """Stop reporting to ``observer``; whether it was registered."""
-        return self._live().remove_observer(observer)
+        return self._run(_unobserve(self._live(), observer), _false)
 
     def flush_stats(self) -> bool:
         """Fold this process's statistics into the store now; see

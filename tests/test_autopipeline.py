@@ -4,6 +4,7 @@ reply, and nothing else about a call changes (deadline, cancellation, error repl
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from gathering_cache import AsyncCacheManager, CacheConfig, Outcome
 from gathering_cache.backends.autopipeline import AutoPipeline
 from gathering_cache.backends.redis_store import RedisStore
+from tests.servers import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -174,3 +176,37 @@ async def test_concurrent_programs_match_a_sequential_model(
     results = await asyncio.gather(*(run(i, p) for i, p in enumerate(programs)))
     for expected, actual in results:
         assert actual == expected
+
+
+async def test_a_batch_on_a_stopped_server_ends_at_its_deadline_even_without_socket_timeout() -> (
+    None
+):
+    """An injected client may have no socket timeout: a batch whose callers are gone still
+    gives its connection back by the batch's own deadline, so a stopped server cannot drain
+    the pool across breaker probes."""
+    with RedisServer() as server:
+        client = redis_asyncio.Redis(host="127.0.0.1", port=server.port, max_connections=32)
+        config = CacheConfig(operation_timeout=0.2, failure_threshold=1000, stats_flush_interval=0)
+        cache = AsyncCacheManager(config, client=client)
+        try:
+            await cache.set("gathering:k", 1)
+            pipeline = _pipeline(cache)
+            assert server.process is not None
+            server.process.send_signal(signal.SIGSTOP)
+            try:
+                for _ in range(3):
+                    values = await asyncio.gather(*(cache.get("gathering:k") for _ in range(32)))
+                    assert values == [None] * 32  # degraded at each caller's deadline
+                    await asyncio.sleep(0.3)  # past the batches' own deadline
+                    assert not pipeline._batches  # every batch gave its connection back
+                    assert pipeline._inflight == 0
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+            for _ in range(50):  # the server answers again: so does the cache
+                if await cache.get("gathering:k") == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert await cache.get("gathering:k") == 1
+        finally:
+            await cache.aclose()
+            await client.aclose()

@@ -320,3 +320,27 @@ async def test_a_store_without_locks_leaves_single_flight_to_the_process(
     assert results == [[4.0, 1.0]] * 5
     assert calls == 1  # the process's own single-flight still joins concurrent callers
     assert (await cache.get_stats())["total_keys"] == 1  # the embedding; no lock was taken
+
+
+# -- closing ----------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_closing_from_another_loop_closes_without_raising(redis_url: str) -> None:
+    cache = AsyncCacheManager(CacheConfig.from_url(redis_url))
+    asyncio.run(cache.set("gathering:k", 1))
+    asyncio.run(cache.aclose())  # the last statistics flush is skipped off the bound loop
+    assert asyncio.run(cache.get("gathering:k")) is None  # closed: degraded, no I/O
+    assert asyncio.run(cache.get_stats())["reason"] == "closed"
+
+
+async def test_closing_an_unused_manager_contacts_nothing() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cache = AsyncCacheManager(CacheConfig(port=port))
+    seen = Recorder()
+    cache.add_observer(seen)
+    await cache.aclose()
+    assert seen.seen == []  # no connect, no flush
+    assert cache.is_enabled() is False

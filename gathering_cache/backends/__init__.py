@@ -51,7 +51,12 @@ def create_store(config: CacheConfig, client: Any = None) -> Store:
     pipelined = config.auto_pipeline
     if client is not None:
         return RedisStore(
-            client, owned=False, describe=describe, concurrency=limit, auto_pipeline=pipelined
+            client,
+            owned=False,
+            describe=describe,
+            concurrency=limit,
+            auto_pipeline=pipelined,
+            operation_timeout=config.operation_timeout,
         )
     return RedisStore(
         build_client(config),
@@ -59,6 +64,7 @@ def create_store(config: CacheConfig, client: Any = None) -> Store:
         describe=describe,
         concurrency=limit,
         auto_pipeline=pipelined,
+        operation_timeout=config.operation_timeout,
     )
 
 

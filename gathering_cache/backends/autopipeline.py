@@ -12,11 +12,13 @@ How it works (the idea of ioredis's ``enableAutoPipelining``, written for asynci
   one packed write (a non-transactional pipeline), then reads the replies in order and
   resolves the futures. Commands of one batch run in the order they were issued.
 * Each caller keeps its own deadline: its cancellation (by the policy's deadline, or its
-  own) cancels only its future; the batch runs to its end on a task of its own, bounded by
-  the socket timeout. An error reply fails only its command. A connection fault fails the
-  commands of that batch that have no reply yet, and the connection is dropped; a batch
-  whose first reply never came is retried once on a fresh connection (the pooled one may
-  have been stale after a server restart), as the client itself would.
+  own) cancels only its future; the batch runs on a task of its own, every read bounded by
+  one deadline for the whole batch (``operation_timeout``), and it drops its connection as
+  soon as nobody waits for the rest of its replies. An error reply fails only its command.
+  A fault fails the commands of that batch that have no reply yet, and the connection is
+  dropped; when the connection broke before any reply (a pooled connection a server
+  restart left stale), the commands still awaited are sent once more on a fresh one, as
+  the client itself would. A timeout is never retried.
 * Bounded: the policy's limiter keeps the calls in flight (so the queue) within
   ``max_connections``, and a batch holds one connection.
 """
@@ -25,14 +27,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
-from typing import Any
+import sys
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["AutoPipeline"]
+
+T = TypeVar("T")
 
 
 class AutoPipeline:
@@ -46,12 +52,14 @@ class AutoPipeline:
         "_max_batch",
         "_queue",
         "_scheduled",
+        "_timeout",
         "batched",
         "batches",
     )
 
-    def __init__(self, client: Any, max_batch: int = 128) -> None:
+    def __init__(self, client: Any, timeout: float, max_batch: int = 128) -> None:
         self._client = client
+        self._timeout = timeout
         self._max_batch = max_batch
         self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._scheduled = False
@@ -105,11 +113,17 @@ class AutoPipeline:
         self._inflight -= 1
 
     async def _run(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
         try:
-            if not await self._send(batch, retry=True):
-                # Nothing came back: the pooled connection may have gone stale (a server
-                # restart); once more on a fresh one, as the client's own retry would.
-                await self._send(batch, retry=False)
+            # The whole batch within its deadline: taking a connection (connecting, the
+            # handshake) and sending can hang on a stopped server as reading can.
+            pending = await _within(self._send(batch, deadline, retry=True), deadline)
+            if pending:
+                # The connection failed before any reply (a pooled connection a server
+                # restart left stale): once more on a fresh one, for the callers still
+                # waiting, as the client's own retry would.
+                await _within(self._send(pending, deadline, retry=False), deadline)
         except BaseException as exc:  # a fault, or the loop shutting down: no caller hangs
             for _, future in batch:
                 if not future.done():
@@ -118,10 +132,17 @@ class AutoPipeline:
                 raise
 
     async def _send(
-        self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]], *, retry: bool
-    ) -> bool:
-        """Send the batch on one connection and resolve its futures. A fault drops the
-        connection and is raised, except when no reply came and ``retry``: then False."""
+        self,
+        batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]],
+        deadline: float,
+        *,
+        retry: bool,
+    ) -> list[tuple[tuple[Any, ...], asyncio.Future[Any]]]:
+        """Send the batch on one connection and resolve its futures, every read bounded by
+        ``deadline``. A fault drops the connection and is raised, except a connection error
+        before any reply when ``retry``: then the commands still awaited are returned (a
+        timeout is never retried: a slow server must not get the batch twice)."""
+        loop = asyncio.get_running_loop()
         pool = self._client.connection_pool
         connection = await pool.get_connection()
         answered = 0
@@ -129,24 +150,43 @@ class AutoPipeline:
             await connection.send_packed_command(
                 connection.pack_commands([args for args, _ in batch])
             )
-            for _, future in batch:
+            for index, (_, future) in enumerate(batch):
                 error: ResponseError | None = None
                 try:
-                    reply = await connection.read_response()
+                    reply = await connection.read_response(timeout=max(0.0, deadline - loop.time()))
                 except ResponseError as exc:  # an error reply: that command's alone
                     reply, error = None, exc
                 answered += 1
-                if future.done():
-                    continue  # its caller gave up (deadline, cancellation)
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(reply)
+                if not future.done():  # else its caller gave up (deadline, cancellation)
+                    if error is not None:
+                        future.set_exception(error)
+                    else:
+                        future.set_result(reply)
+                if all(later.done() for _, later in batch[index + 1 :]):
+                    if index + 1 < len(batch):
+                        # Nobody waits for the rest: drop the connection (its replies are
+                        # unread) rather than hold it for them.
+                        await connection.disconnect(nowait=True)
+                    break
         except BaseException as exc:
             await connection.disconnect(nowait=True)
-            if retry and answered == 0 and isinstance(exc, Exception):
-                return False
+            if (
+                retry
+                and answered == 0
+                and isinstance(exc, (RedisConnectionError, OSError))
+                and not isinstance(exc, TimeoutError)
+            ):
+                return [item for item in batch if not item[1].done()]
             raise
         finally:
             await pool.release(connection)
-        return True
+        return []
+
+
+async def _within(awaitable: Coroutine[Any, Any, T], deadline: float) -> T:
+    """``awaitable``, cancelled at ``deadline`` (the loop's clock) with a TimeoutError."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout_at(deadline):
+            return await awaitable
+    loop = asyncio.get_running_loop()  # pragma: no cover - Python 3.10
+    return await asyncio.wait_for(awaitable, max(0.0, deadline - loop.time()))

@@ -334,6 +334,7 @@ class RedisStore(Store):
         describe: dict[str, Any],
         concurrency: int | None = None,
         auto_pipeline: bool = False,
+        operation_timeout: float = 0.5,
     ) -> None:
         self.capabilities = Capabilities(
             backend="redis",
@@ -355,7 +356,9 @@ class RedisStore(Store):
         # The single-key commands of concurrent callers share round trips (a cluster routes
         # each command to its node itself: not batched there).
         cluster = hasattr(client, "get_nodes")
-        self.pipeline = AutoPipeline(client) if auto_pipeline and not cluster else None
+        self.pipeline = (
+            AutoPipeline(client, operation_timeout) if auto_pipeline and not cluster else None
+        )
         self._send: Callable[..., Awaitable[Any]] = (
             client.execute_command if self.pipeline is None else self.pipeline.execute
         )
@@ -391,8 +394,16 @@ class RedisStore(Store):
             raise self._malformed("PING", pong)
 
     async def aclose(self) -> None:
-        if self._owned:
+        if not self._owned:
+            return
+        try:
             await self._client.aclose()
+        except RuntimeError as exc:
+            if "closed" not in str(exc):
+                raise
+            # Closed from another loop after the one that opened the connections ended
+            # (asyncio.run per call): they died with it; nothing is left to close.
+            logger.debug("connections of a closed event loop dropped: %s", exc)
 
     # get / get_many / set: the hot path, mapped inline (as _mapped would: one coroutine
     # frame less on every cache call).

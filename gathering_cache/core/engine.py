@@ -186,6 +186,12 @@ class CacheCore:
         await self.store.connect()
         return True
 
+    def used_here(self) -> bool:
+        """Whether this cache has contacted its store, from the running event loop (the one
+        its connections belong to): then a last write on close makes sense here."""
+        loop = asyncio.get_running_loop()
+        return self._connected and (self._loop is None or self._loop is loop)
+
     async def aclose(self) -> None:
         self.policy.disable("closed")
         self._notify_deleted(None)  # in-process layers forget everything
