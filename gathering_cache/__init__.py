@@ -30,6 +30,7 @@ from gathering_cache.errors import (
 from gathering_cache.events.bridge import RedisEventBridge
 from gathering_cache.events.bus import Event, EventBus, EventType
 from gathering_cache.events.invalidation import CacheInvalidator
+from gathering_cache.integrations.decorators import cached
 from gathering_cache.manager import AsyncCacheManager
 from gathering_cache.sync import CacheManager
 
@@ -67,6 +68,7 @@ __all__ = [
     "WarmProgress",
     "WarmReport",
     "__version__",
+    "cached",
     "cached_completion",
     "is_deterministic",
     "warm_rag_cache",

@@ -5,6 +5,8 @@
     caches/     the domain caches: built on the core; no agent helper, no events
     agents/     helpers for agent code, built on the caches and the manager
     events/     event bus, bridge, invalidation
+    integrations/  @cached and the framework adapters (OpenAI SDK, LangChain, LlamaIndex,
+                LiteLLM): built on the public package; nothing else imports them
 
 Type-checking-only imports (under ``if TYPE_CHECKING:``) are not run and are ignored here.
 """
@@ -19,21 +21,25 @@ import pytest
 import gathering_cache
 
 PACKAGE = Path(gathering_cache.__file__).parent
-WINGS = ("core", "backends", "caches", "agents", "events")
+WINGS = ("core", "backends", "caches", "agents", "events", "integrations")
 TOP = ("manager", "sync", "config", "errors")
 
 # wing (or top-level module) -> what it must never import at run time
 FORBIDDEN: dict[str, frozenset[str]] = {
-    "core": frozenset({"caches", "agents", "events", "manager", "sync"}),
-    "backends": frozenset({"caches", "agents", "events", "manager", "sync"}),
-    "caches": frozenset({"agents", "events", "sync"}),
-    "events": frozenset({"agents", "sync"}),
-    "agents": frozenset({"sync"}),
+    "core": frozenset({"caches", "agents", "events", "manager", "sync", "integrations"}),
+    "backends": frozenset({"caches", "agents", "events", "manager", "sync", "integrations"}),
+    "caches": frozenset({"agents", "events", "sync", "integrations"}),
+    "events": frozenset({"agents", "sync", "integrations"}),
+    "agents": frozenset({"sync", "integrations"}),
+    "manager": frozenset({"integrations"}),
+    "sync": frozenset({"integrations"}),
     "config": frozenset(
         {"core.engine", "backends", "caches", "agents", "events", "manager", "sync"}
+        | {"integrations"}
     ),
     "errors": frozenset(
         {"core", "backends", "caches", "agents", "events", "manager", "sync", "config"}
+        | {"integrations"}
     ),
 }
 
