@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Dependency groups (pyproject.toml [dependency-groups]) installed into $(VENV).
-GROUPS ?= dev
+GROUPS ?= dev integrations
 # Every Python the package supports; `make test-matrix` runs the suite on each one found.
 MATRIX ?= 3.10 3.11 3.12 3.13
 # The oldest supported Python: the lowest dependency versions are tested on it, since it is

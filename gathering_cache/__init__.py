@@ -11,7 +11,11 @@ from __future__ import annotations
 from gathering_cache.agents.agent_memory import InMemoryVectorStore, MemoryManager, VectorStore
 from gathering_cache.agents.cached_embedder import CachedEmbedder, EmbedderStats, EmbeddingService
 from gathering_cache.agents.completions import cached_completion
-from gathering_cache.agents.providers import EmbeddingProvider, OpenAIEmbeddings
+from gathering_cache.agents.providers import (
+    EmbeddingProvider,
+    OpenAIEmbeddings,
+    OpenAISDKEmbeddings,
+)
 from gathering_cache.agents.warming import WarmProgress, WarmReport, warm_rag_cache
 from gathering_cache.backends import REDIS_AVAILABLE
 from gathering_cache.caches.llm import is_deterministic
@@ -57,6 +61,7 @@ __all__ = [
     "MemoryManager",
     "Observer",
     "OpenAIEmbeddings",
+    "OpenAISDKEmbeddings",
     "Operation",
     "Outcome",
     "PatternError",

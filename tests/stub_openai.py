@@ -82,7 +82,12 @@ class StubEmbeddingServer:
                             embedding = vector
                         data.append({"object": "embedding", "index": index, "embedding": embedding})
                     data.reverse()  # the index, not the order, says which text it is
-                    self._send(200, {"object": "list", "data": data, "model": body["model"]})
+                    tokens = len(body["input"])
+                    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+                    self._send(
+                        200,
+                        {"object": "list", "data": data, "model": body["model"], "usage": usage},
+                    )
 
             def _chat(self, body: dict[str, Any]) -> None:
                 content = answer_for(body["messages"])
