@@ -14,9 +14,11 @@ import concurrent.futures
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
+from gathering_cache.errors import ArgumentTypeError
+from gathering_cache.manager import AsyncCacheManager
 from gathering_cache.sync import CacheManager
 
-__all__ = ["Handoff", "run_sync"]
+__all__ = ["Bridge", "Handoff", "run_async", "run_sync"]
 
 T = TypeVar("T")
 
@@ -105,3 +107,57 @@ async def run_async(
     else:
         asked.cancel()
     return await waiting
+
+
+class Bridge:
+    """Call the async manager's coroutines from sync and async code alike, with either
+    manager: an :class:`AsyncCacheManager` serves async callers on its own loop; a
+    :class:`CacheManager` serves both (sync callers through its methods, async callers on any
+    loop through its private one). What a framework adapter holds."""
+
+    def __init__(self, cache: AsyncCacheManager | CacheManager) -> None:
+        if not isinstance(cache, (AsyncCacheManager, CacheManager)):
+            raise ArgumentTypeError(
+                f"cache must be an AsyncCacheManager or a CacheManager, not {type(cache).__name__}"
+            )
+        self.cache = cache
+        self.manager = cache.async_manager if isinstance(cache, CacheManager) else cache
+
+    @property
+    def prefix(self) -> str:
+        return self.manager.config.key_prefix
+
+    async def call(
+        self, make: Callable[[AsyncCacheManager], Coroutine[Any, Any, T]], degraded: T
+    ) -> T:
+        """``await make(manager)`` on the manager's loop; ``degraded`` once it is closed."""
+        if isinstance(self.cache, AsyncCacheManager):
+            return await make(self.cache)
+        future = self.cache.submit(make(self.manager))
+        if future is None:
+            return degraded
+        return await asyncio.wrap_future(future)
+
+    def call_sync(
+        self, make: Callable[[AsyncCacheManager], Coroutine[Any, Any, T]], degraded: T
+    ) -> T:
+        """``make(manager)`` run to completion for a sync caller (a :class:`CacheManager` is
+        needed: an async manager's loop is the caller's own, which cannot be blocked).
+
+        Raises:
+            ArgumentTypeError: the bridge holds an AsyncCacheManager.
+        """
+        if isinstance(self.cache, AsyncCacheManager):
+            raise ArgumentTypeError(
+                "a synchronous call needs a CacheManager (the sync facade, which also serves "
+                "the async methods); this adapter was given an AsyncCacheManager"
+            )
+        future = self.cache.submit(make(self.manager))
+        if future is None:
+            return degraded
+        config = self.manager.config
+        try:  # the core bounds every operation; this is a backstop for a starved loop
+            return future.result(config.bulk_timeout + config.operation_timeout + 1.0)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            return degraded

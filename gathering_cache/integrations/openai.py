@@ -108,7 +108,7 @@ class _Embeddings:
             Embedding.model_construct(
                 object="embedding",
                 index=index,
-                embedding=_base64(vectors[text]) if as_base64 else list(vectors[text]),
+                embedding=_base64(vectors[text]) if as_base64 else list(vectors[text]),  # type: ignore[arg-type]
             )
             for index, text in enumerate(texts)
         ]
