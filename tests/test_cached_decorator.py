@@ -18,6 +18,7 @@ from gathering_cache import (
     AsyncCacheManager,
     CacheConfig,
     CacheManager,
+    SyncCachedEmbedder,
     cached,
 )
 from tests.servers import RedisServer, free_port
@@ -244,3 +245,33 @@ def test_a_closed_facade_runs_the_function_uncached() -> None:
 
     cache.close()
     assert one() == 1
+
+
+# -- SyncCachedEmbedder: CachedEmbedder for sync code on the facade's loop ------------------------
+
+
+def test_sync_embedder_shares_the_facade(sync_cache: CacheManager) -> None:
+    calls: list[list[str]] = []
+
+    def provider(texts: list[str]) -> list[list[float]]:
+        calls.append(list(texts))
+        return [[float(len(t)), 0.5] for t in texts]
+
+    embedder = SyncCachedEmbedder(provider, sync_cache, model="len-2")
+    assert embedder.embed_many(["a", "bb"]) == [[1.0, 0.5], [2.0, 0.5]]
+    assert embedder.embed("bb") == [2.0, 0.5]
+    workers = [threading.Thread(target=embedder.embed, args=("ccc",)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(10)
+    assert calls == [["a", "bb"], ["ccc"]]
+    assert embedder.stats.provider_calls == 2
+    assert embedder.model == "len-2"
+    assert sync_cache.get_embedding("a", model="len-2") == [1.0, 0.5]  # one cache, one pool
+    with pytest.raises(ArgumentTypeError):
+        embedder.embed_many("not a list")
+    with pytest.raises(ArgumentTypeError):
+        SyncCachedEmbedder(provider, AsyncCacheManager(), model="m")  # type: ignore[arg-type]
+    sync_cache.close()
+    assert embedder.embed("dddd") == [4.0, 0.5]  # closed: the provider alone
