@@ -284,6 +284,7 @@ class OpenAISDKEmbeddings:
         self.dimensions = check_dimensions(dimensions)
         self.client = client
         self._owned = False
+        self._extra: dict[str, Any] = {}
 
     @classmethod
     def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> OpenAISDKEmbeddings:
@@ -308,6 +309,8 @@ class OpenAISDKEmbeddings:
         client = openai.AsyncOpenAI(api_key=key or "unused", base_url=settings.base_url)
         provider = cls(client, settings.model, dimensions=settings.dimensions)
         provider._owned = True
+        if not key:  # the SDK insists on a key: for a local server, send no Authorization
+            provider._extra["extra_headers"] = {"Authorization": openai.Omit()}
         return provider
 
     def __repr__(self) -> str:
@@ -329,7 +332,7 @@ class OpenAISDKEmbeddings:
             raise ArgumentTypeError(f"texts must be a list of str, not {type(texts).__name__}")
         for index, text in enumerate(texts):
             check_text(text, f"texts[{index}]")
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = dict(self._extra)
         if self.dimensions is not None:
             extra["dimensions"] = self.dimensions
         response = await self.client.embeddings.create(
