@@ -70,6 +70,8 @@ class StubEmbeddingServer:
                     self._send(failure[0], {"error": {"message": "scripted"}}, failure[1])
                 elif self.path == "/v1/chat/completions":
                     self._chat(body)
+                elif not all(isinstance(text, str) for text in body["input"]):
+                    self._send(400, {"error": {"message": "the stub embeds texts only"}})
                 else:
                     dims = body.get("dimensions") or stub.dimensions
                     data = []
