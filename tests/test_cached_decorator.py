@@ -21,6 +21,7 @@ from gathering_cache import (
     SyncCachedEmbedder,
     cached,
 )
+from tests.conftest import Factory
 from tests.servers import RedisServer, free_port
 
 SYNC_BACKENDS = ["memory", pytest.param("redis", marks=pytest.mark.integration)]
@@ -275,3 +276,23 @@ def test_sync_embedder_shares_the_facade(sync_cache: CacheManager) -> None:
         SyncCachedEmbedder(provider, AsyncCacheManager(), model="m")  # type: ignore[arg-type]
     sync_cache.close()
     assert embedder.embed("dddd") == [4.0, 0.5]  # closed: the provider alone
+
+
+async def test_two_managers_sharing_a_store_compute_once(make_cache: Factory, backend: str) -> None:
+    """Two decorations (their own in-process flights) on two managers sharing one store stand
+    for two processes: the store lock lets one compute. (The in-process store is not shared
+    between managers: there, both decorations use one manager.)"""
+    calls = 0
+
+    async def slow(x: int) -> int:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.1)
+        return x
+
+    first = await make_cache()
+    second = first if backend == "memory" else await make_cache()
+    one = cached(first, namespace="shared")(slow)
+    two = cached(second, namespace="shared")(slow)
+    assert await asyncio.gather(one(7), two(7)) == [7, 7]
+    assert calls == 1
