@@ -162,3 +162,39 @@ def test_llm_cache_clear_and_redis_down(sync_cache: CacheManager, down: CacheMan
     set_llm_cache(GatheringLLMCache(down))
     chat = FakeListChatModel(responses=["a", "b"])
     assert [chat.invoke("x").content, chat.invoke("x").content] == ["a", "b"]  # no cache, no error
+
+
+# -- CacheBackedEmbeddings (langchain-classic) over the ByteStore ---------------------------------
+
+
+async def test_cache_backed_embeddings_from_bytes_store(sync_cache: CacheManager) -> None:
+    pytest.importorskip("langchain_classic")
+    from langchain_classic.embeddings import CacheBackedEmbeddings
+
+    model = CountingEmbedding(size=16)
+    model.texts = []
+    store = GatheringByteStore(sync_cache, namespace="cbe")
+    embedder = CacheBackedEmbeddings.from_bytes_store(
+        model, store, namespace="fake-16", key_encoder="sha256"
+    )
+    miss = embedder.embed_documents(["a", "b"])
+    hit = embedder.embed_documents(["b", "a"])
+    ahit = await embedder.aembed_documents(["a"])
+    assert model.texts == ["a", "b"]
+    assert hit == miss[::-1]
+    assert ahit == miss[:1]
+    assert type(hit[0]) is type(miss[0]) is list
+    assert len(list(store.yield_keys(prefix="fake-16"))) == 2
+
+
+def test_cache_backed_embeddings_redis_down(down: CacheManager) -> None:
+    pytest.importorskip("langchain_classic")
+    from langchain_classic.embeddings import CacheBackedEmbeddings
+
+    model = CountingEmbedding(size=8)
+    model.texts = []
+    embedder = CacheBackedEmbeddings.from_bytes_store(
+        model, GatheringByteStore(down), key_encoder="sha256"
+    )
+    assert embedder.embed_documents(["a"]) == embedder.embed_documents(["a"])
+    assert model.texts == ["a", "a"]  # no store: the model each time, no error
