@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from gathering_cache import AsyncCacheManager, CacheConfig, CacheManager
+from gathering_cache import ArgumentTypeError, AsyncCacheManager, CacheConfig, CacheManager
 from tests.servers import RedisServer, free_port
 
 pytest.importorskip("langchain_core")
@@ -22,6 +22,7 @@ from gathering_cache.integrations.langchain import (
     GatheringByteStore,
     GatheringEmbeddings,
     GatheringLLMCache,
+    GatheringVectorStore,
 )
 
 SYNC_BACKENDS = ["memory", pytest.param("redis", marks=pytest.mark.integration)]
@@ -198,3 +199,45 @@ def test_cache_backed_embeddings_redis_down(down: CacheManager) -> None:
     )
     assert embedder.embed_documents(["a"]) == embedder.embed_documents(["a"])
     assert model.texts == ["a", "a"]  # no store: the model each time, no error
+
+
+async def test_vector_store_packs_for_cache_backed_embeddings(sync_cache: CacheManager) -> None:
+    pytest.importorskip("langchain_classic")
+    from langchain_classic.embeddings import CacheBackedEmbeddings
+
+    model = CountingEmbedding(size=16)
+    model.texts = []
+    store = GatheringVectorStore(sync_cache, namespace="fake-16", ttl=300)
+    embedder = CacheBackedEmbeddings(model, store)  # keys: the texts themselves
+    written: list[int] = []
+    sync_cache.add_observer(
+        lambda op: (
+            written.append(op.nbytes)
+            if op.namespace == "embedding" and op.outcome == "stored"
+            else None
+        )
+    )
+    miss = embedder.embed_documents(["a", "b"])
+    hit = embedder.embed_documents(["b", "a"])
+    assert await embedder.aembed_documents(["a"]) == miss[:1]
+    assert model.texts == ["a", "b"]
+    assert hit == miss[::-1]
+    assert written[0] == 2 * (2 + 16 * 8)  # packed (these fake vectors need float64)
+    keys = sorted(store.yield_keys())
+    assert len(keys) == 2
+    assert [k async for k in store.ayield_keys(prefix=keys[0][:10])] == [keys[0]]
+    store.mdelete(keys[:1])
+    assert store.mget(keys) == [None, store.mget(keys[1:])[0]]
+    await store.amset([("k", [0.5, 0.25])])
+    assert await store.amget(["k"]) == [[0.5, 0.25]]
+    await store.amdelete(["k"])
+    assert sorted(store.yield_keys()) == keys[1:]
+    with pytest.raises(ArgumentTypeError):
+        GatheringVectorStore(sync_cache, namespace="")
+
+
+def test_vector_store_redis_down(down: CacheManager) -> None:
+    store = GatheringVectorStore(down)
+    store.mset([("k", [1.0])])
+    assert store.mget(["k"]) in ([None], [[1.0]])  # no store: a miss (or the in-process LRU)
+    assert list(store.yield_keys()) == []
