@@ -36,6 +36,11 @@ class Handoff(Generic[T]):
         return await answer
 
 
+def _seen(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def _settle(answer: asyncio.Future[T], value: T) -> None:
     if not answer.done():
         answer.set_result(value)
@@ -102,6 +107,8 @@ async def run_async(
             value = await compute()
         except BaseException as exc:
             loop.call_soon_threadsafe(_fail, answer, exc)
+            # The shared run fails with it too: mark that outcome seen, ours is raised.
+            waiting.add_done_callback(_seen)
             raise
         loop.call_soon_threadsafe(_settle, answer, value)
     else:
