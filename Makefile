@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Dependency groups (pyproject.toml [dependency-groups]) installed into $(VENV).
-GROUPS ?= dev
+# Dependency groups (pyproject.toml [dependency-groups]) installed into $(VENV). `integrations`
+# brings the frameworks tests/test_integration_*.py drive (OpenAI SDK, LangChain, LlamaIndex,
+# LiteLLM); the other Pythons of test-matrix and test-lowest run without them (those tests and
+# doc blocks are then left out), which also proves the package works with none installed.
+GROUPS ?= dev integrations
 # Every Python the package supports; `make test-matrix` runs the suite on each one found.
 MATRIX ?= 3.10 3.11 3.12 3.13
 # The oldest supported Python: the lowest dependency versions are tested on it, since it is

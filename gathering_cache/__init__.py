@@ -11,7 +11,11 @@ from __future__ import annotations
 from gathering_cache.agents.agent_memory import InMemoryVectorStore, MemoryManager, VectorStore
 from gathering_cache.agents.cached_embedder import CachedEmbedder, EmbedderStats, EmbeddingService
 from gathering_cache.agents.completions import cached_completion
-from gathering_cache.agents.providers import EmbeddingProvider, OpenAIEmbeddings
+from gathering_cache.agents.providers import (
+    EmbeddingProvider,
+    OpenAIEmbeddings,
+    OpenAISDKEmbeddings,
+)
 from gathering_cache.agents.warming import WarmProgress, WarmReport, warm_rag_cache
 from gathering_cache.backends import REDIS_AVAILABLE
 from gathering_cache.caches.llm import is_deterministic
@@ -30,6 +34,8 @@ from gathering_cache.errors import (
 from gathering_cache.events.bridge import RedisEventBridge
 from gathering_cache.events.bus import Event, EventBus, EventType
 from gathering_cache.events.invalidation import CacheInvalidator
+from gathering_cache.integrations.decorators import cached
+from gathering_cache.integrations.sync_embedder import SyncCachedEmbedder
 from gathering_cache.manager import AsyncCacheManager
 from gathering_cache.sync import CacheManager
 
@@ -56,6 +62,7 @@ __all__ = [
     "MemoryManager",
     "Observer",
     "OpenAIEmbeddings",
+    "OpenAISDKEmbeddings",
     "Operation",
     "Outcome",
     "PatternError",
@@ -63,10 +70,12 @@ __all__ = [
     "REDIS_AVAILABLE",
     "RedisEventBridge",
     "SerializationError",
+    "SyncCachedEmbedder",
     "VectorStore",
     "WarmProgress",
     "WarmReport",
     "__version__",
+    "cached",
     "cached_completion",
     "is_deterministic",
     "warm_rag_cache",

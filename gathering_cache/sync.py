@@ -348,6 +348,24 @@ class CacheManager:
         """The AsyncCacheManager this facade drives (use it only on the facade's loop)."""
         return self._live()
 
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T] | None:
+        """Schedule a coroutine on the facade's private event loop, where
+        :attr:`async_manager` lives: how integrations (``@cached`` on a sync function, the
+        sync methods of the framework adapters) share this manager, its pool and its stats.
+
+        Returns:
+            A ``concurrent.futures.Future`` of its result, or ``None`` (``coro`` closed) once
+            the facade is closed.
+
+        Raises:
+            RuntimeError: called from the facade's own loop thread (it would deadlock).
+        """
+        self._live()
+        future = self._portal.submit(coro)
+        if future is None:
+            coro.close()
+        return future
+
     def _live(self) -> AsyncCacheManager:
         """The async manager, rebuilt first if this process is a fork of its creator."""
         if self._pid != os.getpid():

@@ -1,7 +1,9 @@
-"""A local stand-in for an OpenAI-compatible embeddings endpoint, on a loopback port.
+"""A local stand-in for an OpenAI-compatible endpoint, on a loopback port.
 
-It serves ``POST /v1/embeddings`` with deterministic float32-exact vectors, records every
-request, and can be told to fail the next requests with given status codes.
+It serves ``POST /v1/embeddings`` with deterministic float32-exact vectors and
+``POST /v1/chat/completions`` (whole or streamed as server-sent events) with a deterministic
+answer, records every request, and can be told to fail the next requests with given status
+codes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,30 @@ def vector_for(text: str, dimensions: int = 8) -> list[float]:
     return [struct.unpack("<f", struct.pack("<f", (b - 128) / 64))[0] for b in digest[:dimensions]]
 
 
+def answer_for(messages: list[dict[str, Any]]) -> str:
+    """The stub's deterministic chat answer to a conversation."""
+    last = str(messages[-1].get("content", "")) if messages else ""
+    return f"echo: {last}"
+
+
+def completion(model: str, content: str) -> dict[str, Any]:
+    """A whole chat completion as the API returns it (usage: 10 + 5 tokens)."""
+    return {
+        "id": "chatcmpl-stub",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+
+
 class StubEmbeddingServer:
     def __init__(self, dimensions: int = 8) -> None:
         self.dimensions = dimensions
@@ -38,10 +64,14 @@ class StubEmbeddingServer:
                     stub.requests.append(body)
                     stub.headers.append(dict(self.headers))
                     failure = stub.failures.pop(0) if stub.failures else None
-                if self.path != "/v1/embeddings":
+                if self.path not in ("/v1/embeddings", "/v1/chat/completions"):
                     self._send(404, {"error": "not found"})
                 elif failure is not None:
                     self._send(failure[0], {"error": {"message": "scripted"}}, failure[1])
+                elif self.path == "/v1/chat/completions":
+                    self._chat(body)
+                elif not all(isinstance(text, str) for text in body["input"]):
+                    self._send(400, {"error": {"message": "the stub embeds texts only"}})
                 else:
                     dims = body.get("dimensions") or stub.dimensions
                     data = []
@@ -54,7 +84,32 @@ class StubEmbeddingServer:
                             embedding = vector
                         data.append({"object": "embedding", "index": index, "embedding": embedding})
                     data.reverse()  # the index, not the order, says which text it is
-                    self._send(200, {"object": "list", "data": data, "model": body["model"]})
+                    tokens = len(body["input"])
+                    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+                    self._send(
+                        200,
+                        {"object": "list", "data": data, "model": body["model"], "usage": usage},
+                    )
+
+            def _chat(self, body: dict[str, Any]) -> None:
+                content = answer_for(body["messages"])
+                if not body.get("stream"):
+                    self._send(200, completion(body["model"], content))
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                for piece in (content[: len(content) // 2], content[len(content) // 2 :]):
+                    chunk = {
+                        "id": "chatcmpl-stub",
+                        "object": "chat.completion.chunk",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [{"index": 0, "delta": {"content": piece}}],
+                    }
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.close_connection = True
 
             def _send(
                 self, status: int, payload: Any, headers: dict[str, str] | None = None
@@ -73,7 +128,10 @@ class StubEmbeddingServer:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll: shutdown() waits for the loop to notice (0.5 s by default).
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:
@@ -84,7 +142,11 @@ class StubEmbeddingServer:
             self.failures.extend((status, headers or {}) for status in statuses)
 
     def texts_embedded(self) -> int:
-        return sum(len(r["input"]) for r in self.requests)
+        return sum(len(r["input"]) for r in self.requests if "input" in r)
+
+    def chats(self) -> int:
+        """Chat completion requests served (or failed) so far."""
+        return sum(1 for r in self.requests if "messages" in r)
 
     def __enter__(self) -> StubEmbeddingServer:
         self.thread.start()

@@ -7,6 +7,8 @@
     events/     event bus, bridge, invalidation
     ops/        fleet stats, metrics, CLI, dashboard: may import anything; nothing in the
                 wings above imports it (the manager records fleet stats through it)
+    integrations/  @cached and the framework adapters (OpenAI SDK, LangChain, LlamaIndex,
+                LiteLLM): built on the public package; nothing else imports them
 
 Type-checking-only imports (under ``if TYPE_CHECKING:``) are not run and are ignored here.
 """
@@ -21,22 +23,28 @@ import pytest
 import gathering_cache
 
 PACKAGE = Path(gathering_cache.__file__).parent
-WINGS = ("core", "backends", "caches", "agents", "events", "ops")
+WINGS = ("core", "backends", "caches", "agents", "events", "ops", "integrations")
 TOP = ("manager", "sync", "config", "errors", "metrics", "__main__")
 
 # wing (or top-level module) -> what it must never import at run time
+_UPPER = frozenset({"ops", "integrations"})  # the outer wings: nothing below imports them
 FORBIDDEN: dict[str, frozenset[str]] = {
-    "core": frozenset({"caches", "agents", "events", "manager", "sync", "ops"}),
-    "backends": frozenset({"caches", "agents", "events", "manager", "sync", "ops"}),
-    "caches": frozenset({"agents", "events", "sync", "ops"}),
-    "events": frozenset({"agents", "sync", "ops"}),
-    "agents": frozenset({"sync", "ops"}),
+    "core": frozenset({"caches", "agents", "events", "manager", "sync"}) | _UPPER,
+    "backends": frozenset({"caches", "agents", "events", "manager", "sync"}) | _UPPER,
+    "caches": frozenset({"agents", "events", "sync"}) | _UPPER,
+    "events": frozenset({"agents", "sync"}) | _UPPER,
+    "agents": frozenset({"sync"}) | _UPPER,
+    "manager": frozenset({"integrations"}),
+    "sync": frozenset({"integrations"}),
+    "ops": frozenset({"integrations"}),
     "config": frozenset(
-        {"core.engine", "backends", "caches", "agents", "events", "manager", "sync", "ops"}
-    ),
+        {"core.engine", "backends", "caches", "agents", "events", "manager", "sync"}
+    )
+    | _UPPER,
     "errors": frozenset(
-        {"core", "backends", "caches", "agents", "events", "manager", "sync", "config", "ops"}
-    ),
+        {"core", "backends", "caches", "agents", "events", "manager", "sync", "config"}
+    )
+    | _UPPER,
 }
 
 

@@ -26,7 +26,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from gathering_cache.agents.providers import EmbeddingProvider, OpenAIEmbeddings
+from gathering_cache.agents.providers import (
+    EmbeddingProvider,
+    OpenAIEmbeddings,
+    OpenAISDKEmbeddings,
+    openai_installed,
+)
 from gathering_cache.caches.embeddings import check_vector
 from gathering_cache.core.keys import (
     check_dimensions,
@@ -147,15 +152,23 @@ class CachedEmbedder:
 
     @classmethod
     def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> CachedEmbedder:
-        """An embedder on :class:`OpenAIEmbeddings` (OPENAI_API_KEY, OPENAI_BASE_URL,
+        """An embedder on the OpenAI API (OPENAI_API_KEY, OPENAI_BASE_URL,
         OPENAI_EMBEDDING_MODEL) with the cache from the same environment (REDIS_*,
         CACHE_ENABLED, GATHERING_CACHE_*). :meth:`aclose` closes both.
+
+        The provider is :class:`OpenAISDKEmbeddings` (the official SDK: its retries, base64
+        float32 vectors) when the ``openai`` package is installed, else the plain-HTTP
+        :class:`OpenAIEmbeddings`.
 
         Raises:
             ConfigurationError: OPENAI_API_KEY is not set while OPENAI_BASE_URL is OpenAI's
                 own API (the default); a local OpenAI-compatible server needs no key.
         """
-        provider = OpenAIEmbeddings.from_env(dotenv_path)
+        provider: OpenAIEmbeddings | OpenAISDKEmbeddings = (
+            OpenAISDKEmbeddings.from_env(dotenv_path)
+            if openai_installed()
+            else OpenAIEmbeddings.from_env(dotenv_path)
+        )
         cache = AsyncCacheManager.from_env(dotenv_path)
         embedder = cls(provider, cache)
         embedder._owns = [provider, cache]

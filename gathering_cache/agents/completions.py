@@ -2,6 +2,23 @@
 
 Deterministic calls are answered once (see :mod:`gathering_cache.caches.llm` for the key and
 the determinism rule); concurrent equal calls share one execution, here and across processes.
+
+It can wrap an SDK method as it is (``cached_completion(cache, decode=ChatCompletion.
+model_validate)(client.chat.completions.create)``):
+
+* parameters left at a default that is not JSON (the SDK's ``NotGiven`` / ``Omit`` sentinels,
+  any object default) and values that are such sentinels are not part of the key;
+* output-neutral parameters (``caches.llm.TRANSPORT_PARAMS``: ``timeout``, ``extra_headers``,
+  ``user``, ``metadata``, ``prompt_cache_key``, ``safety_identifier``, ``service_tier`` ...)
+  are left out of the key;
+* ``stream=True`` calls bypass the cache (counted ``llm_skipped``): a stream is never served
+  from, nor stored as, a whole response. Replaying chunks would hand back an object that is
+  not the SDK's ``AsyncStream`` (no ``response``, no ``close()``), so a hit would not be the
+  type a miss is;
+* determinism: only ``temperature == 0`` or a ``seed`` is cached by default. Reasoning models
+  (o1, o3, gpt-5 ...) take no ``temperature`` and ignore ``seed`` for their hidden reasoning:
+  their answers are never reproducible, so they are not cached unless ``force=True`` (or
+  ``cache_force=True`` per call) says that a stored answer is good enough.
 """
 
 from __future__ import annotations
@@ -9,8 +26,10 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
+
+from typing_extensions import ParamSpec
 
 from gathering_cache.caches.llm import is_deterministic, make_entry
 from gathering_cache.core.keys import check_namespace, check_ttl
@@ -21,6 +40,10 @@ from gathering_cache.manager import AsyncCacheManager
 __all__ = ["cached_completion"]
 
 R = TypeVar("R")
+P = ParamSpec("P")
+
+_JSON_DEFAULTS = (str, int, float, bool, type(None), list, tuple, dict)
+_SENTINELS = frozenset({"NotGiven", "Omit", "_NotGiven", "_Omit"})
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +59,7 @@ def cached_completion(
     decode: Callable[[Any], Any] | None = None,
     lock_ttl: float = 60.0,
     wait_timeout: float = 30.0,
-) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]:
     """Decorate an async completion function so deterministic calls are answered once.
 
     The function is called as ``fn(model, messages=... | prompt=..., **params)`` (any
@@ -44,7 +67,12 @@ def cached_completion(
     calls share one execution, here and across processes (single-flight, as for embeddings);
     a call that raises caches nothing and its error reaches every waiter.
 
-    Per call, ``cache_namespace=`` and ``cache_force=`` override the decorator's values.
+    Per call, ``cache_namespace=`` and ``cache_force=`` override the decorator's values (a
+    type checker accepts them only where the function takes ``**kwargs``). The wrapper keeps
+    the function's signature (``ParamSpec``) and returns a coroutine, so
+    ``asyncio.create_task(wrapped(...))`` type-checks and a misspelt argument does not.
+    ``stream=True`` calls bypass the cache; see the module docstring for the key and the
+    determinism rule.
 
     Args:
         cache: the cache manager.
@@ -79,27 +107,20 @@ def cached_completion(
     )
     llm = cache.llm
 
-    def decorate(function: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    def decorate(function: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         signature = inspect.signature(function)
         warned_causes: set[str] = set()
 
         @functools.wraps(function)
-        async def wrapper(*args: Any, **kwargs: Any) -> R:
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             # The cache's own argument: a bad one is a programming error, raised.
             space = check_namespace(kwargs.pop("cache_namespace", namespace))
             forced = kwargs.pop("cache_force", force)
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()  # a default model is part of the request too
-            arguments = dict(bound.arguments)
-            for name, parameter in signature.parameters.items():
-                if parameter.kind is inspect.Parameter.VAR_KEYWORD and name in arguments:
-                    arguments.update(arguments.pop(name))
-                elif parameter.kind is inspect.Parameter.VAR_POSITIONAL:
-                    arguments.pop(name, None)
+            arguments = _request(signature, args, kwargs)
             model = arguments.pop("model", None)
             prompt = arguments.pop("prompt", None)
             messages = arguments.pop("messages", None)
-            if not (forced or is_deterministic(arguments)):
+            if arguments.get("stream") or not (forced or is_deterministic(arguments)):
                 llm.count_skipped()
                 return await function(*args, **kwargs)
             try:
@@ -181,6 +202,35 @@ def cached_completion(
         return wrapper
 
     return decorate
+
+
+def _request(
+    signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The call's arguments by name, defaults included (a default model is part of the
+    request too), without the ones that say nothing: a default that is not JSON (an SDK's
+    ``NotGiven`` / ``Omit``, any object) and any value that is such a sentinel."""
+    bound = signature.bind(*args, **kwargs)
+    given = set(bound.arguments)
+    bound.apply_defaults()
+    arguments: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        parameter = signature.parameters[name]
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            continue
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update((k, v) for k, v in value.items() if not _is_sentinel(v))
+        elif _is_sentinel(value) or (name not in given and not isinstance(value, _JSON_DEFAULTS)):
+            continue
+        else:
+            arguments[name] = value
+    return arguments
+
+
+def _is_sentinel(value: Any) -> bool:
+    """An SDK's "not given" marker (openai's ``NOT_GIVEN`` / ``omit``), by its class name: the
+    SDK is not imported here."""
+    return type(value).__name__ in _SENTINELS
 
 
 _UNSTORABLE: Any = object()

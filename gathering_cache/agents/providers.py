@@ -27,7 +27,7 @@ from gathering_cache.core.keys import (
 )
 from gathering_cache.errors import ArgumentTypeError, ConfigurationError, ProviderError
 
-__all__ = ["EmbeddingProvider", "OpenAIEmbeddings"]
+__all__ = ["EmbeddingProvider", "OpenAIEmbeddings", "OpenAISDKEmbeddings", "openai_installed"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +118,13 @@ class OpenAIEmbeddings:
                 "encoding_format", f"must be 'float' or 'base64', not {encoding_format!r}"
             )
         if client is not None and not isinstance(client, httpx.AsyncClient):
+            hint = (
+                " (for an openai client, use OpenAISDKEmbeddings(client))"
+                if type(client).__module__.startswith("openai")
+                else ""
+            )
             raise ArgumentTypeError(
-                f"client must be an httpx.AsyncClient, not {type(client).__name__}"
+                f"client must be an httpx.AsyncClient, not {type(client).__name__}{hint}"
             )
         self.model = model
         self.dimensions = check_dimensions(dimensions)
@@ -239,3 +244,122 @@ class OpenAIEmbeddings:
         if not isinstance(value, list):
             raise TypeError(f"embedding is a {type(value).__name__}")
         return value
+
+
+class OpenAISDKEmbeddings:
+    """Embeddings through the official ``openai`` SDK (the ``[openai]`` extra): an
+    ``AsyncOpenAI`` or ``AsyncAzureOpenAI`` client, with its retries (``Retry-After``,
+    408/409/429/5xx, ``x-should-retry``), timeouts, proxies and Azure authentication.
+
+    Vectors are requested as base64 float32 and decoded here, so they are exact float32 values
+    and the cache stores them at float32 size (4 bytes per dimension) losslessly.
+
+    Args:
+        client: an ``openai.AsyncOpenAI`` (or ``AsyncAzureOpenAI``) client; not closed by
+            :meth:`aclose` unless this provider built it (``from_env``).
+        model: the embedding model (for Azure: the deployment name).
+        dimensions: ask the model for vectors of this size (models that support it).
+
+    Raises:
+        ArgumentTypeError: ``client`` is not an ``openai.AsyncOpenAI`` (a sync ``OpenAI``
+            client included). ConfigurationError: the ``openai`` package is not installed.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        model: str = "text-embedding-3-small",
+        *,
+        dimensions: int | None = None,
+    ) -> None:
+        openai = _import_openai()
+        if not isinstance(client, openai.AsyncOpenAI):
+            raise ArgumentTypeError(
+                f"client must be an openai.AsyncOpenAI (or AsyncAzureOpenAI), "
+                f"not {type(client).__name__}"
+            )
+        if model is None or model == "":
+            raise ConfigurationError("model", "must not be empty")
+        self.model = check_model(model) or model
+        self.dimensions = check_dimensions(dimensions)
+        self.client = client
+        self._owned = False
+        self._extra: dict[str, Any] = {}
+
+    @classmethod
+    def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> OpenAISDKEmbeddings:
+        """Configure from the same variables as :meth:`OpenAIEmbeddings.from_env` (the SDK
+        reads OPENAI_API_KEY itself too); the client it builds is closed by :meth:`aclose`.
+
+        Raises:
+            ConfigurationError: as :meth:`OpenAIEmbeddings.from_env`.
+        """
+        openai = _import_openai()
+        env_file = os.fspath(dotenv_path) if dotenv_path is not None else ".env"
+        if dotenv_path is not None and not os.path.isfile(env_file):
+            raise ConfigurationError("dotenv_path", f"no such file: {env_file!r}")
+        settings = _OpenAISettings(_env_file=env_file if os.path.isfile(env_file) else None)
+        key = settings.api_key.get_secret_value() if settings.api_key else None
+        if not key and _needs_key(settings.base_url):
+            raise ConfigurationError(
+                "api_key",
+                "no API key for api.openai.com: set OPENAI_API_KEY (or pass api_key=); for a "
+                "local OpenAI-compatible server that needs none, set OPENAI_BASE_URL to it",
+            )
+        client = openai.AsyncOpenAI(api_key=key or "unused", base_url=settings.base_url)
+        provider = cls(client, settings.model, dimensions=settings.dimensions)
+        provider._owned = True
+        if not key:  # the SDK insists on a key: for a local server, send no Authorization
+            provider._extra["extra_headers"] = {"Authorization": openai.Omit()}
+        return provider
+
+    def __repr__(self) -> str:
+        return f"OpenAISDKEmbeddings(model={self.model!r}, url={str(self.client.base_url)!r})"
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await self.client.close()
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        """Embed a batch; one vector per text, in order.
+
+        Raises:
+            ArgumentTypeError / InvalidArgumentError: ``texts`` is not a list of str.
+            openai.APIError and its subclasses: the SDK's own errors, unchanged.
+            ProviderError: a malformed answer.
+        """
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise ArgumentTypeError(f"texts must be a list of str, not {type(texts).__name__}")
+        for index, text in enumerate(texts):
+            check_text(text, f"texts[{index}]")
+        extra: dict[str, Any] = dict(self._extra)
+        if self.dimensions is not None:
+            extra["dimensions"] = self.dimensions
+        response = await self.client.embeddings.create(
+            model=self.model, input=list(texts), encoding_format="base64", **extra
+        )
+        try:
+            items = sorted(response.data, key=lambda item: item.index)
+            vectors = [OpenAIEmbeddings._vector(item.embedding) for item in items]
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ProviderError(f"malformed embedding response: {exc!r}") from None
+        if len(vectors) != len(texts):
+            raise ProviderError(f"provider returned {len(vectors)} vectors for {len(texts)} texts")
+        return vectors
+
+
+def openai_installed() -> bool:
+    """Whether the ``openai`` SDK can be imported (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("openai") is not None
+
+
+def _import_openai() -> Any:
+    try:
+        import openai
+    except ImportError:
+        raise ConfigurationError(
+            "openai", "the openai package is not installed: pip install 'gathering-cache[openai]'"
+        ) from None
+    return openai

@@ -4,8 +4,10 @@ Key: ``<prefix>llm:<ns-namespace | shared>:<32 hex of sha256(canonical request)>
 canonical request is the model, the prompt or messages, and every parameter that changes the output
 (temperature, top_p, seed, max_tokens, tools, response_format, stop, ...), serialised with
 sorted keys, so the same request always gets the same key and any change gets another. Only
-transport parameters (``stream``, ``timeout``, ``extra_headers``, ``api_key``, ``user`` ...)
-are left out. ``namespace`` (an agent, a circle, a user) keeps tenants apart: its segment is
+output-neutral parameters (:data:`TRANSPORT_PARAMS`: ``stream``, ``timeout``,
+``extra_headers``, ``user``, ``prompt_cache_key`` ...) are left out; pydantic objects in the
+request (an SDK message appended to the conversation) are hashed as their JSON dump.
+``namespace`` (an agent, a circle, a user) keeps tenants apart: its segment is
 ``ns-<namespace, percent-encoded>``, and ``shared`` when none is given (no namespace can
 produce that).
 
@@ -45,22 +47,33 @@ __all__ = [
 
 TRANSPORT_PARAMS = frozenset(
     {
+        # how the answer travels, not what it says
         "stream",
         "stream_options",
         "timeout",
         "request_timeout",
         "extra_headers",
         "extra_query",
-        "extra_body",
         "api_key",
         "api_base",
         "base_url",
+        "idempotency_key",
+        # bookkeeping the provider keeps about the call
         "user",
         "metadata",
         "store",
+        "safety_identifier",
+        "service_tier",
+        # the provider's own prompt cache: routing hints, same output
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "prompt_cache_options",
     }
 )
-"""Parameters that do not change a response and are left out of the key."""
+"""Output-neutral parameters, left out of the key: transport (``stream``, ``timeout``,
+``extra_headers``, ``extra_query``, ``api_key`` ...), bookkeeping (``user``, ``metadata``,
+``store``, ``safety_identifier``, ``service_tier``) and the provider's prompt-cache hints
+(``prompt_cache_key`` ...). ``extra_body`` is kept: it can carry sampling parameters."""
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +138,9 @@ class LLMCache:
         }
         try:
             canonical = orjson.dumps(
-                request, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
+                request,
+                default=_jsonable,
+                option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY,
             )
         except orjson.JSONEncodeError as exc:
             raise SerializationError(f"cannot hash the LLM request: {exc}") from None
@@ -198,6 +213,14 @@ class LLMCache:
     async def invalidate(self, namespace: str | None) -> int:
         pattern = self._engine.keys.llm_pattern(check_namespace(namespace))
         return await self._engine.delete_pattern(pattern, LLM)
+
+
+def _jsonable(value: Any) -> Any:
+    """orjson's fallback for the request: a pydantic object (an SDK message) as its JSON."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json", exclude_none=True)
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
 def make_entry(response: Any, usage: Mapping[str, Any] | None, model: str) -> dict[str, Any]:
