@@ -35,6 +35,7 @@ from gathering_cache.events.bridge import RedisEventBridge
 from gathering_cache.events.bus import Event, EventBus, EventType
 from gathering_cache.events.invalidation import CacheInvalidator
 from gathering_cache.integrations.decorators import cached
+from gathering_cache.integrations.sync_completion import sync_cached_completion
 from gathering_cache.integrations.sync_embedder import SyncCachedEmbedder
 from gathering_cache.manager import AsyncCacheManager
 from gathering_cache.sync import CacheManager
@@ -78,5 +79,6 @@ __all__ = [
     "cached",
     "cached_completion",
     "is_deterministic",
+    "sync_cached_completion",
     "warm_rag_cache",
 ]

@@ -37,7 +37,7 @@ from gathering_cache.core.singleflight import SingleFlight
 from gathering_cache.errors import ArgumentTypeError, CacheError
 from gathering_cache.manager import AsyncCacheManager
 
-__all__ = ["cached_completion"]
+__all__ = ["CompletionPlans", "cached_completion"]
 
 R = TypeVar("R")
 P = ParamSpec("P")
@@ -97,71 +97,90 @@ def cached_completion(
     """
     if not isinstance(cache, AsyncCacheManager):
         raise ArgumentTypeError(f"cache must be an AsyncCacheManager, not {type(cache).__name__}")
-    check_namespace(namespace)
-    check_ttl(ttl)
-    for name, hook in (("usage", usage), ("encode", encode), ("decode", decode)):
-        if hook is not None and not callable(hook):
-            raise ArgumentTypeError(f"{name} must be callable, not {type(hook).__name__}")
-    flight: SingleFlight[Any] = SingleFlight(
-        cache.locks, lock_ttl=lock_ttl, wait_timeout=wait_timeout
+    plans = CompletionPlans(
+        cache,
+        namespace=namespace,
+        force=force,
+        ttl=ttl,
+        usage=usage,
+        encode=encode,
+        decode=decode,
+        lock_ttl=lock_ttl,
+        wait_timeout=wait_timeout,
     )
-    llm = cache.llm
 
     def decorate(function: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-        signature = inspect.signature(function)
-        warned_causes: set[str] = set()
+        plan = plans.plan_for(function)
 
         @functools.wraps(function)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            # The cache's own argument: a bad one is a programming error, raised.
-            space = check_namespace(kwargs.pop("cache_namespace", namespace))
-            forced = kwargs.pop("cache_force", force)
-            arguments = _request(signature, args, kwargs)
-            model = arguments.pop("model", None)
-            prompt = arguments.pop("prompt", None)
-            messages = arguments.pop("messages", None)
-            if arguments.get("stream") or not (forced or is_deterministic(arguments)):
-                llm.count_skipped()
-                return await function(*args, **kwargs)
-            try:
-                key = llm.key(model, prompt, messages, space, arguments)
-            except (CacheError, TypeError, ValueError) as exc:
-                # The cache must never break the call it wraps: run it uncached. Warned once
-                # per cause (the same unhashable argument recurs on every call).
-                cause = f"{type(exc).__name__}: {exc}"
-                if cause not in warned_causes and len(warned_causes) < _MAX_CAUSES:
-                    warned_causes.add(cause)
-                    logger.warning("not caching this LLM call (said once per cause): %s", exc)
-                else:
-                    logger.debug("not caching this LLM call: %s", exc)
-                return await function(*args, **kwargs)
-            entry = await llm.read(key)
-            if entry is not None:
-                found = _decoded(entry)
-                if found is not _UNDECODABLE:
-                    return found  # type: ignore[no-any-return]
+            space, forced = plans.own_arguments(kwargs)
+            answer: R = await plan(args, kwargs, space, forced, lambda: function(*args, **kwargs))
+            return answer
 
-            async def compute() -> Any:
-                response = await function(*args, **kwargs)
-                payload = _storable(response)
-                if payload is _UNSTORABLE:
-                    return response
-                try:
-                    await llm.write(key, make_entry(payload, _usage(response, usage), model), ttl)
-                except CacheError as exc:  # the answer was paid for: return it anyway
-                    logger.warning("LLM response not cached: %s", exc)
-                return response
+        wrapper.flight = plans.flight  # type: ignore[attr-defined]
+        return wrapper
 
-            async def lookup() -> Any:
-                found = await llm.read(key)
-                if found is None:
-                    return None
-                value = _decoded(found)
-                return None if value is _UNDECODABLE else value
+    return decorate
 
-            return await flight.run(key, compute, lookup)  # type: ignore[no-any-return]
 
+Plan = Callable[
+    [tuple[Any, ...], dict[str, Any], "str | None", bool, Callable[[], Awaitable[Any]]],
+    Coroutine[Any, Any, Any],
+]
+"""One decorated function's cache logic: ``plan(args, kwargs, namespace, force, call)``
+answers the call from the cache or by awaiting ``call()`` (the function itself, or, for a
+sync function, its computation in the caller's thread) at most once."""
+
+
+class CompletionPlans:
+    """What ``cached_completion`` (and its sync twin in the integrations) does around a
+    completion function, on the async manager: the key, the lookup, single-flight, the
+    write. Checks the decorator's arguments when built."""
+
+    def __init__(
+        self,
+        cache: AsyncCacheManager,
+        *,
+        namespace: str | None,
+        force: bool,
+        ttl: int | None,
+        usage: Callable[[Any], Mapping[str, Any] | None] | None,
+        encode: Callable[[Any], Any] | None,
+        decode: Callable[[Any], Any] | None,
+        lock_ttl: float,
+        wait_timeout: float,
+    ) -> None:
+        check_namespace(namespace)
+        check_ttl(ttl)
+        for name, hook in (("usage", usage), ("encode", encode), ("decode", decode)):
+            if hook is not None and not callable(hook):
+                raise ArgumentTypeError(f"{name} must be callable, not {type(hook).__name__}")
+        self.namespace = namespace
+        self.force = force
+        self.ttl = ttl
+        self.usage = usage
+        self.encode = encode
+        self.decode = decode
+        self.flight: SingleFlight[Any] = SingleFlight(
+            cache.locks, lock_ttl=lock_ttl, wait_timeout=wait_timeout
+        )
+        self.llm = cache.llm
+
+    def own_arguments(self, kwargs: dict[str, Any]) -> tuple[str | None, bool]:
+        """Take the cache's own per-call arguments out of ``kwargs`` (the function never
+        sees them): a bad one is a programming error, raised."""
+        space = check_namespace(kwargs.pop("cache_namespace", self.namespace))
+        forced = bool(kwargs.pop("cache_force", self.force))
+        return space, forced
+
+    def plan_for(self, function: Callable[..., Any]) -> Plan:
+        signature = inspect.signature(function)
+        warned_causes: set[str] = set()
         decode_failures: list[bool] = []
+        warned: list[bool] = []
+        llm, flight, ttl, decode, encode = self.llm, self.flight, self.ttl, self.decode, self.encode
+        usage = self.usage
 
         def _decoded(entry: dict[str, Any]) -> Any:
             if decode is None:
@@ -176,8 +195,6 @@ def cached_completion(
                 del decode_failures[1:]
                 log("cached LLM response refused by decode=, recomputing: %r", exc)
                 return _UNDECODABLE
-
-        warned: list[bool] = []
 
         def _storable(response: Any) -> Any:
             if encode is not None:
@@ -198,10 +215,59 @@ def cached_completion(
                 return response.model_dump(mode="json")
             return response
 
-        wrapper.flight = flight  # type: ignore[attr-defined]
-        return wrapper
+        async def plan(
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            space: str | None,
+            forced: bool,
+            call: Callable[[], Awaitable[Any]],
+        ) -> Any:
+            arguments = _request(signature, args, kwargs)
+            model = arguments.pop("model", None)
+            prompt = arguments.pop("prompt", None)
+            messages = arguments.pop("messages", None)
+            if arguments.get("stream") or not (forced or is_deterministic(arguments)):
+                llm.count_skipped()
+                return await call()
+            try:
+                key = llm.key(model, prompt, messages, space, arguments)
+            except (CacheError, TypeError, ValueError) as exc:
+                # The cache must never break the call it wraps: run it uncached. Warned once
+                # per cause (the same unhashable argument recurs on every call).
+                cause = f"{type(exc).__name__}: {exc}"
+                if cause not in warned_causes and len(warned_causes) < _MAX_CAUSES:
+                    warned_causes.add(cause)
+                    logger.warning("not caching this LLM call (said once per cause): %s", exc)
+                else:
+                    logger.debug("not caching this LLM call: %s", exc)
+                return await call()
+            entry = await llm.read(key)
+            if entry is not None:
+                found = _decoded(entry)
+                if found is not _UNDECODABLE:
+                    return found
 
-    return decorate
+            async def compute() -> Any:
+                response = await call()
+                payload = _storable(response)
+                if payload is _UNSTORABLE:
+                    return response
+                try:
+                    await llm.write(key, make_entry(payload, _usage(response, usage), model), ttl)
+                except CacheError as exc:  # the answer was paid for: return it anyway
+                    logger.warning("LLM response not cached: %s", exc)
+                return response
+
+            async def lookup() -> Any:
+                found = await llm.read(key)
+                if found is None:
+                    return None
+                value = _decoded(found)
+                return None if value is _UNDECODABLE else value
+
+            return await flight.run(key, compute, lookup)
+
+        return plan
 
 
 def _request(
