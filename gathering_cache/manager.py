@@ -576,7 +576,8 @@ class AsyncCacheManager:
         core = self._core
         await core.ready()
         policy = core.policy
-        total_keys = await core.count(core.keys.everything())
+        deadline = self._telemetry.deadline()  # one bulk_timeout for the SCANs below
+        total_keys = await self._telemetry.count(core.keys.everything(), deadline)
         stats: dict[str, Any] = {"enabled": policy.available}
         if not policy.available:
             stats["reason"] = policy.reason or "degraded"
@@ -588,7 +589,7 @@ class AsyncCacheManager:
         stats["total_keys"] = total_keys
         stats.update(core.stats.snapshot())
         stats["breaker"] = policy.snapshot()
-        stats["fleet"] = await fleet_stats(self._telemetry, self._fleet)
+        stats["fleet"] = await fleet_stats(self._telemetry, self._fleet, deadline=deadline)
         return stats
 
     async def flush_stats(self) -> bool:

@@ -66,9 +66,8 @@ async def replay_history(url: str, prefix: str) -> None:
                     duration = 0.0004 * (1 + index % 7)
                     recorder.observe(Operation("get", namespace, outcome, duration, 64, 1, hit))
                 recorder.observe(Operation("set", namespace, Outcome.STORED, 0.0006, 64, 1))
-            recorder.observe(Operation("pop_index", "rag", Outcome.DONE, 0.0005))
-            for _ in range(12):
-                recorder.observe(Operation("pop_index", "rag", Outcome.DONE, 0.0005))
+            for _ in range(13):  # an invalidation: one generation counter incremented
+                recorder.observe(Operation("counters", "rag", Outcome.DONE, 0.0005))
         clock[0] = now
         assert await recorder.flush()
 
@@ -184,15 +183,17 @@ def test_json_and_metrics_carry_the_fleet_and_never_the_password(dashboard: str)
     assert "Low hit rate in rag" in titles
     status, _, metrics = get(dashboard + "/metrics", BEARER)
     assert status == 200
-    assert 'gathering_cache_hits_total{namespace="embedding"}' in metrics
-    assert "gathering_cache_breaker_state 0" in metrics
-    assert 'gathering_cache_operation_duration_seconds_bucket{operation="rag",le="+Inf"}' in (
-        metrics
-    )
+    assert "gathering_cache_fleet_breaker_state 0" in metrics
     families = {family.name: family for family in text_string_to_metric_families(metrics)}
-    hits = families["gathering_cache_hits"]  # the parser drops _total from counters
+    # Its own family, never the per-process collector's names (Prometheus may scrape both).
+    assert all(name.startswith("gathering_cache_fleet_") for name in families)
+    assert all(family.type == "gauge" for family in families.values())
+    hits = families["gathering_cache_fleet_hits"]
+    assert {sample.labels["namespace"] for sample in hits.samples} >= {"embedding", "rag"}
     assert sum(sample.value for sample in hits.samples) == report["fleet"]["hits"]
-    assert families["gathering_cache_operation_duration_seconds"].type == "histogram"
+    assert families["gathering_cache_fleet_processes"].samples[0].value == 3
+    latency = families["gathering_cache_fleet_latency_seconds"]
+    assert {s.labels["quantile"] for s in latency.samples} == {"0.5", "0.95", "0.99"}
     page = get(dashboard + "/", BEARER)[2]
     for text in (body, metrics, page):
         assert PASSWORD not in text
