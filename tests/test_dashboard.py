@@ -7,6 +7,8 @@ shows (docs/images/dashboard.png)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import json
 import math
 import os
@@ -15,19 +17,22 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from gathering_cache import AsyncCacheManager, CacheConfig, Operation, Outcome
-from gathering_cache.ops.dashboard import render_page
+from gathering_cache.ops.dashboard import Dashboard, make_handler, render_page
 from gathering_cache.ops.fleet import FleetRecorder
 from tests.servers import RedisServer, free_port, in_ci
 
@@ -282,3 +287,123 @@ def test_the_page_escapes_what_it_shows() -> None:
     assert "<script>" not in page
     assert "&lt;script&gt;" in page
     assert "No lookups yet." in page
+
+
+# -- regressions from the review of the ops wing -----------------------------------------------
+
+
+def test_a_non_ascii_token_is_refused_not_a_crash(dashboard: str) -> None:
+    assert get(dashboard + "/?token=%C3%A9")[0] == 401
+    assert get(dashboard + "/api/stats", {"Authorization": "Bearer \u00e9"})[0] == 401
+    assert get(dashboard + "/api/stats", {"Cookie": "gathering_cache_token=\u00e9"})[0] == 401
+    assert get(dashboard + "/api/stats", BEARER)[0] == 200  # still serving
+
+
+def fetch(port: int, path: str, host: str) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path, headers={"Host": host})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+@contextlib.contextmanager
+def in_process(
+    config: CacheConfig, token: str | None, **options: Any
+) -> Iterator[tuple[int, Dashboard]]:
+    """A dashboard served from this process on a free loopback port."""
+    board = Dashboard(config, 2, **options)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(board, token))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd.server_port, board
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        board.close()
+        thread.join(timeout=5)
+
+
+def test_without_a_token_only_a_loopback_host_is_served(server: RedisServer) -> None:
+    """DNS rebinding: a page on evil.example whose name now points at 127.0.0.1 sends
+    ``Host: evil.example``; without a token it is refused."""
+    config = CacheConfig(url=f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0")
+    with in_process(config, None) as (port, _):
+        assert fetch(port, "/metrics", f"evil.example:{port}") == 403
+        assert fetch(port, "/metrics", "127.0.0.1.evil.example") == 403
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "localhost"):
+            assert fetch(port, "/metrics", host) == 200, host
+    with in_process(config, TOKEN) as (port, _):  # with a token, the token decides
+        assert fetch(port, f"/metrics?token={TOKEN}", "dashboard.internal") == 200
+
+
+def test_the_token_can_come_from_the_environment(server: RedisServer) -> None:
+    port = free_port()
+    url = f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gathering_cache", "--url", url, "dashboard", "--port", str(port)],
+        cwd=ROOT,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "GATHERING_"))},
+            "GATHERING_CACHE_DASHBOARD_TOKEN": TOKEN,
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert "(token required)" in process.stdout.readline()
+        base = f"http://127.0.0.1:{port}"
+        assert get(base + "/metrics")[0] == 401
+        assert get(base + "/metrics", BEARER)[0] == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+
+
+def test_one_collect_at_a_time_and_a_late_one_is_cancelled() -> None:
+    """A stalled server: requests do not pile collects up (they get the last report), and a
+    collect that outlives the wait is cancelled, its scan stopped."""
+    with RedisServer() as stalled:
+        config = CacheConfig(url=stalled.url, key_prefix="stall:", bulk_timeout=2.0)
+        board = Dashboard(config, 2, fresh=0.0)
+        try:
+            first = board.report()
+            assert board.collects == 1
+            stalled.pause()
+            waiter = threading.Thread(target=board.report)
+            waiter.start()
+            for _ in range(200):
+                if board.collects == 2:
+                    break
+                time.sleep(0.01)
+            assert board.collects == 2
+            for _ in range(5):  # served the last report while one is collected
+                assert board.report() is first
+            assert board.collects == 2
+            waiter.join(timeout=30)
+            stalled.resume()
+        finally:
+            board.close()
+        late = Dashboard(config, 2, fresh=0.0, wait=0.2)
+        try:
+            stalled.pause()
+            with pytest.raises(TimeoutError):
+                late.report()
+
+            async def pending() -> int:
+                return len(asyncio.all_tasks()) - 1  # this coroutine's own task aside
+
+            for _ in range(100):
+                if asyncio.run_coroutine_threadsafe(pending(), late._loop).result(5) == 0:
+                    break
+                time.sleep(0.01)
+            assert asyncio.run_coroutine_threadsafe(pending(), late._loop).result(5) == 0
+        finally:
+            stalled.resume()
+            late.close()

@@ -64,16 +64,26 @@ class Dashboard:
     Args:
         config: the cache configuration.
         minutes: the history's length.
+        fresh: seconds a report is served before another is collected.
+        wait: seconds a request waits for a report (default: ``bulk_timeout`` plus 5).
     """
 
-    def __init__(self, config: CacheConfig, minutes: int = 60) -> None:
+    def __init__(
+        self,
+        config: CacheConfig,
+        minutes: int = 60,
+        *,
+        fresh: float = _CACHE_SECONDS,
+        wait: float | None = None,
+    ) -> None:
         self.minutes = minutes
+        self.fresh = fresh
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         # Fleet statistics off: the dashboard reads the fleet, it is not part of it.
         self._cache = AsyncCacheManager(config.model_copy(update={"stats_flush_interval": 0}))
-        self._wait = config.bulk_timeout + _WAIT_MARGIN
+        self._wait = config.bulk_timeout + _WAIT_MARGIN if wait is None else wait
         self._lock = threading.RLock()  # RLock: a done callback may run in the caller
         self._report: dict[str, Any] | None = None
         self._taken = 0.0
@@ -91,7 +101,7 @@ class Dashboard:
         """
         with self._lock:
             last = self._report
-            if last is not None and time.monotonic() - self._taken <= _CACHE_SECONDS:
+            if last is not None and time.monotonic() - self._taken < self.fresh:
                 return last
             future = self._future
             if future is None:

@@ -386,9 +386,10 @@ async def _processes(
     if values is None:
         return None, skipped
     found: dict[str, dict[str, Any]] = {}
-    for key, value in zip(listed, map(_decode, values), strict=True):
-        if value is None:
+    for key, raw in zip(listed, values, strict=True):
+        if raw is None:
             continue  # expired since it was listed
+        value = _decode(raw)
         if not isinstance(value, dict):
             skipped += 1
             continue
