@@ -46,6 +46,7 @@ __all__ = [
     "fleet_stats",
     "percentile",
     "process_of",
+    "survey",
 ]
 
 logger = logging.getLogger(__name__)
@@ -358,6 +359,25 @@ def process_of(key: str, prefix: str) -> str | None:
     if not 0 < len(process) <= 80 or not _ID_CHARS.issuperset(process):
         return None
     return process
+
+
+async def survey(
+    telemetry: Telemetry, deadline: float | None = None
+) -> tuple[int, list[str]] | None:
+    """One SCAN pass over the prefix: how many keys it holds, and the processes' counters
+    keys among them; ``None`` when the store failed, or ``deadline`` passed, first."""
+    prefix = telemetry.keys.stats_process("")
+    found: list[str] = []
+    total = 0
+
+    def visit(keys: list[str]) -> None:
+        nonlocal total
+        total += len(keys)
+        found.extend(key for key in keys if key.startswith(prefix))
+
+    if not await telemetry.walk(telemetry.keys.everything(), visit, deadline):
+        return None
+    return total, found
 
 
 async def _processes(
