@@ -284,6 +284,8 @@ def test_the_page_escapes_what_it_shows() -> None:
         "recommendations": [],
     }
     page = render_page(report)
+    assert "partial" not in page
+    assert "partial: not everything" in render_page({**report, "partial": True})
     assert "<script>" not in page
     assert "&lt;script&gt;" in page
     assert "No lookups yet." in page

@@ -160,6 +160,8 @@ def stats(ctx: click.Context, as_json: bool, sample: int) -> None:
             f"process {process['process']}: breaker {process['breaker']}, "
             f"{process['hits']} hits, {process['misses']} misses"
         )
+    if report.get("partial"):
+        click.echo("partial: not everything could be read within bulk_timeout", err=True)
     for advice in report["recommendations"]:
         click.echo(f"recommendation: {advice['title']}: {advice['advice']} ({advice['evidence']})")
 

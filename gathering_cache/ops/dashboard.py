@@ -304,6 +304,8 @@ def render_page(report: dict[str, Any]) -> str:
     )
     legend = "".join(f'<span style="color:{COLORS[name]}">&#9632; {name}</span>' for name in rates)
     status = "up" if report["enabled"] else f"DOWN: {report['reason']}"
+    if report.get("partial"):
+        status += " (partial: not everything could be read within bulk_timeout)"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="15">
