@@ -696,6 +696,13 @@ class Telemetry:
         whole report."""
         return monotonic() + self._core.config.bulk_timeout
 
+    def _within(self, deadline: float | None) -> float | None:
+        """One operation's timeout: ``operation_timeout``, or less when ``deadline`` is
+        nearer."""
+        if deadline is None:
+            return None
+        return min(self._core.config.operation_timeout, self._left(deadline))
+
     def _left(self, deadline: float | None) -> float:
         if deadline is None:
             return self._core.config.bulk_timeout
@@ -780,7 +787,7 @@ class Telemetry:
             STATS,
             self._core.store.server_info,
             fallback={},
-            timeout=None if deadline is None else self._left(deadline),
+            timeout=self._within(deadline),
         )
         return info
 
@@ -796,7 +803,7 @@ class Telemetry:
             self._core.store.memory_usage,
             keys,
             keys=len(keys),
-            timeout=None if deadline is None else self._left(deadline),
+            timeout=self._within(deadline),
         )
         return [None] * len(keys) if sizes is None else sizes
 
