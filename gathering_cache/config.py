@@ -16,6 +16,7 @@ is then built from the fields, never with ``from_url``.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import math
 import os
@@ -356,6 +357,12 @@ class CacheConfig(BaseSettings):
         ``model_copy`` would skip validation). What the ``url`` sets is read again from the
         URL (the new one, if ``update`` has one)."""
         from_url = _url_settings(self.url, "url") if self.url else {}
+        new_url = (update or {}).get("url")
+        if isinstance(new_url, str) and new_url:
+            # What the new URL sets is not carried over to contradict it. (A bad URL: the
+            # copy's validation below names what is wrong with it.)
+            with contextlib.suppress(ConfigurationError):
+                from_url = {**from_url, **_url_settings(new_url, "url")}
         values = {
             name: getattr(self, name) for name in type(self).model_fields if name not in from_url
         }

@@ -23,7 +23,7 @@ from gathering_cache.core.engine import CacheCore, Locks, Messaging, Telemetry, 
 from gathering_cache.core.keys import GENERIC, check_key, check_limit, check_ttl
 from gathering_cache.core.observe import Observer
 from gathering_cache.errors import ArgumentTypeError
-from gathering_cache.ops.fleet import FleetRecorder, fleet_stats
+from gathering_cache.ops.fleet import FleetRecorder, fleet_stats, survey
 
 if TYPE_CHECKING:
     import numpy as np
@@ -572,8 +572,9 @@ class AsyncCacheManager:
 
         Keys: ``enabled``; ``reason`` (when not enabled); ``backend``; ``host``, ``port``,
         ``db``; ``key_prefix``; ``total_keys`` (keys under the prefix, counted with SCAN;
-        ``None`` when unavailable); ``hits``, ``misses``, ``hit_rate`` (percent, 2 decimals)
-        of this process's own lookups; ``errors`` (undecodable entries read);
+        ``None`` when unavailable or not counted within ``bulk_timeout``); ``hits``,
+        ``misses``, ``hit_rate`` (percent, 2 decimals) of this process's own lookups;
+        ``errors`` (undecodable entries read);
         ``writes`` / ``write_failures``; ``oversized`` (values above ``max_value_bytes``);
         ``llm_tokens_saved`` / ``llm_skipped``; ``namespaces`` (hits, misses, hit rate per
         embedding / rag / circle / llm / generic); ``breaker`` (state, consecutive failures,
@@ -585,7 +586,10 @@ class AsyncCacheManager:
         core = self._core
         await core.ready()
         policy = core.policy
-        total_keys = await core.count(core.keys.everything())
+        # One SCAN pass within one bulk_timeout: the keys, and the processes' counters.
+        deadline = self._telemetry.deadline()
+        listed = await survey(self._telemetry, deadline)
+        total_keys = None if listed is None else listed[0]
         stats: dict[str, Any] = {"enabled": policy.available}
         if not policy.available:
             stats["reason"] = policy.reason or "degraded"
@@ -597,7 +601,12 @@ class AsyncCacheManager:
         stats["total_keys"] = total_keys
         stats.update(core.stats.snapshot())
         stats["breaker"] = policy.snapshot()
-        stats["fleet"] = await fleet_stats(self._telemetry, self._fleet)
+        stats["fleet"] = await fleet_stats(
+            self._telemetry,
+            self._fleet,
+            keys=None if listed is None else listed[1],
+            deadline=deadline,
+        )
         return stats
 
     async def flush_stats(self) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import ops_traffic
+from tests.certs import tls_redis_server
 from tests.servers import RedisServer, free_port
 from tests.stub_openai import StubEmbeddingServer
 
@@ -223,3 +224,29 @@ def test_clear_asks_on_a_terminal(url: str, prefix: str) -> None:
         assert f"Delete every key under {prefix!r}?" in out
         left = cli("--url", url, "keys", prefix=prefix).stdout
         assert (left != "") is (answer == "n")
+
+
+# -- regressions from the review of the ops wing -----------------------------------------------
+
+
+def test_a_rediss_url_works_without_a_url_in_the_environment(tmp_path: Path) -> None:
+    """--url replaces the environment's connection: TLS from rediss:// is not contradicted
+    by the environment's ssl=False (it used to fail: "ssl=False contradicts the rediss://
+    scheme")."""
+    tls_server, tls_port, certs = tls_redis_server(tmp_path)
+    with tls_server:
+        url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={certs['ca']}"
+        result = cli("--url", url, "ping")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("PONG from rediss://127.0.0.1")
+
+
+def test_a_url_with_query_parameters_sets_its_fields(url: str) -> None:
+    result = cli("--url", f"{url}?socket_timeout=1.0&client_name=ops-cli", "ping")
+    assert result.returncode == 0, result.stderr
+    assert "PONG" in result.stdout
+
+
+def test_the_dashboard_refuses_a_non_loopback_host_without_a_token(url: str) -> None:
+    result = cli("--url", url, "dashboard", "--host", "0.0.0.0", "--port", str(free_port()))
+    assert "without a token" in assert_one_error_line(result, PASSWORD)

@@ -7,6 +7,8 @@ shows (docs/images/dashboard.png)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import json
 import math
 import os
@@ -15,19 +17,22 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from gathering_cache import AsyncCacheManager, CacheConfig, Operation, Outcome
-from gathering_cache.ops.dashboard import render_page
+from gathering_cache.ops.dashboard import Dashboard, make_handler, render_page
 from gathering_cache.ops.fleet import FleetRecorder
 from tests.servers import RedisServer, free_port, in_ci
 
@@ -66,9 +71,8 @@ async def replay_history(url: str, prefix: str) -> None:
                     duration = 0.0004 * (1 + index % 7)
                     recorder.observe(Operation("get", namespace, outcome, duration, 64, 1, hit))
                 recorder.observe(Operation("set", namespace, Outcome.STORED, 0.0006, 64, 1))
-            recorder.observe(Operation("pop_index", "rag", Outcome.DONE, 0.0005))
-            for _ in range(12):
-                recorder.observe(Operation("pop_index", "rag", Outcome.DONE, 0.0005))
+            for _ in range(13):  # an invalidation: one generation counter incremented
+                recorder.observe(Operation("counters", "rag", Outcome.DONE, 0.0005))
         clock[0] = now
         assert await recorder.flush()
 
@@ -184,15 +188,17 @@ def test_json_and_metrics_carry_the_fleet_and_never_the_password(dashboard: str)
     assert "Low hit rate in rag" in titles
     status, _, metrics = get(dashboard + "/metrics", BEARER)
     assert status == 200
-    assert 'gathering_cache_hits_total{namespace="embedding"}' in metrics
-    assert "gathering_cache_breaker_state 0" in metrics
-    assert 'gathering_cache_operation_duration_seconds_bucket{operation="rag",le="+Inf"}' in (
-        metrics
-    )
+    assert "gathering_cache_fleet_breaker_state 0" in metrics
     families = {family.name: family for family in text_string_to_metric_families(metrics)}
-    hits = families["gathering_cache_hits"]  # the parser drops _total from counters
+    # Its own family, never the per-process collector's names (Prometheus may scrape both).
+    assert all(name.startswith("gathering_cache_fleet_") for name in families)
+    assert all(family.type == "gauge" for family in families.values())
+    hits = families["gathering_cache_fleet_hits"]
+    assert {sample.labels["namespace"] for sample in hits.samples} >= {"embedding", "rag"}
     assert sum(sample.value for sample in hits.samples) == report["fleet"]["hits"]
-    assert families["gathering_cache_operation_duration_seconds"].type == "histogram"
+    assert families["gathering_cache_fleet_processes"].samples[0].value == 3
+    latency = families["gathering_cache_fleet_latency_seconds"]
+    assert {s.labels["quantile"] for s in latency.samples} == {"0.5", "0.95", "0.99"}
     page = get(dashboard + "/", BEARER)[2]
     for text in (body, metrics, page):
         assert PASSWORD not in text
@@ -278,6 +284,128 @@ def test_the_page_escapes_what_it_shows() -> None:
         "recommendations": [],
     }
     page = render_page(report)
+    assert "partial" not in page
+    assert "partial: not everything" in render_page({**report, "partial": True})
     assert "<script>" not in page
     assert "&lt;script&gt;" in page
     assert "No lookups yet." in page
+
+
+# -- regressions from the review of the ops wing -----------------------------------------------
+
+
+def test_a_non_ascii_token_is_refused_not_a_crash(dashboard: str) -> None:
+    assert get(dashboard + "/?token=%C3%A9")[0] == 401
+    assert get(dashboard + "/api/stats", {"Authorization": "Bearer \u00e9"})[0] == 401
+    assert get(dashboard + "/api/stats", {"Cookie": "gathering_cache_token=\u00e9"})[0] == 401
+    assert get(dashboard + "/api/stats", BEARER)[0] == 200  # still serving
+
+
+def fetch(port: int, path: str, host: str) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path, headers={"Host": host})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+@contextlib.contextmanager
+def in_process(
+    config: CacheConfig, token: str | None, **options: Any
+) -> Iterator[tuple[int, Dashboard]]:
+    """A dashboard served from this process on a free loopback port."""
+    board = Dashboard(config, 2, **options)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(board, token))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd.server_port, board
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        board.close()
+        thread.join(timeout=5)
+
+
+def test_without_a_token_only_a_loopback_host_is_served(server: RedisServer) -> None:
+    """DNS rebinding: a page on evil.example whose name now points at 127.0.0.1 sends
+    ``Host: evil.example``; without a token it is refused."""
+    config = CacheConfig(url=f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0")
+    with in_process(config, None) as (port, _):
+        assert fetch(port, "/metrics", f"evil.example:{port}") == 403
+        assert fetch(port, "/metrics", "127.0.0.1.evil.example") == 403
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "localhost"):
+            assert fetch(port, "/metrics", host) == 200, host
+    with in_process(config, TOKEN) as (port, _):  # with a token, the token decides
+        assert fetch(port, f"/metrics?token={TOKEN}", "dashboard.internal") == 200
+
+
+def test_the_token_can_come_from_the_environment(server: RedisServer) -> None:
+    port = free_port()
+    url = f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gathering_cache", "--url", url, "dashboard", "--port", str(port)],
+        cwd=ROOT,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "GATHERING_"))},
+            "GATHERING_CACHE_DASHBOARD_TOKEN": TOKEN,
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert "(token required)" in process.stdout.readline()
+        base = f"http://127.0.0.1:{port}"
+        assert get(base + "/metrics")[0] == 401
+        assert get(base + "/metrics", BEARER)[0] == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+
+
+def test_one_collect_at_a_time_and_a_late_one_is_cancelled() -> None:
+    """A stalled server: requests do not pile collects up (they get the last report), and a
+    collect that outlives the wait is cancelled, its scan stopped."""
+    with RedisServer() as stalled:
+        config = CacheConfig(url=stalled.url, key_prefix="stall:", bulk_timeout=2.0)
+        board = Dashboard(config, 2, fresh=0.0)
+        try:
+            first = board.report()
+            assert board.collects == 1
+            stalled.pause()
+            waiter = threading.Thread(target=board.report)
+            waiter.start()
+            for _ in range(200):
+                if board.collects == 2:
+                    break
+                time.sleep(0.01)
+            assert board.collects == 2
+            for _ in range(5):  # served the last report while one is collected
+                assert board.report() is first
+            assert board.collects == 2
+            waiter.join(timeout=30)
+            stalled.resume()
+        finally:
+            board.close()
+        late = Dashboard(config, 2, fresh=0.0, wait=0.2)
+        try:
+            stalled.pause()
+            with pytest.raises(TimeoutError):
+                late.report()
+
+            async def pending() -> int:
+                return len(asyncio.all_tasks()) - 1  # this coroutine's own task aside
+
+            for _ in range(100):
+                if asyncio.run_coroutine_threadsafe(pending(), late._loop).result(5) == 0:
+                    break
+                time.sleep(0.01)
+            assert asyncio.run_coroutine_threadsafe(pending(), late._loop).result(5) == 0
+        finally:
+            stalled.resume()
+            late.close()

@@ -4,16 +4,27 @@ batched write every interval and on close), read back added up; minute history w
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
 
 from gathering_cache import AsyncCacheManager, CacheConfig, CacheManager, Operation, Outcome
-from gathering_cache.ops.fleet import BUCKETS, Counts, FleetRecorder, fleet_history, percentile
+from gathering_cache.ops.fleet import (
+    BUCKETS,
+    Counts,
+    FleetRecorder,
+    fleet_history,
+    percentile,
+    process_of,
+)
+from gathering_cache.ops.report import collect
 from tests import ops_traffic
 from tests.servers import RedisServer
 
@@ -154,3 +165,179 @@ def test_counts_read_malformed_data_as_zero_and_percentiles_use_buckets() -> Non
     histogram[-1] = 1  # beyond the last bound
     assert percentile(histogram, 0.5) == BUCKETS[2] * 1000
     assert percentile(histogram, 0.99) == BUCKETS[-1] * 1000
+
+
+# -- regressions from the review of the ops wing -----------------------------------------------
+
+
+@pytest.mark.integration
+async def test_planted_process_entries_are_skipped_never_raised(
+    redis_server: RedisServer,
+) -> None:
+    """Anyone who can write the store chooses ``stats:proc:`` names and values: the process
+    id comes from the key name, checked; a malformed entry is counted, never raised."""
+    prefix = f"fleet-{uuid.uuid4().hex[:6]}:"
+    raw = redis_asyncio.Redis.from_url(redis_server.url)
+    planted = {
+        f"{prefix}stats:proc:x": b'{"process": "evil:host", "namespaces": {}}',
+        f"{prefix}stats:proc:a:b": b'{"namespaces": {}}',  # not of the id alphabet
+        f"{prefix}stats:proc:list": b"[1, 2]",  # not an object
+        f"{prefix}stats:proc:junk": b"\xff not json",
+    }
+    try:
+        for key, value in planted.items():
+            await raw.set(key, value, ex=60)
+        config = CacheConfig(url=redis_server.url, key_prefix=prefix)
+        async with AsyncCacheManager(config) as cache:
+            await cache.get_circle_context(1)
+            report = await collect(cache, minutes=3)
+            fleet = report["fleet"]
+            assert fleet["available"] is True
+            ids = sorted(p["process"] for p in fleet["by_process"])
+            assert cache.fleet is not None
+            assert ids == sorted(["x", cache.fleet.process])  # "evil:host" is not an id
+            assert fleet["skipped"] == 3
+            assert report["history"]["namespaces"]["circle"]["misses"][-1] == 1
+            assert (await cache.get_stats())["fleet"]["skipped"] == 3
+    finally:
+        await raw.delete(*planted)
+        await raw.aclose()
+
+
+def test_process_ids_come_from_key_names_of_the_id_alphabet() -> None:
+    assert process_of("p:stats:proc:host-1-ab12", "p:stats:proc:") == "host-1-ab12"
+    for bad in ("p:stats:proc:evil:host", "p:stats:proc:", "q:stats:proc:x", "p:stats:proc:é"):
+        assert process_of(bad, "p:stats:proc:") is None
+
+
+@pytest.mark.integration
+async def test_ops_reads_are_reported_under_stats_not_as_the_applications(
+    redis_server: RedisServer,
+) -> None:
+    """The scans and counts of get_stats() and collect() are the library's own: neither the
+    application's generic operations nor its errors or latency."""
+    prefix = f"fleet-{uuid.uuid4().hex[:6]}:"
+    config = CacheConfig(url=redis_server.url, key_prefix=prefix)
+    async with AsyncCacheManager(config) as cache:
+        await cache.set_embedding("t", [0.1])
+        seen: list[Operation] = []
+        cache.add_observer(seen.append)
+        await cache.get_stats()
+        await collect(cache, minutes=2)
+        ops = {(o.op, o.namespace) for o in seen}
+        assert {("scan", "stats"), ("server_info", "stats"), ("memory_usage", "stats")} <= ops
+        assert not [o for o in seen if o.namespace == "generic"], ops
+        assert cache.fleet is not None
+        assert cache.fleet.total["generic"].latency == [0] * (len(BUCKETS) + 1)
+
+
+@pytest.mark.integration
+async def test_collect_lists_the_keyspace_once(redis_server: RedisServer) -> None:
+    """One SCAN pass counts every namespace, samples memory from the keys it saw and finds
+    the processes (it used to walk the keyspace eleven times)."""
+    prefix = f"fleet-{uuid.uuid4().hex[:6]}:"
+    config = CacheConfig(url=redis_server.url, key_prefix=prefix, stats_flush_interval=0)
+    async with AsyncCacheManager(config) as cache:
+        for index in range(3):
+            await cache.set_embedding(f"t{index}", [0.1])
+        await cache.set_circle_context(1, {"goal": "x"})
+        seen: list[Operation] = []
+        cache.add_observer(seen.append)
+        report = await collect(cache, minutes=2)
+        assert report["partial"] is False
+        assert report["namespaces"]["embedding"]["keys"] == 3
+        assert report["namespaces"]["circle"]["keys"] == 1
+        assert report["namespaces"]["embedding"]["memory_sampled"] == 3
+        assert report["total_keys"] == 4
+        scans = [o for o in seen if o.op in ("scan", "count")]
+        assert len(scans) == 1  # a handful of keys: one page
+
+
+@pytest.mark.integration
+async def test_a_walk_stops_at_its_deadline_between_pages(redis_server: RedisServer) -> None:
+    prefix = f"walk-{uuid.uuid4().hex[:6]}:"
+    config = CacheConfig(url=redis_server.url, key_prefix=prefix, stats_flush_interval=0)
+    async with AsyncCacheManager(config) as cache:
+        await cache.set_many({f"{prefix}k{index}": index for index in range(50)})
+        pages: list[list[str]] = []
+        telemetry = cache.telemetry
+        assert await telemetry.walk(f"{prefix}*", pages.append, time.monotonic(), 5) is False
+        assert pages == []  # a deadline already past: no page at all
+        assert await telemetry.walk(f"{prefix}*", pages.append, None, 5) is True
+        assert len(set().union(*pages)) == 50
+        assert await telemetry.scan(f"{prefix}*", 5, time.monotonic() - 1) is None
+
+        def slow(keys: list[str]) -> None:  # the first page outlasts the budget
+            pages.append(keys)
+            time.sleep(0.06)
+
+        pages.clear()
+        assert await telemetry.walk(f"{prefix}*", slow, time.monotonic() + 0.05, 5) is False
+        assert len(pages) == 1
+        await cache.clear_all()
+
+
+@pytest.mark.integration
+def test_a_stalled_server_gives_a_partial_report_within_the_budget() -> None:
+    """A server that stops answering (SIGSTOP) mid-way: collect() returns within one
+    bulk_timeout (plus the connection's own timeouts), saying it is partial."""
+    with RedisServer() as server:
+        config = CacheConfig(url=server.url, key_prefix="stall:", bulk_timeout=1.0)
+
+        async def main() -> tuple[dict[str, Any], float]:
+            async with AsyncCacheManager(config) as cache:
+                await cache.set("stall:k", 1)
+                server.pause()
+                try:
+                    started = time.monotonic()
+                    report = await collect(cache, minutes=2)
+                    return report, time.monotonic() - started
+                finally:
+                    server.resume()
+
+        report, elapsed = asyncio.run(main())
+    assert report["partial"] is True
+    assert report["fleet"]["available"] is False
+    assert elapsed < 1.0 + 3.0  # the budget, and slack for a loaded machine
+
+
+async def test_invalidate_all_counts_as_one_invalidation_like_one_agents() -> None:
+    config = CacheConfig(backend="memory", stats_flush_interval=3600)
+    async with AsyncCacheManager(config) as cache:
+        assert cache.fleet is not None
+        await cache.set_rag_results(7, "q", [{"content": "x"}])
+        await cache.invalidate_rag_results(7)
+        assert cache.fleet.total["rag"].invalidations == 1
+        assert await cache.invalidate_all_rag_results() is True
+        assert cache.fleet.total["rag"].invalidations == 2
+        await cache.get_rag_results(7, "q")  # reading the generations is no invalidation
+        assert cache.fleet.total["rag"].invalidations == 2
+
+
+@pytest.mark.integration
+async def test_counts_added_while_a_flush_is_written_reach_that_minutes_history(
+    redis_server: RedisServer,
+) -> None:
+    prefix = f"fleet-{uuid.uuid4().hex[:6]}:"
+    config = CacheConfig(url=redis_server.url, key_prefix=prefix, stats_flush_interval=0)
+    now = [60.0 * (int(time.time()) // 60) + 1]
+    async with AsyncCacheManager(config) as cache:
+        await cache.connect()
+        recorder = FleetRecorder(cache.telemetry, 10**6, 3600, clock=lambda: now[0])
+        miss = Operation("get", "circle", Outcome.MISS, 0.001, 0, 1, 0)
+        recorder.observe(miss)
+        first = recorder._minute
+        task = asyncio.create_task(recorder.flush())
+        await asyncio.sleep(0)
+        assert not task.done()  # serialised, the write under way
+        recorder.observe(miss)  # after serialising...
+        now[0] += 60
+        recorder.observe(miss)  # ...and the minute rolls before the write returns
+        assert await task
+        assert await recorder.flush()
+        raw = await cache.telemetry.read(
+            [cache.telemetry.keys.stats_minute(first, recorder.process)]
+        )
+        assert raw is not None
+        assert raw[0] is not None
+        assert Counts.from_json(json.loads(raw[0])["circle"]).misses == 2

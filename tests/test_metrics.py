@@ -3,6 +3,7 @@ and a real outage: a closed port)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -97,3 +98,40 @@ def test_the_sync_facade_on_a_real_server_reads_closed(redis_server: RedisServer
         assert cache.set("metrics-sync:k", 1)
         assert value(scrape(registry), "gathering_cache_breaker_state") == 0
         assert value(scrape(registry), "gathering_cache_sets_total", namespace="generic") == 1
+
+
+@pytest.mark.integration
+def test_a_forked_child_counts_its_own_operations_on_its_own_manager(
+    redis_server: RedisServer,
+) -> None:
+    """After a fork the facade drives a new async manager: the collector reads that one's
+    breaker (not the parent's, frozen), and the child's counts start from zero."""
+    registry = CollectorRegistry()
+    config = CacheConfig(url=redis_server.url, key_prefix="metrics-fork:")
+    with CacheManager(config) as cache:
+        gathering_cache.metrics.register(cache, registry=registry)
+        assert cache.get_circle_context(1) is None  # the parent's miss
+        assert value(scrape(registry), "gathering_cache_misses_total", namespace="circle") == 1
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report through the pipe, never return into pytest
+            status = 1
+            try:
+                assert cache.get_circle_context(2) is None  # a miss, on a fresh manager
+                cache.close()  # the child's manager is closed; the parent's was not
+                samples = scrape(registry)
+                found = (
+                    value(samples, "gathering_cache_misses_total", namespace="circle"),
+                    value(samples, "gathering_cache_breaker_state"),
+                )
+                os.write(write, repr(found).encode())
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            reported = pipe.read()
+        _, status = os.waitpid(pid, 0)
+        assert value(scrape(registry), "gathering_cache_breaker_state") == 0  # the parent's
+    assert status == 0
+    assert reported == repr((1.0, 2.0))  # its own miss only; its own manager, closed

@@ -10,7 +10,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import Any, Final
 
 from gathering_cache.backends import Progress, Store, create_store
@@ -679,10 +679,40 @@ class Telemetry:
             return None
         return policy.reason or policy.last_error or "degraded"
 
-    async def count(self, pattern: str) -> int | None:
+    async def count(self, pattern: str, deadline: float | None = None) -> int | None:
         """How many keys match ``pattern`` (confined to the prefix; SCAN); ``None`` when
-        unavailable."""
-        return await self._core.count(self._core.keys.check_pattern(pattern, "telemetry counts"))
+        unavailable or not done by ``deadline`` (:func:`time.monotonic`; default:
+        ``bulk_timeout`` from now). Reported under the ``stats`` namespace."""
+        pattern = self._core.keys.check_pattern(pattern, "telemetry counts")
+        core = self._core
+        progress = Progress(step_timeout=core.config.socket_timeout)
+        found: int | None = await core.guarded(
+            "count",
+            STATS,
+            core.store.count,
+            pattern,
+            progress,
+            timeout=self._left(deadline),
+            bulk=True,
+        )
+        return found
+
+    def deadline(self) -> float:
+        """A deadline ``bulk_timeout`` from now (:func:`time.monotonic`): the budget of one
+        whole report."""
+        return monotonic() + self._core.config.bulk_timeout
+
+    def _within(self, deadline: float | None) -> float | None:
+        """One operation's timeout: ``operation_timeout``, or less when ``deadline`` is
+        nearer."""
+        if deadline is None:
+            return None
+        return min(self._core.config.operation_timeout, self._left(deadline))
+
+    def _left(self, deadline: float | None) -> float:
+        if deadline is None:
+            return self._core.config.bulk_timeout
+        return max(deadline - monotonic(), 0.001)
 
     async def delete(self, keys: Sequence[str]) -> int:
         """Delete keys under the prefix (the CLI's clear, batch by batch); how many were."""
@@ -710,35 +740,76 @@ class Telemetry:
         )
         return values
 
-    async def scan(self, pattern: str, count: int = 1000) -> list[str] | None:
+    async def scan(
+        self, pattern: str, count: int = 1000, deadline: float | None = None
+    ) -> list[str] | None:
         """Every key matching ``pattern`` (confined to the prefix), SCAN page by page;
-        ``None`` when the store fails before the listing ends."""
-        pattern = self._core.keys.check_pattern(pattern, "telemetry lists")
+        ``None`` when the store fails, or ``deadline`` passes, before the listing ends."""
         found: list[str] = []
+        complete = await self.walk(pattern, found.extend, deadline, count)
+        return found if complete else None
+
+    async def walk(
+        self,
+        pattern: str,
+        visit: Callable[[list[str]], object],
+        deadline: float | None = None,
+        count: int = 1000,
+    ) -> bool:
+        """Hand each SCAN page of the keys matching ``pattern`` (confined to the prefix) to
+        ``visit``; whether the listing ended (``False``: the store failed, or ``deadline``,
+        :func:`time.monotonic`, default ``bulk_timeout`` from now, passed first). Every page
+        is reported under the ``stats`` namespace, never as the application's own."""
+        pattern = self._core.keys.check_pattern(pattern, "telemetry lists")
+        core = self._core
+        if deadline is None:
+            deadline = self.deadline()
         cursor = 0
         while True:
-            page = await self._core.scan_page(pattern, cursor, count)
+            if monotonic() >= deadline:
+                return False
+            page: tuple[int, list[str]] | None = await core.guarded(
+                "scan",
+                STATS,
+                core.store.scan_page,
+                pattern,
+                cursor,
+                count,
+                timeout=self._left(deadline),
+                bulk=True,
+            )
             if page is None:
-                return None
+                return False
             cursor, keys = page
-            found.extend(keys)
+            visit(keys)
             if not cursor:
-                return found
+                return True
 
-    async def server_info(self) -> dict[str, Any]:
+    async def server_info(self, deadline: float | None = None) -> dict[str, Any]:
         """What the server says about itself (see :meth:`Store.server_info`); ``{}`` when
         unavailable."""
         info: dict[str, Any] = await self._core.guarded(
-            "server_info", GENERIC, self._core.store.server_info, fallback={}
+            "server_info",
+            STATS,
+            self._core.store.server_info,
+            fallback={},
+            timeout=self._within(deadline),
         )
         return info
 
-    async def memory_usage(self, keys: Sequence[str]) -> list[int | None]:
+    async def memory_usage(
+        self, keys: Sequence[str], deadline: float | None = None
+    ) -> list[int | None]:
         """Bytes each key takes (MEMORY USAGE); ``None`` where unknown or unavailable."""
         if not keys:
             return []
         sizes: list[int | None] | None = await self._core.guarded(
-            "memory_usage", GENERIC, self._core.store.memory_usage, keys, keys=len(keys)
+            "memory_usage",
+            STATS,
+            self._core.store.memory_usage,
+            keys,
+            keys=len(keys),
+            timeout=self._within(deadline),
         )
         return [None] * len(keys) if sizes is None else sizes
 

@@ -160,6 +160,8 @@ def stats(ctx: click.Context, as_json: bool, sample: int) -> None:
             f"process {process['process']}: breaker {process['breaker']}, "
             f"{process['hits']} hits, {process['misses']} misses"
         )
+    if report.get("partial"):
+        click.echo("partial: not everything could be read within bulk_timeout", err=True)
     for advice in report["recommendations"]:
         click.echo(f"recommendation: {advice['title']}: {advice['advice']} ({advice['evidence']})")
 
@@ -276,7 +278,12 @@ def demo(ctx: click.Context) -> None:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--token", help="Require this token (Bearer header, or ?token= once).")
+@click.option(
+    "--token",
+    envvar="GATHERING_CACHE_DASHBOARD_TOKEN",
+    help="Require this token (Bearer header, or ?token= once); default: "
+    "GATHERING_CACHE_DASHBOARD_TOKEN (not shown by ps). Needed with a non-loopback --host.",
+)
 @click.option("--minutes", default=60, show_default=True, help="History shown.")
 @click.pass_context
 def dashboard(ctx: click.Context, host: str, port: int, token: str | None, minutes: int) -> None:

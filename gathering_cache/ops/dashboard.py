@@ -7,7 +7,8 @@
                  recommendations with their evidence (charts are inline SVG drawn by the
                  server: no script, no CDN, works offline)
     /api/stats   the same data as JSON (``gathering-cache stats --json`` plus the history)
-    /metrics     the fleet's counters in the Prometheus text format
+    /metrics     the fleet's figures in the Prometheus text format (``gathering_cache_fleet_*``
+                 gauges, distinct from each process's own ``gathering_cache_*`` metrics)
 
 It runs on the standard library (``http.server`` in threads) with one
 :class:`~gathering_cache.AsyncCacheManager` on a private event loop thread. With a token,
@@ -19,8 +20,10 @@ The Redis password is never shown or served: the endpoint is the redacted URL.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
 import html
+import ipaddress
 import json
 import threading
 import time
@@ -32,7 +35,6 @@ from urllib.parse import parse_qs, urlsplit
 
 from gathering_cache.config import CacheConfig
 from gathering_cache.manager import AsyncCacheManager
-from gathering_cache.ops.fleet import BUCKETS
 from gathering_cache.ops.metrics import BREAKER_STATES
 from gathering_cache.ops.report import NAMESPACES_SHOWN, collect
 
@@ -47,40 +49,88 @@ COLORS: Final = {
     "generic": "#64748b",
 }
 _CACHE_SECONDS: Final = 5.0
+_WAIT_MARGIN: Final = 5.0
+"""Seconds a request waits for a report beyond ``bulk_timeout`` (the collect's own budget)."""
 
 
 class Dashboard:
     """The data behind the page: a manager on a private loop thread, and the last report
     (kept a few seconds, so a reload does not rescan).
 
+    At most one report is collected at a time: while one is, requests are served the last
+    report (or, before the first, wait for it). A collect that outlives ``bulk_timeout``
+    (plus a margin) is cancelled, so slow reloads never pile scans up on the server.
+
     Args:
         config: the cache configuration.
         minutes: the history's length.
+        fresh: seconds a report is served before another is collected.
+        wait: seconds a request waits for a report (default: ``bulk_timeout`` plus 5).
     """
 
-    def __init__(self, config: CacheConfig, minutes: int = 60) -> None:
+    def __init__(
+        self,
+        config: CacheConfig,
+        minutes: int = 60,
+        *,
+        fresh: float = _CACHE_SECONDS,
+        wait: float | None = None,
+    ) -> None:
         self.minutes = minutes
+        self.fresh = fresh
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         # Fleet statistics off: the dashboard reads the fleet, it is not part of it.
         self._cache = AsyncCacheManager(config.model_copy(update={"stats_flush_interval": 0}))
-        self._lock = threading.Lock()
+        self._wait = config.bulk_timeout + _WAIT_MARGIN if wait is None else wait
+        self._lock = threading.RLock()  # RLock: a done callback may run in the caller
         self._report: dict[str, Any] | None = None
         self._taken = 0.0
+        self._future: concurrent.futures.Future[dict[str, Any]] | None = None
+        self.collects = 0
+        """How many collects were started (for tests and the curious)."""
 
     def report(self) -> dict[str, Any]:
-        """The current report (at most a few seconds old)."""
+        """The current report (at most a few seconds old, or the last one while a newer
+        one is being collected).
+
+        Raises:
+            TimeoutError: the first report took longer than ``bulk_timeout`` (cancelled).
+            Exception: what collecting the report raised.
+        """
         with self._lock:
-            if self._report is None or time.monotonic() - self._taken > _CACHE_SECONDS:
-                future = asyncio.run_coroutine_threadsafe(
+            last = self._report
+            if last is not None and time.monotonic() - self._taken < self.fresh:
+                return last
+            future = self._future
+            if future is None:
+                future = self._future = asyncio.run_coroutine_threadsafe(
                     collect(self._cache, minutes=self.minutes), self._loop
                 )
-                self._report = future.result(timeout=60)
+                self.collects += 1
+                future.add_done_callback(self._collected)
+            elif last is not None:
+                return last  # one collect at a time: the others are served the last report
+        try:
+            return future.result(timeout=self._wait)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # cancels the coroutine on the loop: its scan stops
+            raise TimeoutError(f"no report within {self._wait:g} s") from None
+
+    def _collected(self, future: concurrent.futures.Future[dict[str, Any]]) -> None:
+        with self._lock:
+            if self._future is future:
+                self._future = None
+            if not future.cancelled() and future.exception() is None:
+                self._report = future.result()
                 self._taken = time.monotonic()
-            return self._report
 
     def close(self) -> None:
+        with self._lock:
+            future = self._future
+        if future is not None:
+            future.cancel()
         asyncio.run_coroutine_threadsafe(self._cache.aclose(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
@@ -254,6 +304,8 @@ def render_page(report: dict[str, Any]) -> str:
     )
     legend = "".join(f'<span style="color:{COLORS[name]}">&#9632; {name}</span>' for name in rates)
     status = "up" if report["enabled"] else f"DOWN: {report['reason']}"
+    if report.get("partial"):
+        status += " (partial: not everything could be read within bulk_timeout)"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="15">
@@ -298,56 +350,85 @@ def _ago(then: object, now: float) -> str:
     return f"{max(0, now - then):.0f} s ago"
 
 
+FLEET_METRICS: Final = (
+    ("hits", "hits", "Lookups answered from the cache, fleet-wide, over the window."),
+    ("misses", "misses", "Lookups not answered, fleet-wide, over the window."),
+    ("sets", "sets", "Values stored, fleet-wide, over the window."),
+    ("errors", "errors", "Failed operations and refused entries, fleet-wide."),
+    ("invalidations", "invalidations", "Entries dropped on purpose, fleet-wide."),
+    ("cost_saved_dollars", "cost_saved", "Estimated dollars saved, fleet-wide."),
+)
+"""``gathering_cache_fleet_<name>{namespace}`` gauges: (name, report field, help)."""
+
+
 def render_metrics(report: dict[str, Any]) -> str:
-    """The fleet's counters in the Prometheus text format (the names of
-    :mod:`gathering_cache.ops.metrics`; durations per namespace under ``operation``)."""
+    """The fleet's figures in the Prometheus text format, as ``gathering_cache_fleet_*``
+    gauges: sums over the processes that flushed within the window, which drop when a
+    process's counters expire, so never counters, and never the names of the per-process
+    collector (:mod:`gathering_cache.ops.metrics`), which Prometheus may scrape too."""
     fleet = report["fleet"]
     lines: list[str] = []
-    for metric, field, doc in (
-        ("gathering_cache_hits_total", "hits", "Lookups answered from the cache (fleet)."),
-        ("gathering_cache_misses_total", "misses", "Lookups not answered (fleet)."),
-        ("gathering_cache_sets_total", "sets", "Values stored (fleet)."),
-        ("gathering_cache_cost_saved_dollars_total", "cost_saved", "Estimated dollars saved."),
-    ):
-        lines += [f"# HELP {metric} {doc}", f"# TYPE {metric} counter"]
-        for name, figures in fleet["namespaces"].items():
-            lines.append(f'{metric}{{namespace="{name}"}} {figures[field]}')
-    lines += [
-        "# HELP gathering_cache_errors_total Failed operations and refused entries (fleet).",
-        "# TYPE gathering_cache_errors_total counter",
-    ]
-    for name, figures in fleet["namespaces"].items():
-        lines.append(
-            f'gathering_cache_errors_total{{namespace="{name}",kind="all"}} {figures["errors"]}'
-        )
-    metric = "gathering_cache_operation_duration_seconds"
-    lines += [
-        f"# HELP {metric} Store operation durations per namespace (fleet; the sum is estimated "
-        "from the bucket bounds).",
-        f"# TYPE {metric} histogram",
-    ]
-    for name, figures in fleet["namespaces"].items():
-        counts = figures["latency_histogram"]
-        if not sum(counts):
-            continue
-        cumulative, estimate = 0, 0.0
-        for bound, count in zip((*BUCKETS, None), counts, strict=True):
-            cumulative += count
-            estimate += count * (BUCKETS[-1] if bound is None else bound)
-            le = "+Inf" if bound is None else repr(bound)
-            lines.append(f'{metric}_bucket{{operation="{name}",le="{le}"}} {cumulative}')
-        lines.append(f'{metric}_count{{operation="{name}"}} {cumulative}')
-        lines.append(f'{metric}_sum{{operation="{name}"}} {estimate:.6f}')
+
+    def gauge(metric: str, doc: str) -> str:
+        name = f"gathering_cache_fleet_{metric}"
+        lines.extend((f"# HELP {name} {doc}", f"# TYPE {name} gauge"))
+        return name
+
+    for metric, field, doc in FLEET_METRICS:
+        name = gauge(metric, doc)
+        for namespace, figures in fleet["namespaces"].items():
+            lines.append(f'{name}{{namespace="{namespace}"}} {figures[field]}')
+    name = gauge(
+        "latency_seconds",
+        "Store operation latency percentiles per namespace, fleet-wide (the upper bound of "
+        "the histogram bucket holding the quantile).",
+    )
+    for namespace, figures in fleet["namespaces"].items():
+        for key, quantile in (("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99")):
+            value = figures["latency_ms"][key]
+            if value is not None:
+                lines.append(
+                    f'{name}{{namespace="{namespace}",quantile="{quantile}"}} {value / 1000:g}'
+                )
+    name = gauge("processes", "Processes whose counters are in the window.")
+    lines.append(f"{name} {fleet['processes']}")
     states = [BREAKER_STATES.get(str(p["breaker"]), 2) for p in fleet["by_process"]]
-    lines += [
-        "# HELP gathering_cache_breaker_state 0 closed, 1 half-open, 2 open (worst process).",
-        "# TYPE gathering_cache_breaker_state gauge",
-        f"gathering_cache_breaker_state {max(states, default=0)}",
-    ]
+    name = gauge("breaker_state", "0 closed, 1 half-open, 2 open: the worst process's breaker.")
+    lines.append(f"{name} {max(states, default=0)}")
+    name = gauge("partial", "1 when the last report could not read everything in time.")
+    lines.append(f"{name} {int(bool(report.get('partial')))}")
     return "\n".join(lines) + "\n"
 
 
 # -- the server -------------------------------------------------------------------------------
+
+
+_LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.", "ip6-localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, without port or brackets) is this machine's
+    loopback: ``localhost``, 127.0.0.0/8, ``::1``."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header: ``[::1]:8765`` -> ``::1``, ``localhost:8765`` -> ``localhost``."""
+    header = header.strip()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
+def _same(given: str, token: str) -> bool:
+    """A constant-time comparison that accepts any text (``compare_digest`` refuses non-ASCII
+    ``str``)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode())
 
 
 def make_handler(dashboard: Dashboard, token: str | None) -> type[BaseHTTPRequestHandler]:
@@ -380,20 +461,30 @@ def make_handler(dashboard: Dashboard, token: str | None) -> type[BaseHTTPReques
             if token is None:
                 return True, {}
             header = self.headers.get("Authorization", "")
-            if header.startswith("Bearer ") and hmac.compare_digest(header[7:], token):
+            if header.startswith("Bearer ") and _same(header[7:], token):
                 return True, {}
             for part in self.headers.get("Cookie", "").split(";"):
                 name, _, value = part.strip().partition("=")
-                if name == COOKIE and hmac.compare_digest(value, token):
+                if name == COOKIE and _same(value, token):
                     return True, {}
             given = query.get("token", [""])[0]
-            if given and hmac.compare_digest(given, token):
+            if given and _same(given, token):
                 cookie = f"{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"
                 return True, {"Set-Cookie": cookie}
             return False, {}
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)
+            if token is None and not is_loopback(_host_name(self.headers.get("Host", ""))):
+                # No token: only a page the browser believes is on this machine may read it
+                # (a DNS-rebound name pointing here is refused).
+                self._send(
+                    HTTPStatus.FORBIDDEN,
+                    "403 forbidden: without a token, only a loopback Host is served\n",
+                    "text/plain; charset=utf-8",
+                    {},
+                )
+                return
             ok, extra = self._authorized(parse_qs(url.query))
             if not ok:
                 self._send(
@@ -442,7 +533,19 @@ def serve(
     minutes: int = 60,
     echo: Callable[[str], object] = print,
 ) -> None:
-    """Serve the dashboard until interrupted (Ctrl-C)."""
+    """Serve the dashboard until interrupted (Ctrl-C).
+
+    Raises:
+        ValueError: ``host`` is not a loopback address and there is no ``token`` (the page
+            would be open to the network).
+    """
+    if token is not None and not token:
+        raise ValueError("the dashboard token is empty")
+    if token is None and not is_loopback(host):
+        raise ValueError(
+            f"refusing to serve on {host} without a token: pass --token or set "
+            "GATHERING_CACHE_DASHBOARD_TOKEN (or serve on 127.0.0.1)"
+        )
     dashboard = Dashboard(config, minutes)
     server = ThreadingHTTPServer((host, port), make_handler(dashboard, token))
     server.daemon_threads = True

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import socket
+import string
 import time
 import uuid
 from bisect import bisect_left
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from gathering_cache.core.keys import NAMESPACES
+from gathering_cache.core.keys import NAMESPACES, RAG
 from gathering_cache.core.observe import FAILURES, READS, WRITES, Operation, Outcome
 from gathering_cache.core.stats import hit_rate
 
@@ -44,6 +45,8 @@ __all__ = [
     "fleet_history",
     "fleet_stats",
     "percentile",
+    "process_of",
+    "survey",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,10 +66,11 @@ RAG recall (an embedding and a vector search), an LLM completion of ~1,000 token
 context and generic values save a database read, counted as nothing."""
 
 
-_INVALIDATIONS: Final = frozenset({"delete", "delete_pattern", "pop_index"})
-_RAG_DELETE: Final = ("delete", "rag")
-"""Operations that drop entries on purpose. A RAG invalidation pops the agent's index, then
-deletes what it listed: counted once, by the pop."""
+_INVALIDATIONS: Final = frozenset({"delete", "delete_pattern"})
+"""Operations that drop entries on purpose. In the RAG namespace an invalidation (of one
+agent, or of every agent: ``invalidate_all``) is the increment of one generation counter (a
+``counters`` operation on one key; a lookup reads two), counted once: the pop of the agent's
+index and the deletion of what it listed that follow are not counted again."""
 
 
 class Counts:
@@ -223,7 +227,10 @@ class FleetRecorder:
             if outcome is Outcome.STORED:
                 counts.sets += operation.keys
         elif outcome is Outcome.DONE:
-            if op in _INVALIDATIONS and (op, operation.namespace) != _RAG_DELETE:
+            if operation.namespace == RAG:
+                if op == "counters" and operation.keys == 1:
+                    counts.invalidations += 1
+            elif op in _INVALIDATIONS:
                 counts.invalidations += 1
             return  # counters, locks ...: neither lookups nor writes
         elif outcome not in FAILURES:
@@ -285,7 +292,8 @@ class FleetRecorder:
         """Write this process's counters and its unwritten minutes in one pipeline; whether
         the store took them (if not, the minutes are kept for the next flush)."""
         keys = self.telemetry.keys
-        minutes = {**self._pending, self._minute: self._current}
+        current = self._minute
+        minutes = {**self._pending, current: self._current}
         oldest = int(self._clock() // 60) - self.window // 60
         items = [(keys.stats_process(self.process), orjson.dumps(self.snapshot()))]
         for minute, table in minutes.items():
@@ -302,8 +310,10 @@ class FleetRecorder:
                 items.append((keys.stats_minute(minute, self.process), orjson.dumps(active)))
         written = await self.telemetry.write(items, self.window)
         if written:
+            # The minute that was current when serialised stays: if it rolled during the
+            # write, counts added since are in it, and the next flush writes it again.
             for minute in minutes:
-                if minute != self._minute:
+                if minute != current:
                     self._pending.pop(minute, None)
             self.flushed = self._clock()
             self.flushes += 1
@@ -336,22 +346,77 @@ def _decode(raw: bytes | None) -> Any:
         return None
 
 
+_ID_CHARS: Final = frozenset(string.ascii_letters + string.digits + "-_.")
+
+
+def process_of(key: str, prefix: str) -> str | None:
+    """The process id in a ``<prefix>stats:proc:<process>`` key name; ``None`` when the key
+    is not one, or the id is not of the alphabet :func:`_process_id` writes (anyone who can
+    write the store chooses key names)."""
+    if not key.startswith(prefix):
+        return None
+    process = key[len(prefix) :]
+    if not 0 < len(process) <= 80 or not _ID_CHARS.issuperset(process):
+        return None
+    return process
+
+
+async def survey(
+    telemetry: Telemetry, deadline: float | None = None
+) -> tuple[int, list[str]] | None:
+    """One SCAN pass over the prefix: how many keys it holds, and the processes' counters
+    keys among them; ``None`` when the store failed, or ``deadline`` passed, first."""
+    prefix = telemetry.keys.stats_process("")
+    found: list[str] = []
+    total = 0
+
+    def visit(keys: list[str]) -> None:
+        nonlocal total
+        total += len(keys)
+        found.extend(key for key in keys if key.startswith(prefix))
+
+    if not await telemetry.walk(telemetry.keys.everything(), visit, deadline):
+        return None
+    return total, found
+
+
 async def _processes(
-    telemetry: Telemetry, live: FleetRecorder | None
-) -> list[dict[str, Any]] | None:
-    keys = await telemetry.scan(telemetry.keys.stats_processes())
+    telemetry: Telemetry,
+    live: FleetRecorder | None,
+    keys: Sequence[str] | None = None,
+    deadline: float | None = None,
+) -> tuple[list[dict[str, Any]] | None, int]:
+    """Each process's counters, its id taken from the key name (``None`` when the store
+    could not list or read them), and how many entries were skipped as malformed."""
     if keys is None:
-        return None
-    values = await telemetry.read(sorted(set(keys))) if keys else []
+        keys = await telemetry.scan(telemetry.keys.stats_processes(), deadline=deadline)
+        if keys is None:
+            return None, 0
+    prefix = telemetry.keys.stats_process("")
+    skipped = 0
+    ids: dict[str, str] = {}
+    for key in keys:
+        process = process_of(key, prefix)
+        if process is None:
+            skipped += 1
+        else:
+            ids[key] = process
+    listed = sorted(ids)
+    values = await telemetry.read(listed) if listed else []
     if values is None:
-        return None
+        return None, skipped
     found: dict[str, dict[str, Any]] = {}
-    for value in map(_decode, values):
-        if isinstance(value, dict) and isinstance(value.get("process"), str):
-            found[value["process"]] = value
+    for key, raw in zip(listed, values, strict=True):
+        if raw is None:
+            continue  # expired since it was listed
+        value = _decode(raw)
+        if not isinstance(value, dict):
+            skipped += 1
+            continue
+        found[ids[key]] = {**value, "process": ids[key]}
     if live is not None:  # this process's own counters, as they are now
         found[live.process] = live.snapshot()
-    return sorted(found.values(), key=lambda p: str(p.get("process")))
+    return [found[p] for p in sorted(found)], skipped
 
 
 def _fold(tables: Iterable[Any]) -> dict[str, Counts]:
@@ -365,17 +430,31 @@ def _fold(tables: Iterable[Any]) -> dict[str, Counts]:
     return folded
 
 
-async def fleet_stats(telemetry: Telemetry, live: FleetRecorder | None = None) -> dict[str, Any]:
+async def fleet_stats(
+    telemetry: Telemetry,
+    live: FleetRecorder | None = None,
+    *,
+    keys: Sequence[str] | None = None,
+    deadline: float | None = None,
+) -> dict[str, Any]:
     """Every process's counters, added up: what ``get_stats()["fleet"]`` shows.
+
+    Args:
+        telemetry: the cache's telemetry handle.
+        live: this process's recorder (its counters as they are now replace what it wrote).
+        keys: the ``stats:proc:`` keys, when a scan already listed them (else one SCAN).
+        deadline: when the listing must end (:func:`time.monotonic`; default
+            ``bulk_timeout`` from now): past it, the fleet reads as unavailable.
 
     Returns:
         ``processes`` (how many flushed within the window), the totals (``hits``,
         ``misses``, ``hit_rate``, ``sets``, ``errors``, ``cost_saved``, ``latency_ms``),
-        ``namespaces`` (the same per namespace) and ``by_process`` (each process's host,
-        pid, last flush, breaker state and totals). ``available`` is ``False`` (and the
-        figures are this process's alone) when the store could not be read.
+        ``namespaces`` (the same per namespace), ``by_process`` (each process's host,
+        pid, last flush, breaker state and totals) and ``skipped`` (malformed entries left
+        out). ``available`` is ``False`` (and the figures are this process's alone) when
+        the store could not be read in time.
     """
-    processes = await _processes(telemetry, live)
+    processes, skipped = await _processes(telemetry, live, keys, deadline)
     available = processes is not None
     if processes is None:
         processes = [] if live is None else [live.snapshot()]
@@ -407,11 +486,16 @@ async def fleet_stats(telemetry: Telemetry, live: FleetRecorder | None = None) -
         **overall.summary(),
         "namespaces": {name: counts.summary() for name, counts in folded.items()},
         "by_process": by_process,
+        "skipped": skipped,
     }
 
 
 async def fleet_history(
-    telemetry: Telemetry, minutes: int = 60, live: FleetRecorder | None = None
+    telemetry: Telemetry,
+    minutes: int = 60,
+    live: FleetRecorder | None = None,
+    *,
+    processes: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """The fleet's counts minute by minute over the last ``minutes`` (one MGET; the
     processes are those that flushed within the window).
@@ -421,8 +505,11 @@ async def fleet_history(
         namespace, lists aligned with it of ``hits``, ``misses``, ``hit_rate`` (``None`` for
         a minute without lookups), ``cost`` and ``latency`` histograms.
     """
-    processes = await _processes(telemetry, None) or []
-    names = {str(p["process"]) for p in processes}
+    if processes is None:
+        listed, _ = await _processes(telemetry, None)
+        processes = [str(p["process"]) for p in listed or []]
+    prefix = telemetry.keys.stats_process("")
+    names = {p for p in processes if process_of(prefix + p, prefix) is not None}
     if live is not None:
         names.add(live.process)
     now = int(time.time() // 60)
@@ -430,16 +517,16 @@ async def fleet_history(
     in_memory: dict[int, dict[str, Counts]] = {}
     if live is not None:  # this process's minutes still in memory replace what it wrote
         in_memory = {**live._pending, live._minute: live._current}
-    keys = [
-        telemetry.keys.stats_minute(m, p)
+    wanted = [
+        (m, telemetry.keys.stats_minute(m, p))
         for m in span
         for p in sorted(names)
         if not (live is not None and p == live.process and m in in_memory)
     ]
+    keys = [key for _, key in wanted]
     values = (await telemetry.read(keys) if keys else []) or [None] * len(keys)
     per_minute: dict[int, list[Any]] = {m: [] for m in span}
-    for key, value in zip(keys, values, strict=True):
-        minute = int(key.split(":")[-2])
+    for (minute, _), value in zip(wanted, values, strict=True):
         per_minute[minute].append(_decode(value))
     for minute, table in in_memory.items():
         if minute in per_minute:

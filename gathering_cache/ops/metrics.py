@@ -15,15 +15,18 @@ families are built only when the registry is scraped:
     gathering_cache_breaker_state                          0 closed, 1 half-open, 2 open
                                                            (or disabled / closed)
 
-These are this process's figures (Prometheus adds processes up by itself); the fleet
-statistics in the store are what the CLI and the dashboard show.
+These are this process's figures (Prometheus adds processes up by itself; a forked child
+starts from zero); the fleet statistics in the store are what the CLI and the dashboard show
+(the dashboard's ``/metrics`` exports them as ``gathering_cache_fleet_*`` gauges).
 """
 
 from __future__ import annotations
 
+import os
+import weakref
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from gathering_cache.core.keys import NAMESPACES, STATS
@@ -70,7 +73,15 @@ class CacheCollector:
     """
 
     def __init__(self, manager: AsyncCacheManager | CacheManager) -> None:
-        self._manager = manager.async_manager if isinstance(manager, CacheManager) else manager
+        # The sync facade, not the async manager it drives now: after a fork it drives a
+        # new one, whose breaker is the one to show.
+        self._source = manager
+        self._reset()
+        if hasattr(os, "register_at_fork"):  # a forked child counts its own operations
+            reset = weakref.WeakMethod(self._reset)
+            os.register_at_fork(after_in_child=lambda: _call(reset))
+
+    def _reset(self) -> None:
         self.hits: defaultdict[str, int] = defaultdict(int)
         self.misses: defaultdict[str, int] = defaultdict(int)
         self.sets: defaultdict[str, int] = defaultdict(int)
@@ -81,6 +92,11 @@ class CacheCollector:
         for name in NAMESPACES:  # every namespace shows, at 0, from the first scrape
             self.hits[name] = self.misses[name] = self.sets[name] = 0
             self.cost[name] = 0.0
+
+    @property
+    def _manager(self) -> AsyncCacheManager:
+        source = self._source
+        return source.async_manager if isinstance(source, CacheManager) else source
 
     def observe(self, operation: Operation) -> None:
         """Count one operation (the observer)."""
@@ -153,6 +169,12 @@ class CacheCollector:
             "The circuit breaker: 0 closed, 1 half-open, 2 open (or the cache disabled).",
             value=BREAKER_STATES.get(state, 2),
         )
+
+
+def _call(method: weakref.WeakMethod[Callable[[], None]]) -> None:
+    bound = method()
+    if bound is not None:
+        bound()
 
 
 def register(

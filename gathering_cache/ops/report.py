@@ -30,7 +30,13 @@ async def collect(
     cache: AsyncCacheManager, *, sample: int = 20, minutes: int = 60, history: bool = True
 ) -> dict[str, Any]:
     """Everything an operator looks at, as plain data (what ``stats --json`` prints and
-    ``/api/stats`` serves).
+    ``/api/stats`` serves), read within one ``bulk_timeout``.
+
+    The keys under the prefix are listed once (SCAN, page by page): that one pass counts
+    the keys per namespace, picks the keys whose memory is sampled and finds the processes'
+    counters. When the budget runs out first, the report says ``"partial": true`` and the
+    figures are those of the keys seen so far (``total_keys`` and each namespace's
+    ``keys`` are then lower bounds).
 
     Args:
         cache: a connected manager.
@@ -41,25 +47,48 @@ async def collect(
     """
     telemetry = cache.telemetry
     await cache.connect()
+    deadline = telemetry.deadline()
     prefix = cache.config.key_prefix
-    info = await telemetry.server_info()
+    info = await telemetry.server_info(deadline)
+    counts = dict.fromkeys(NAMESPACES_SHOWN, 0)
+    samples: dict[str, list[str]] = {name: [] for name in NAMESPACES_SHOWN}
+    processes: list[str] = []
+    process_prefix = telemetry.keys.stats_process("")
+    total = 0
+
+    def visit(keys: list[str]) -> None:
+        nonlocal total
+        total += len(keys)
+        for key in keys:
+            name = key[len(prefix) :].partition(":")[0]
+            if name in counts:
+                counts[name] += 1
+                if len(samples[name]) < sample:
+                    samples[name].append(key)
+            elif key.startswith(process_prefix):
+                processes.append(key)
+
+    complete = await telemetry.walk(f"{prefix}*", visit, deadline, count=1000)
+    sampled = [key for name in NAMESPACES_SHOWN for key in samples[name]]
+    sizes = await telemetry.memory_usage(sampled, deadline) if time.monotonic() < deadline else []
+    size_of = dict(zip(sampled, sizes, strict=False))
     namespaces: dict[str, dict[str, Any]] = {}
     for name in NAMESPACES_SHOWN:
-        count = await telemetry.count(f"{prefix}{name}:*")
-        keys: list[str] = []
-        async for key in cache.scan_keys(namespace=name, count=max(sample, 10)):
-            keys.append(key)
-            if len(keys) >= sample:
-                break
-        sizes = [size for size in await telemetry.memory_usage(keys) if size is not None]
+        known = [size for key in samples[name] if (size := size_of.get(key)) is not None]
         memory = None
-        if sizes and count is not None:
-            memory = round(sum(sizes) / len(sizes) * count)
-        elif count == 0:
+        if known:
+            memory = round(sum(known) / len(known) * counts[name])
+        elif counts[name] == 0 and complete:
             memory = 0
-        namespaces[name] = {"keys": count, "memory_bytes": memory, "memory_sampled": len(sizes)}
-    total_keys = await telemetry.count(f"{prefix}*")
-    fleet = await fleet_stats(telemetry, cache.fleet)
+        keys_count: int | None = counts[name] if complete or counts[name] else None
+        namespaces[name] = {
+            "keys": keys_count,
+            "memory_bytes": memory,
+            "memory_sampled": len(known),
+        }
+    fleet = await fleet_stats(
+        telemetry, cache.fleet, keys=processes if complete else None, deadline=deadline
+    )
     for name, figures in namespaces.items():
         figures.update(fleet["namespaces"][name])
     report: dict[str, Any] = {
@@ -68,14 +97,22 @@ async def collect(
         "reason": telemetry.reason,
         "endpoint": telemetry.endpoint,
         "key_prefix": prefix,
-        "total_keys": total_keys,
+        "total_keys": total if complete or total else None,
+        "partial": not complete,
         "server": info,
         "breaker": telemetry.breaker,
         "namespaces": namespaces,
         "fleet": fleet,
     }
     if history:
-        report["history"] = await fleet_history(telemetry, minutes, cache.fleet)
+        names = [str(p["process"]) for p in fleet["by_process"]] if fleet["available"] else []
+        if fleet["available"] and time.monotonic() < deadline:
+            report["history"] = await fleet_history(
+                telemetry, minutes, cache.fleet, processes=names
+            )
+        else:
+            report["partial"] = True
+            report["history"] = await fleet_history(telemetry, minutes, cache.fleet, processes=[])
     report["recommendations"] = recommend(report, cache.config.operation_timeout)
     return report
 
