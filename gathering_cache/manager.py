@@ -503,7 +503,8 @@ class AsyncCacheManager:
     async def get_stats(self) -> dict[str, Any]:
         """Statistics of this cache.
 
-        Keys: ``enabled``; ``reason`` (when not enabled); ``backend``; ``host``, ``port``,
+        Keys: ``enabled``; ``reason`` (when not enabled); ``backend``; ``topology``
+        (``"standalone"``, ``"cluster"`` or ``"sentinel"``); ``host``, ``port``,
         ``db``; ``key_prefix``; ``total_keys`` (keys under the prefix, counted with SCAN;
         ``None`` when unavailable); ``hits``, ``misses``, ``hit_rate`` (percent, 2 decimals)
         of this process's own lookups; ``errors`` (undecodable entries read);
@@ -521,6 +522,7 @@ class AsyncCacheManager:
         if not policy.available:
             stats["reason"] = policy.reason or "degraded"
         stats["backend"] = core.store.capabilities.backend
+        stats["topology"] = core.store.capabilities.topology
         location: dict[str, Any] = {"host": None, "port": None, "db": None}
         location.update(core.store.describe())
         stats.update(location)

@@ -25,6 +25,7 @@ from fakeredis import FakeAsyncRedis, FakeServer
 from gathering_cache import CacheConfig
 from gathering_cache.backends import create_store
 from gathering_cache.backends.base import COUNTER_DIGITS, Progress, Store, Subscriber
+from tests.conftest import topology_settings
 from tests.servers import RedisServer
 
 _Test = TypeVar("_Test", bound=Callable[..., Awaitable[None]])
@@ -77,14 +78,24 @@ async def _redis(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     yield create_store(CacheConfig(url=server.url))  # built from config: owned
 
 
+async def _cluster(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    yield create_store(CacheConfig(**topology_settings("cluster", request)))
+
+
+async def _sentinel(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    yield create_store(CacheConfig(**topology_settings("sentinel", request)))
+
+
 STORES: dict[str, StoreBuilder] = {
     "memory": _memory,
     "fakeredis": _fakeredis,
     "redis": _redis,
+    "cluster": _cluster,
+    "sentinel": _sentinel,
 }
 """Every store the suite proves. Real servers are marked ``integration``."""
 
-_NETWORKED = {"redis"}
+_NETWORKED = {"redis", "cluster", "sentinel"}
 
 KNOWN_DIVERGENCES: dict[tuple[str, str], str] = {}
 # (Fixed: the Redis subscriber's first get() answered None at once, reading the SUBSCRIBE

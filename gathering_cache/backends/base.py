@@ -86,6 +86,10 @@ class Capabilities:
     locks: bool = False
     """It takes short-lived locks (:meth:`Store.acquire_locks`). Without them, single-flight
     works within the process only."""
+    topology: str = "standalone"
+    """The deployment behind the store: ``"standalone"`` (one server, or in-process),
+    ``"cluster"`` (Redis Cluster) or ``"sentinel"`` (a primary found through sentinels).
+    Shown in stats; chosen and built in ``backends/`` alone."""
 
 
 class Store(ABC):

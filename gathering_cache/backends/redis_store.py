@@ -1,4 +1,5 @@
-"""The Redis store, on ``redis.asyncio``. The only module of the package that imports redis.
+"""The Redis store, on ``redis.asyncio``. With :mod:`.redis_topologies` (cluster, sentinel),
+the only module of the package that imports redis.
 
 Client construction follows what was measured on redis-py 8.1 (see docs/configuration.md):
 a pool of bounded size behind the policy's own limiter (a burst waits for a slot instead of
@@ -76,6 +77,8 @@ SCAN_COUNT = 1000
 """SCAN COUNT hint: ~26x faster than the default 10 on a large keyspace (docs/benchmarks)."""
 DELETE_BATCH = 500
 """Keys per UNLINK while deleting by pattern."""
+_POP_ALL = 2**62
+"""ZPOPMIN count meaning "every member" (Redis sizes the reply by the set, not the count)."""
 
 
 _SERVER_STATE = frozenset(
@@ -180,7 +183,20 @@ def build_client(config: CacheConfig) -> Redis:
     """
     from redis.asyncio.connection import UnixDomainSocketConnection
 
-    kwargs: dict[str, Any] = {
+    kwargs = connection_settings(config)
+    if config.socket_path is not None:
+        kwargs.update(connection_class=UnixDomainSocketConnection, path=config.socket_path)
+    else:
+        kwargs.update(host=config.host, port=config.port)
+        if config.ssl:
+            kwargs.update(connection_class=SSLConnection, **tls_settings(config))
+    return redis_asyncio.Redis.from_pool(ConnectionPool(**kwargs))
+
+
+def connection_settings(config: CacheConfig) -> dict[str, Any]:
+    """The keyword arguments every topology's data connections share (pool size, timeouts,
+    retry, protocol, db, credentials, client name); TLS is added by each builder."""
+    return {
         # The degradation policy admits at most this many calls at once, so the pool never
         # runs out (no MaxConnectionsError) and needs no BlockingConnectionPool, whose
         # condition variable cost ~20 us per call here.
@@ -200,20 +216,17 @@ def build_client(config: CacheConfig) -> Redis:
         "password": config.password.get_secret_value() if config.password else None,
         "client_name": config.client_name,
     }
-    if config.socket_path is not None:
-        kwargs.update(connection_class=UnixDomainSocketConnection, path=config.socket_path)
-    else:
-        kwargs.update(host=config.host, port=config.port)
-        if config.ssl:
-            kwargs.update(
-                connection_class=SSLConnection,
-                ssl_ca_certs=config.ssl_ca_certs,
-                ssl_certfile=config.ssl_certfile,
-                ssl_keyfile=config.ssl_keyfile,
-                ssl_cert_reqs=config.ssl_cert_reqs,
-                ssl_check_hostname=config.ssl_check_hostname,
-            )
-    return redis_asyncio.Redis.from_pool(ConnectionPool(**kwargs))
+
+
+def tls_settings(config: CacheConfig) -> dict[str, Any]:
+    """redis-py's TLS keyword arguments from ``config`` (used when ``config.ssl``)."""
+    return {
+        "ssl_ca_certs": config.ssl_ca_certs,
+        "ssl_certfile": config.ssl_certfile,
+        "ssl_keyfile": config.ssl_keyfile,
+        "ssl_cert_reqs": config.ssl_cert_reqs,
+        "ssl_check_hostname": config.ssl_check_hostname,
+    }
 
 
 async def _bounded_310(awaitable: Awaitable[Any], timeout: float) -> Any:  # pragma: no cover
@@ -306,7 +319,11 @@ def _fault(exc: BaseException, where: str) -> BackendError:
 
 
 class RedisStore(Store):
-    """A store on a ``redis.asyncio`` client (built from config, or injected)."""
+    """A store on a ``redis.asyncio`` client (built from config, or injected): a standalone
+    server, or the primary a sentinel set names (see :mod:`.redis_topologies`)."""
+
+    #: The deployment, shown in stats (``Capabilities.topology``).
+    topology = "standalone"
 
     def __init__(
         self,
@@ -323,6 +340,7 @@ class RedisStore(Store):
             concurrency=concurrency,
             indexes=True,
             locks=True,
+            topology=self.topology,
         )
         self._client = client
         self._owned = owned
@@ -473,31 +491,29 @@ class RedisStore(Store):
         return keys
 
     async def _scan(self, pattern: str, progress: Progress) -> AsyncIterator[list[bytes]]:
-        if hasattr(self._client, "get_nodes"):  # RedisCluster: scan_iter walks every primary
-            batch: list[bytes] = []
-            try:
-                async for key in self._client.scan_iter(match=pattern, count=SCAN_COUNT):
-                    batch.append(key)
-                    if len(batch) >= SCAN_COUNT:
-                        yield self._keys(batch)
-                        batch = []
-            except _MALFORMED as exc:
-                raise self._malformed("SCAN", exc) from exc
-            if batch:
-                yield self._keys(batch)
-            return
+        """The keys matching ``pattern``, in batches, one bounded SCAN step each."""
         cursor = 0
         while True:
             reply = await self._step(
                 self._client.scan(cursor, match=pattern, count=SCAN_COUNT), progress
             )
-            if type(reply) is not tuple or len(reply) != 2 or type(reply[0]) is not int:
-                raise self._malformed("SCAN", reply)
-            cursor, keys = reply[0], self._keys(reply[1])
+            cursor, keys = self._scan_reply(reply)
             if keys:
                 yield keys
             if not cursor:
                 return
+
+    def _scan_reply(self, reply: object) -> tuple[int, list[bytes]]:
+        """(next cursor, keys) of a SCAN reply. A cluster client sent to one node answers
+        its cursor as ``{node: cursor}``."""
+        if type(reply) is not tuple or len(reply) != 2:
+            raise self._malformed("SCAN", reply)
+        cursor = reply[0]
+        if isinstance(cursor, dict) and len(cursor) == 1:
+            cursor = next(iter(cursor.values()))
+        if type(cursor) is not int:
+            raise self._malformed("SCAN", reply)
+        return cursor, self._keys(reply[1])
 
     @_mapped
     async def scan_delete(self, pattern: str, progress: Progress) -> int:
@@ -539,14 +555,18 @@ class RedisStore(Store):
 
     @_mapped
     async def pop_index(self, index: str) -> list[str]:
-        async with self._client.pipeline(transaction=True) as pipe:  # one key: one slot
-            pipe.zrange(index, 0, -1)
-            pipe.delete(index)
-            replies = await self._replies("ZRANGE", pipe.execute())
-        if len(replies) != 2 or not isinstance(replies[0], list):
-            raise self._malformed("ZRANGE", replies)
+        # ZPOPMIN of every member: read and delete in one command on one key, so atomic on
+        # every topology without MULTI (redis-py's cluster pipelines refuse or mishandle
+        # transactions, depending on the version) or a script. An emptied set is deleted.
+        try:
+            reply: object = await self._client.zpopmin(index, _POP_ALL)
+        except _MALFORMED as exc:
+            raise self._malformed("ZPOPMIN", exc) from exc
+        if not isinstance(reply, list):
+            raise self._malformed("ZPOPMIN", reply)
+        members = [pair[0] if isinstance(pair, (list, tuple)) and pair else pair for pair in reply]
         # Anyone who can write the index chose its members: never raise on them.
-        return [m.decode(errors="replace") if isinstance(m, bytes) else str(m) for m in replies[0]]
+        return [m.decode(errors="replace") if isinstance(m, bytes) else str(m) for m in members]
 
     @_mapped
     async def counters(self, keys: Sequence[str], amount: int, ttl: int) -> list[int]:

@@ -1,0 +1,226 @@
+"""Redis Cluster and Sentinel: which client and which store a config (or an injected client)
+calls for. Topology is decided here, once, when the store is built; the core only sees
+``Capabilities.topology`` and the :class:`~gathering_cache.backends.base.Store` interface.
+
+What differs on a cluster, and how the cluster store deals with it:
+
+- SCAN runs on one node at a time: :class:`ClusterStore` walks every primary, each step
+  bounded like a standalone step (``Progress.step_timeout``), so ``count`` (summed over the
+  primaries) and ``scan_delete`` see every key once.
+- Multi-key reads go through ``mget_nonatomic`` (split per slot, order kept); writes are
+  non-transactional pipelines; one-key scripts (counters, lock release) and ZPOPMIN
+  (``pop_index``) touch one slot each. No operation needs a cross-slot transaction.
+- Pub/sub messages are broadcast to every node of a cluster: subscribers and publishers
+  meet on the primary that owns the channel's slot (so PUBLISH counts every subscriber),
+  each subscriber over a plain connection of its own (redis-py's cluster pub/sub is
+  missing from older versions).
+
+On Sentinel the client asks the sentinels for the current primary of the service, and a
+connection that finds a demoted primary (READONLY) reconnects to the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as redis_asyncio
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import ConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+from gathering_cache.backends.base import Progress, Subscriber
+from gathering_cache.backends.redis_store import (
+    SCAN_COUNT,
+    RedisStore,
+    _mapped,
+    _RedisSubscriber,
+    build_client,
+    connection_settings,
+    tls_settings,
+)
+from gathering_cache.errors import BackendError
+
+if TYPE_CHECKING:
+    from gathering_cache.config import CacheConfig
+
+__all__ = [
+    "ClusterStore",
+    "SentinelStore",
+    "build_cluster_client",
+    "build_sentinel",
+    "redis_store",
+]
+
+
+def redis_store(
+    config: CacheConfig, client: Any, *, describe: dict[str, Any], concurrency: int
+) -> RedisStore:
+    """The Redis store for ``config``: on the injected ``client`` (its kind decides the
+    topology), else on a client built for ``config.topology``."""
+    if client is not None:
+        store_class: type[RedisStore] = RedisStore
+        if isinstance(client, RedisCluster):
+            store_class = ClusterStore
+        elif isinstance(getattr(client, "connection_pool", None), SentinelConnectionPool):
+            store_class = SentinelStore
+        return store_class(client, owned=False, describe=describe, concurrency=concurrency)
+    if config.topology == "cluster":
+        cluster: Any = build_cluster_client(config)  # the store's client type is Redis'
+        return ClusterStore(cluster, owned=True, describe=describe, concurrency=concurrency)
+    if config.topology == "sentinel":
+        sentinel = build_sentinel(config)
+        primary = sentinel.master_for(config.sentinel_service, **_sentinel_data_settings(config))
+        store = SentinelStore(primary, owned=True, describe=describe, concurrency=concurrency)
+        store.sentinels = list(sentinel.sentinels)
+        return store
+    return RedisStore(build_client(config), owned=True, describe=describe, concurrency=concurrency)
+
+
+# -- Cluster ---------------------------------------------------------------------------------------
+
+
+def build_cluster_client(config: CacheConfig) -> RedisCluster:
+    """A ``redis.asyncio.RedisCluster`` seeded with ``config.cluster_nodes``, with the same
+    timeouts, retry, credentials and TLS as a standalone client (``max_connections`` per
+    node)."""
+    kwargs = connection_settings(config)
+    del kwargs["db"]  # the config refuses db != 0 with a cluster
+    if config.ssl:
+        kwargs.update(ssl=True, **tls_settings(config))
+    nodes = [ClusterNode(host, port) for host, port in config.addresses(config.cluster_nodes)]
+    return RedisCluster(
+        startup_nodes=nodes,
+        # Serve the slots that are up while a failover is under way, rather than refusing
+        # to start (or to refresh the slot map) until every slot is covered again.
+        require_full_coverage=False,
+        **kwargs,
+    )
+
+
+class ClusterStore(RedisStore):
+    """The store on a ``redis.asyncio.RedisCluster``."""
+
+    topology = "cluster"
+
+    async def _scan(self, pattern: str, progress: Progress) -> AsyncIterator[list[bytes]]:
+        # Every primary in turn: a key lives on exactly one of them. Each step is one
+        # bounded round trip, as on a standalone server.
+        client: Any = self._client
+        for node in client.get_primaries():
+            cursor = 0
+            while True:
+                reply = await self._step(
+                    client.scan(cursor, match=pattern, count=SCAN_COUNT, target_nodes=node),
+                    progress,
+                )
+                cursor, keys = self._scan_reply(reply)
+                if keys:
+                    yield keys
+                if not cursor:
+                    break
+
+    @_mapped
+    async def publish(self, channel: str, message: bytes) -> int:
+        # To the node that owns the channel's slot, where every subscriber listens: the
+        # message still reaches every node, but only that node's count covers them all.
+        client: Any = self._client
+        node = await _channel_node(client, channel)
+        return await self._integer("PUBLISH", client.publish(channel, message, target_nodes=node))
+
+    def subscriber(self, channel: str) -> Subscriber:
+        return _ClusterSubscriber(self._client, channel, self.where)
+
+
+async def _channel_node(client: Any, channel: str) -> Any:
+    """The primary owning the slot ``channel`` hashes to (the slot map loaded first)."""
+    if not client.get_primaries():
+        await client.initialize()
+    return client.get_node_from_key(channel)
+
+
+class _ClusterSubscriber(Subscriber):
+    """A subscription on the primary owning the channel's slot, over a connection of its
+    own; the node is chosen when it starts, so a restart after a failover picks the new
+    primary."""
+
+    def __init__(self, client: Any, channel: str, where: str) -> None:
+        self._cluster = client
+        self._channel = channel
+        self.where = where
+        self._node_client: redis_asyncio.Redis | None = None
+        self._inner: _RedisSubscriber | None = None
+
+    @_mapped
+    async def start(self) -> None:
+        node = await _channel_node(self._cluster, self._channel)
+        pool = ConnectionPool(
+            connection_class=node.connection_class, max_connections=2, **node.connection_kwargs
+        )
+        self._node_client = redis_asyncio.Redis(connection_pool=pool)
+        self._inner = _RedisSubscriber(self._node_client, self._channel, self.where)
+        await self._inner.start()
+
+    async def get(self, timeout: float) -> bytes | None:
+        if self._inner is None:
+            raise BackendError(f"subscriber at {self.where} not started")
+        return await self._inner.get(timeout)
+
+    async def close(self) -> None:
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            await inner.close()
+        client, self._node_client = self._node_client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.connection_pool.disconnect()
+
+
+# -- Sentinel --------------------------------------------------------------------------------------
+
+
+def build_sentinel(config: CacheConfig) -> Sentinel:
+    """A ``redis.asyncio.sentinel.Sentinel`` on ``config.sentinel_nodes``: the sentinels get
+    ``sentinel_username`` / ``sentinel_password``, the same timeouts and TLS."""
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": config.socket_timeout,
+        "socket_connect_timeout": config.connect_timeout,
+        "protocol": config.protocol,
+        "username": config.sentinel_username,
+        "password": (
+            config.sentinel_password.get_secret_value() if config.sentinel_password else None
+        ),
+    }
+    if config.ssl:
+        sentinel_kwargs.update(ssl=True, **tls_settings(config))
+    return Sentinel(
+        config.addresses(config.sentinel_nodes),
+        sentinel_kwargs=sentinel_kwargs,
+        min_other_sentinels=0,
+    )
+
+
+def _sentinel_data_settings(config: CacheConfig) -> dict[str, Any]:
+    kwargs = connection_settings(config)
+    if config.ssl:
+        kwargs.update(ssl=True, **tls_settings(config))
+    return kwargs
+
+
+class SentinelStore(RedisStore):
+    """The store on the primary a sentinel set names (``Sentinel.master_for``)."""
+
+    topology = "sentinel"
+    sentinels: list[Any]
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        self.sentinels = []  # the sentinels' own clients, closed with the store when owned
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self._owned:
+            for sentinel in self.sentinels:
+                with contextlib.suppress(Exception):
+                    await sentinel.aclose()
