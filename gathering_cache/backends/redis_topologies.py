@@ -21,7 +21,9 @@ connection that finds a demoted primary (READONLY) reconnects to the new one.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +46,8 @@ from gathering_cache.errors import BackendError
 
 if TYPE_CHECKING:
     from gathering_cache.config import CacheConfig
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ClusterStore",
@@ -209,7 +213,13 @@ def _sentinel_data_settings(config: CacheConfig) -> dict[str, Any]:
 
 
 class SentinelStore(RedisStore):
-    """The store on the primary a sentinel set names (``Sentinel.master_for``)."""
+    """The store on the primary a sentinel set names (``Sentinel.master_for``).
+
+    Once connected, it listens to the sentinels' ``+switch-master`` announcements and drops
+    its pooled connections when its service moves: the next call asks the sentinels for the
+    new primary. Without this, connections keep writing to the demoted primary until the
+    sentinels reconfigure it as a replica (~10 s later), and those writes are lost.
+    """
 
     topology = "sentinel"
     sentinels: list[Any]
@@ -217,10 +227,64 @@ class SentinelStore(RedisStore):
     def __init__(self, client: Any, **kwargs: Any) -> None:
         super().__init__(client, **kwargs)
         self.sentinels = []  # the sentinels' own clients, closed with the store when owned
+        pool = getattr(client, "connection_pool", None)
+        manager = getattr(pool, "sentinel_manager", None)
+        self._service = getattr(pool, "service_name", None)
+        self._watched: list[Any] = list(getattr(manager, "sentinels", []) or [])
+        self._watcher: asyncio.Task[None] | None = None
+        #: How many switches of the primary this store has followed.
+        self.switches = 0
+
+    async def connect(self) -> None:
+        await super().connect()
+        if self._watcher is None and self._watched and self._service is not None:
+            self._watcher = asyncio.ensure_future(self._watch_switches())
+
+    async def _watch_switches(self) -> None:
+        """Follow ``+switch-master`` on the sentinels, one at a time, for ever (cancelled by
+        :meth:`aclose`); a sentinel that fails is replaced by the next after a pause."""
+        turn = 0
+        while True:
+            sentinel = self._watched[turn % len(self._watched)]
+            turn += 1
+            pubsub = sentinel.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(_SWITCH_MASTER)
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if isinstance(message, dict) and message.get("type") == "message":
+                        await self._switched(message.get("data"))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a sentinel down: try the next one shortly
+                logger.debug("sentinel watch at %s failed: %s", self.where, exc)
+                await asyncio.sleep(_WATCH_PAUSE)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
+
+    async def _switched(self, data: object) -> None:
+        text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+        if text.split(" ", 1)[0] != self._service:
+            return
+        self.switches += 1
+        logger.warning("Sentinel moved the primary of %s: %s", self._service, text)
+        with contextlib.suppress(Exception):
+            await self._client.connection_pool.disconnect()
 
     async def aclose(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher
         await super().aclose()
         if self._owned:
             for sentinel in self.sentinels:
                 with contextlib.suppress(Exception):
                     await sentinel.aclose()
+
+
+_SWITCH_MASTER = "+switch-master"
+_WATCH_PAUSE = 0.5
+"""Seconds between attempts to listen to a sentinel."""
