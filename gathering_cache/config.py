@@ -297,6 +297,20 @@ class CacheConfig(BaseSettings):
     sentinel_username: str | None = None
     sentinel_password: SecretStr | None = None
 
+    # Near cache (L1): values of chosen namespaces kept in this process (docs/scaling.md)
+    near_cache: bool = False
+    """Keep recently read values of ``near_cache_namespaces`` in this process, kept correct
+    by Redis client-side caching (CLIENT TRACKING, broadcast mode on ``key_prefix``)."""
+    near_cache_size: int = 10_000
+    """Entries the near cache holds (least recently used dropped first)."""
+    near_cache_ttl: float = 60.0
+    """The longest a value stays in the near cache (seconds): a bound, not the mechanism
+    that keeps it correct (that is the invalidation messages)."""
+    near_cache_namespaces: list[str] | str = ["embedding", "circle"]
+    """Namespaces served from the near cache (``embedding``, ``circle``, ``llm``,
+    ``generic``; never ``rag``, whose generation counters must be read from Redis).
+    From the environment: comma-separated."""
+
     # Timeouts and pool: sub-second, because a slow cache is worse than no cache.
     socket_timeout: float = 0.25
     """The longest one read or write on a Redis socket may take (redis-py's socket timeout),
@@ -608,6 +622,33 @@ class CacheConfig(BaseSettings):
             if not value:
                 return None
             return [_check_address(item, str(info.field_name)) for item in value]
+        return value
+
+    @field_validator("near_cache_namespaces", mode="before")
+    @classmethod
+    def _check_near_namespaces(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple, set, frozenset)):
+            allowed = ("embedding", "circle", "llm", "generic")
+            for name in value:
+                if name not in allowed:
+                    raise ValueError(f"{name!r} is not one of {', '.join(allowed)}")
+            return sorted(set(value))
+        return value
+
+    @field_validator("near_cache_size")
+    @classmethod
+    def _check_near_size(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be > 0")
+        return value
+
+    @field_validator("near_cache_ttl")
+    @classmethod
+    def _check_near_ttl(cls, value: float) -> float:
+        if not value > 0 or not math.isfinite(value):
+            raise ValueError("must be > 0")
         return value
 
     @field_validator("sentinel_service")

@@ -511,7 +511,9 @@ class AsyncCacheManager:
         ``writes`` / ``write_failures``; ``oversized`` (values above ``max_value_bytes``);
         ``llm_tokens_saved`` / ``llm_skipped``; ``namespaces`` (hits, misses, hit rate per
         embedding / rag / circle / llm / generic); ``breaker`` (state, consecutive failures,
-        last error, outages, seconds degraded, calls shed, data errors, bulk timeouts).
+        last error, outages, seconds degraded, calls shed, data errors, bulk timeouts);
+        ``near_cache`` (``enabled``, and when on: ``serving``, ``hits``, ``misses``,
+        ``size``, ``invalidations``).
         Never includes the password.
         """
         core = self._core
@@ -530,6 +532,7 @@ class AsyncCacheManager:
         stats["total_keys"] = total_keys
         stats.update(core.stats.snapshot())
         stats["breaker"] = policy.snapshot()
+        stats["near_cache"] = core.near_stats()
         return stats
 
     def reset_stats(self) -> None:

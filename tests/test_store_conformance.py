@@ -613,3 +613,38 @@ async def test_close_never_raises(store: Store) -> None:
 async def test_a_fault_is_never_a_data_error(store: Store) -> None:
     for fault in (ConnectionError("down"), asyncio.TimeoutError(), OSError("reset")):
         assert store.is_data_error(fault) is False
+
+
+# --- tracker (invalidations for a near cache) ----------------------------------------------
+
+
+@covers("tracker")
+async def test_a_tracker_reports_changes_under_its_prefix(
+    store: Store, request: pytest.FixtureRequest
+) -> None:
+    if not store.capabilities.tracking:
+        with pytest.raises(NotImplementedError):
+            store.tracker("t:")
+        return
+    tracker = store.tracker("t:")
+    try:
+        try:
+            await tracker.start()
+        except store.fault_types:
+            # A server without CLIENT TRACKING (fakeredis): the near cache never serves.
+            assert request.node.callspec.params["store"] not in _NETWORKED
+            return
+        await store.set("other:k", b"v", 60)
+        await store.set("t:a", b"v", 60)
+        await store.delete(["t:a"])
+        seen: list[str] = []
+        for _ in range(50):
+            keys = await tracker.get(0.1)
+            assert keys is not None
+            seen += keys
+            if seen.count("t:a") >= 2:
+                break
+        assert seen == ["t:a", "t:a"]  # the write and the delete; never the other prefix
+    finally:
+        await tracker.close()
+        await tracker.close()  # twice

@@ -31,6 +31,7 @@ from gathering_cache.backends.base import (
     Progress,
     Store,
     Subscriber,
+    Tracker,
     fresh_counter,
     parse_counter,
 )
@@ -340,6 +341,7 @@ class RedisStore(Store):
             concurrency=concurrency,
             indexes=True,
             locks=True,
+            tracking=True,
             topology=self.topology,
         )
         self._client = client
@@ -641,6 +643,14 @@ class RedisStore(Store):
     def subscriber(self, channel: str) -> Subscriber:
         return _RedisSubscriber(self._client, channel, self.where)
 
+    def tracker(self, prefix: str) -> Tracker:
+        pool: Any = self._client.connection_pool
+
+        async def connections() -> list[Any]:  # one, not from the pool: it never returns
+            return [pool.connection_class(**pool.connection_kwargs)]
+
+        return RedisTracker(connections, prefix, self.where)
+
     @_mapped
     async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
         if not keys:
@@ -721,3 +731,110 @@ class _RedisSubscriber(Subscriber):
                 await self._pubsub.unsubscribe(self._channel)
         with contextlib.suppress(Exception):
             await self._pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
+
+
+_INVALIDATE = "__redis__:invalidate"
+
+
+class RedisTracker(Tracker):
+    """CLIENT TRACKING in broadcast mode on connections of its own (one per primary): each
+    connection redirects its invalidations to itself, then subscribes to them (RESP2), so
+    losing the connection loses both at once, and is noticed: :meth:`get` raises."""
+
+    def __init__(
+        self, connections: Callable[[], Awaitable[list[Any]]], prefix: str, where: str
+    ) -> None:
+        self._make = connections
+        self._prefix = prefix
+        self.where = where
+        self._connections: list[Any] = []
+        self._readers: list[asyncio.Task[None]] = []
+        self._queue: asyncio.Queue[list[str] | BaseException | None] = asyncio.Queue()
+
+    @_mapped
+    async def start(self) -> None:
+        self._connections = await self._make()
+        for connection in self._connections:
+            await self._track(connection)
+        for connection in self._connections:
+            self._readers.append(asyncio.ensure_future(self._read(connection)))
+
+    async def _track(self, connection: Any) -> None:
+        await connection.connect()
+        await connection.send_command("CLIENT", "ID")
+        own = await connection.read_response()
+        if type(own) is not int:
+            raise BackendError(f"malformed reply to CLIENT ID from {self.where}: {_short(own)}")
+        await connection.send_command(
+            "CLIENT", "TRACKING", "ON", "REDIRECT", own, "BCAST", "PREFIX", self._prefix
+        )
+        reply = await connection.read_response()
+        if reply not in (b"OK", "OK", True):
+            raise BackendError(f"CLIENT TRACKING refused at {self.where}: {_short(reply)}")
+        await connection.send_command("SUBSCRIBE", _INVALIDATE)
+        confirmation = await connection.read_response()
+        if not isinstance(confirmation, list) or confirmation[:1] not in ([b"subscribe"],):
+            raise BackendError(f"malformed reply to SUBSCRIBE from {self.where}")
+
+    async def _read(self, connection: Any) -> None:
+        try:
+            while True:
+                message = await connection.read_response(timeout=_FOREVER)
+                if message is None:
+                    continue
+                if not isinstance(message, list) or len(message) != 3:
+                    raise BackendError(f"malformed invalidation from {self.where}")
+                keys = message[2]
+                if keys is None:
+                    self._queue.put_nowait(None)
+                elif isinstance(keys, list):
+                    self._queue.put_nowait(
+                        [
+                            k.decode(errors="replace") if isinstance(k, bytes) else str(k)
+                            for k in keys
+                        ]
+                    )
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # tracking lost: the consumer must flush
+            self._queue.put_nowait(exc)
+
+    def lost(self, why: str) -> None:
+        """Declare tracking lost (the primary moved): the next :meth:`get` raises."""
+        self._queue.put_nowait(BackendError(f"tracking lost at {self.where}: {why}"))
+
+    async def get(self, timeout: float) -> list[str] | None:
+        try:
+            item = await asyncio.wait_for(self._queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return []
+        if isinstance(item, BaseException):
+            if isinstance(item, BackendError):
+                raise item
+            raise _fault(item, self.where) from item
+        if item is None:
+            return None
+        while not self._queue.empty():  # what else arrived meanwhile, in one batch
+            more = self._queue.get_nowait()
+            if isinstance(more, BaseException) or more is None:
+                self._queue.put_nowait(more)  # reported by the next call
+                break
+            item.extend(more)
+        return item
+
+    async def close(self) -> None:
+        readers, self._readers = self._readers, []
+        for reader in readers:
+            reader.cancel()
+        for reader in readers:
+            with contextlib.suppress(BaseException):
+                await reader
+        connections, self._connections = self._connections, []
+        for connection in connections:
+            with contextlib.suppress(Exception):
+                await connection.disconnect()
+
+
+_FOREVER = 3600.0
+"""A read timeout the tracker's connections never reach in practice (a finite one: older
+redis-py reads ``None`` as "the socket timeout")."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +33,11 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
-from gathering_cache.backends.base import Progress, Subscriber
+from gathering_cache.backends.base import Progress, Subscriber, Tracker
 from gathering_cache.backends.redis_store import (
     SCAN_COUNT,
     RedisStore,
+    RedisTracker,
     _mapped,
     _RedisSubscriber,
     build_client,
@@ -136,6 +138,18 @@ class ClusterStore(RedisStore):
     def subscriber(self, channel: str) -> Subscriber:
         return _ClusterSubscriber(self._client, channel, self.where)
 
+    def tracker(self, prefix: str) -> Tracker:
+        client: Any = self._client
+
+        async def connections() -> list[Any]:  # one per primary: tracking is per node
+            if not client.get_primaries():
+                await client.initialize()
+            return [
+                node.connection_class(**node.connection_kwargs) for node in client.get_primaries()
+            ]
+
+        return RedisTracker(connections, prefix, self.where)
+
 
 async def _channel_node(client: Any, channel: str) -> Any:
     """The primary owning the slot ``channel`` hashes to (the slot map loaded first)."""
@@ -232,6 +246,7 @@ class SentinelStore(RedisStore):
         self._service = getattr(pool, "service_name", None)
         self._watched: list[Any] = list(getattr(manager, "sentinels", []) or [])
         self._watcher: asyncio.Task[None] | None = None
+        self._trackers: weakref.WeakSet[RedisTracker] = weakref.WeakSet()
         #: How many switches of the primary this store has followed.
         self.switches = 0
 
@@ -269,8 +284,16 @@ class SentinelStore(RedisStore):
             return
         self.switches += 1
         logger.warning("Sentinel moved the primary of %s: %s", self._service, text)
+        for tracker in list(self._trackers):  # they listen to the old primary
+            tracker.lost("the sentinels moved the primary")
         with contextlib.suppress(Exception):
             await self._client.connection_pool.disconnect()
+
+    def tracker(self, prefix: str) -> Tracker:
+        tracker = super().tracker(prefix)
+        if isinstance(tracker, RedisTracker):
+            self._trackers.add(tracker)
+        return tracker
 
     async def aclose(self) -> None:
         watcher, self._watcher = self._watcher, None

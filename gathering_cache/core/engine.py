@@ -7,6 +7,7 @@ of them touches the store directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -18,6 +19,7 @@ from gathering_cache.backends.base import Subscriber
 from gathering_cache.config import CacheConfig
 from gathering_cache.core import encoding
 from gathering_cache.core.keys import EVENTS, GENERIC, LOCK, KeySpace, check_key, check_ttl
+from gathering_cache.core.near import NearCache
 from gathering_cache.core.observe import Observer, Operation, Outcome
 from gathering_cache.core.policy import BreakerState, DegradationPolicy
 from gathering_cache.core.stats import CacheStats
@@ -91,6 +93,15 @@ class CacheCore:
         self._ready_on: asyncio.AbstractEventLoop | None = None
         self._deletion_listeners: list[DeletionListener] = []
         self._warned_oversized = False
+        # The near cache (L1), when asked for and the store reports invalidations; kept
+        # correct by a tracking task started on connect (see _track).
+        self.near: NearCache | None = None
+        self._tracking: asyncio.Task[None] | None = None
+        if config.near_cache and self.store.capabilities.tracking:
+            self.near = NearCache(
+                config.near_cache_size, config.near_cache_ttl, config.near_cache_namespaces
+            )
+            self.on_delete(self.near.invalidate)
         self.read_value = self.decoder(None)
         """The judge of a plain encoded value (the generic key-value API)."""
 
@@ -157,13 +168,51 @@ class CacheCore:
             # The first contact failed: degrade at once rather than after `failure_threshold`.
             # (A call shed by local load is no verdict on the store.)
             self.policy.trip()
+        if self.near is not None and self._tracking is None:
+            self._tracking = asyncio.ensure_future(self._track(self.near))
         return self.policy.available
+
+    async def _track(self, near: NearCache) -> None:
+        """Keep the near cache correct for ever (cancelled by :meth:`aclose`): establish
+        tracking, then apply each invalidation. Whenever tracking is lost (a connection
+        dropped, a failover), the near cache is flushed and serves nothing until tracking
+        is established again, so no invalidation can have been missed by what it serves."""
+        setup = max(1.0, 2 * self.config.operation_timeout)
+        warned = False
+        while True:
+            near.flush(serving=False)
+            tracker = self.store.tracker(self.config.key_prefix)
+            try:
+                await asyncio.wait_for(tracker.start(), setup)
+                near.flush(serving=True)
+                if warned:
+                    logger.warning("near cache serving again (tracking re-established)")
+                    warned = False
+                while True:
+                    keys = await tracker.get(1.0)
+                    if keys is None or keys:
+                        near.invalidate(keys)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any loss of tracking means: flush
+                if not warned:
+                    logger.warning("near cache flushed and paused: tracking lost (%s)", exc)
+                    warned = True
+            finally:
+                near.flush(serving=False)
+                await tracker.close()
+            await asyncio.sleep(self.config.recovery_interval)
 
     async def _ping(self) -> bool:
         await self.store.connect()
         return True
 
     async def aclose(self) -> None:
+        tracking, self._tracking = self._tracking, None
+        if tracking is not None:
+            tracking.cancel()
+            with contextlib.suppress(BaseException):
+                await tracking
         self.policy.disable("closed")
         self._notify_deleted(None)  # in-process layers forget everything
         self._connected = True
@@ -271,8 +320,38 @@ class CacheCore:
 
     def read(self, namespace: str, key: str, judge: Judge) -> Coroutine[Any, Any, Any]:
         """One lookup (GET), judged by the domain. (Plain functions returning the guarded
-        call's coroutine, here and below: one coroutine frame less on every read.)"""
+        call's coroutine, here and below: one coroutine frame less on every read.) Served
+        by the near cache when it holds the key for a namespace it serves."""
+        near = self.near
+        if near is not None and near.serving and namespace in near.namespaces:
+            return self._read_near(near, namespace, key, judge)
         return self.guarded("get", namespace, self.store.get, key, judge=judge)
+
+    async def _read_near(self, near: NearCache, namespace: str, key: str, judge: Judge) -> Any:
+        started = perf_counter()
+        data = near.get(key)
+        if data is None:
+            epoch = near.epoch  # a value read while an invalidation arrives is not kept
+
+            def keep(reply: Any) -> tuple[Any, int, int, int]:
+                if type(reply) is bytes:
+                    near.put(key, reply, epoch)
+                return judge(reply)
+
+            return await self.guarded("get", namespace, self.store.get, key, judge=keep)
+        result, hits, invalid, nbytes = judge(data)
+        outcome = _HIT if hits else _MISS
+        self.emit(
+            Operation("get", namespace, outcome, perf_counter() - started, nbytes, 1, hits, invalid)
+        )
+        return result
+
+    def near_stats(self) -> dict[str, Any]:
+        """The near cache's hits, misses, size and invalidations (``enabled`` False when
+        it is off, or the store reports no invalidations)."""
+        if self.near is None:
+            return {"enabled": False}
+        return {"enabled": True, **self.near.snapshot()}
 
     def read_many(
         self, namespace: str, keys: Sequence[str], judge: Judge, lookups: int | None = None
@@ -293,7 +372,7 @@ class CacheCore:
     ) -> Coroutine[Any, Any, Any]:
         """The decoded value under ``key`` or ``None``; a hit or a miss."""
         judge = self.read_value if accept is None else self.decoder(accept)
-        return self.guarded("get", namespace, self.store.get, key, judge=judge)
+        return self.read(namespace, key, judge)
 
     async def get_many(self, keys: Sequence[str], namespace: str) -> list[Any]:
         if not keys:
@@ -357,6 +436,8 @@ class CacheCore:
         """Store encoded bytes (SET EX); ``ttl`` None: ``default_ttl`` (every key expires)."""
         if len(data) > self.config.max_value_bytes and self.oversized([(key, data)]):
             return False
+        if self.near is not None:
+            self.near.invalidate((key,))
         ok: bool = await self.guarded(
             "set",
             namespace,
@@ -389,6 +470,8 @@ class CacheCore:
             return self.policy.available  # nothing to write: "stored" only if we could have
         expiry = self.config.default_ttl if ttl is None else ttl
         nbytes = sum(len(data) for _, data in items)
+        if self.near is not None:
+            self.near.invalidate([key for key, _ in items])
         if index is not None and self.store.capabilities.indexes:
             call: Callable[..., Awaitable[Any]] = self.store.set_indexed
             args: tuple[Any, ...] = (items, expiry, index)
