@@ -204,3 +204,25 @@ async def test_own_writes_and_deletes_are_never_served_stale(pair: Pair) -> None
     assert await a.get_circle_context(4) == {"v": 3}
     await a.clear_all()
     assert await a.get_circle_context(4) is None
+
+
+async def test_batch_reads_use_the_near_cache_and_see_writes_elsewhere(pair: Pair) -> None:
+    a, b = pair
+    texts = ["alpha", "beta", "gamma"]
+    for i, text in enumerate(texts):
+        assert await a.set_embedding(text, [float(i), 0.5])
+    await asyncio.sleep(0.1)  # the invalidations of a's own writes arrive
+    assert await a.get_embeddings(["alpha", "beta"]) == [[0.0, 0.5], [1.0, 0.5]]  # kept
+    before = await _near(a)
+    # Two held, one asked from Redis (and kept), one missing everywhere.
+    found = await a.get_embeddings(["alpha", "beta", "gamma", "delta"])
+    assert found == [[0.0, 0.5], [1.0, 0.5], [2.0, 0.5], None]
+    after = await _near(a)
+    assert after["hits"] == before["hits"] + 2
+    assert await b.set_embedding("beta", [9.0, 9.0])
+    await _until(lambda: _batch_equals(a, ["alpha", "beta"], [[0.0, 0.5], [9.0, 9.0]]), 2.0)
+
+
+async def _batch_equals(manager: AsyncCacheManager, texts: list[str], expected: Any) -> bool:
+    found: Any = await manager.get_embeddings(texts)
+    return bool(found == expected)

@@ -749,7 +749,11 @@ class RedisTracker(Tracker):
         self.where = where
         self._connections: list[Any] = []
         self._readers: list[asyncio.Task[None]] = []
-        self._queue: asyncio.Queue[list[str] | BaseException | None] = asyncio.Queue()
+        # What the readers received, in order: keys, None (a flush) or the error that ended
+        # a reader; handed out by get(). (No asyncio.Queue + wait_for: on Python 3.11 a
+        # cancellation arriving as wait_for times out could leave the caller hanging.)
+        self._items: list[list[str] | BaseException | None] = []
+        self._ready = asyncio.Event()
 
     @_mapped
     async def start(self) -> None:
@@ -786,9 +790,9 @@ class RedisTracker(Tracker):
                     raise BackendError(f"malformed invalidation from {self.where}")
                 keys = message[2]
                 if keys is None:
-                    self._queue.put_nowait(None)
+                    self._push(None)
                 elif isinstance(keys, list):
-                    self._queue.put_nowait(
+                    self._push(
                         [
                             k.decode(errors="replace") if isinstance(k, bytes) else str(k)
                             for k in keys
@@ -797,30 +801,35 @@ class RedisTracker(Tracker):
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # tracking lost: the consumer must flush
-            self._queue.put_nowait(exc)
+            self._push(exc)
+
+    def _push(self, item: list[str] | BaseException | None) -> None:
+        self._items.append(item)
+        self._ready.set()
 
     def lost(self, why: str) -> None:
         """Declare tracking lost (the primary moved): the next :meth:`get` raises."""
-        self._queue.put_nowait(BackendError(f"tracking lost at {self.where}: {why}"))
+        self._push(BackendError(f"tracking lost at {self.where}: {why}"))
 
     async def get(self, timeout: float) -> list[str] | None:
-        try:
-            item = await asyncio.wait_for(self._queue.get(), timeout)
-        except asyncio.TimeoutError:
-            return []
-        if isinstance(item, BaseException):
+        if not self._items:
+            self._ready.clear()
+            waiter = asyncio.ensure_future(self._ready.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=timeout)
+            finally:
+                waiter.cancel()
+        items, self._items = self._items, []
+        # A lost connection first (the consumer flushes everything anyway), then a flush,
+        # else every key received, in one batch.
+        for item in items:
             if isinstance(item, BackendError):
                 raise item
-            raise _fault(item, self.where) from item
-        if item is None:
+            if isinstance(item, BaseException):
+                raise _fault(item, self.where) from item
+        if any(item is None for item in items):
             return None
-        while not self._queue.empty():  # what else arrived meanwhile, in one batch
-            more = self._queue.get_nowait()
-            if isinstance(more, BaseException) or more is None:
-                self._queue.put_nowait(more)  # reported by the next call
-                break
-            item.extend(more)
-        return item
+        return [key for item in items if isinstance(item, list) for key in item]
 
     async def close(self) -> None:
         readers, self._readers = self._readers, []
