@@ -833,15 +833,14 @@ class RedisTracker(Tracker):
 
     async def close(self) -> None:
         readers, self._readers = self._readers, []
-        for reader in readers:
-            reader.cancel()
-        for reader in readers:
-            with contextlib.suppress(BaseException):
-                await reader
         connections, self._connections = self._connections, []
-        for connection in connections:
+        for connection in connections:  # ends the readers' reads too
             with contextlib.suppress(Exception):
                 await connection.disconnect()
+        for reader in readers:
+            reader.cancel()
+        if readers:  # bounded: a cancellation swallowed by a redis-py read must not hang us
+            await asyncio.wait(readers, timeout=1.0)
 
 
 _FOREVER = 3600.0

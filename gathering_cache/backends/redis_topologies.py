@@ -131,9 +131,12 @@ class ClusterStore(RedisStore):
     async def publish(self, channel: str, message: bytes) -> int:
         # To the node that owns the channel's slot, where every subscriber listens: the
         # message still reaches every node, but only that node's count covers them all.
+        # (execute_command: older redis-py has no publish() on the asyncio cluster client.)
         client: Any = self._client
         node = await _channel_node(client, channel)
-        return await self._integer("PUBLISH", client.publish(channel, message, target_nodes=node))
+        return await self._integer(
+            "PUBLISH", client.execute_command("PUBLISH", channel, message, target_nodes=node)
+        )
 
     def subscriber(self, channel: str) -> Subscriber:
         return _ClusterSubscriber(self._client, channel, self.where)
@@ -246,6 +249,7 @@ class SentinelStore(RedisStore):
         self._service = getattr(pool, "service_name", None)
         self._watched: list[Any] = list(getattr(manager, "sentinels", []) or [])
         self._watcher: asyncio.Task[None] | None = None
+        self._closing = False
         self._trackers: weakref.WeakSet[RedisTracker] = weakref.WeakSet()
         #: How many switches of the primary this store has followed.
         self.switches = 0
@@ -259,14 +263,14 @@ class SentinelStore(RedisStore):
         """Follow ``+switch-master`` on the sentinels, one at a time, for ever (cancelled by
         :meth:`aclose`); a sentinel that fails is replaced by the next after a pause."""
         turn = 0
-        while True:
+        while not self._closing:
             sentinel = self._watched[turn % len(self._watched)]
             turn += 1
             pubsub = sentinel.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(_SWITCH_MASTER)
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
+                while not self._closing:
+                    message = await pubsub.get_message(timeout=_WATCH_POLL)
                     if isinstance(message, dict) and message.get("type") == "message":
                         await self._switched(message.get("data"))
             except asyncio.CancelledError:
@@ -296,11 +300,13 @@ class SentinelStore(RedisStore):
         return tracker
 
     async def aclose(self) -> None:
+        self._closing = True
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
+            # Bounded: some redis-py versions swallow a cancellation that arrives inside
+            # their own read timeout; the flag then ends the loop at its next poll.
             watcher.cancel()
-            with contextlib.suppress(BaseException):
-                await watcher
+            await asyncio.wait({watcher}, timeout=2 * _WATCH_POLL)
         await super().aclose()
         if self._owned:
             for sentinel in self.sentinels:
@@ -309,5 +315,8 @@ class SentinelStore(RedisStore):
 
 
 _SWITCH_MASTER = "+switch-master"
+_WATCH_POLL = 0.5
+"""Seconds each wait for a sentinel announcement lasts (the closing flag is checked
+between waits)."""
 _WATCH_PAUSE = 0.5
 """Seconds between attempts to listen to a sentinel."""

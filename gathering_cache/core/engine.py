@@ -7,7 +7,6 @@ of them touches the store directly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -179,7 +178,7 @@ class CacheCore:
         is established again, so no invalidation can have been missed by what it serves."""
         setup = max(1.0, 2 * self.config.operation_timeout)
         warned = False
-        while True:
+        while self._tracking is not None:  # None once aclose began
             near.flush(serving=False)
             tracker = self.store.tracker(self.config.key_prefix)
             try:
@@ -198,7 +197,7 @@ class CacheCore:
                 if warned:
                     logger.warning("near cache serving again (tracking re-established)")
                     warned = False
-                while True:
+                while self._tracking is not None:
                     keys = await tracker.get(1.0)
                     if keys is None or keys:
                         near.invalidate(keys)
@@ -211,7 +210,8 @@ class CacheCore:
             finally:
                 near.flush(serving=False)
                 await tracker.close()
-            await asyncio.sleep(self.config.recovery_interval)
+            if self._tracking is not None:
+                await asyncio.sleep(self.config.recovery_interval)
 
     async def _ping(self) -> bool:
         await self.store.connect()
@@ -221,8 +221,7 @@ class CacheCore:
         tracking, self._tracking = self._tracking, None
         if tracking is not None:
             tracking.cancel()
-            with contextlib.suppress(BaseException):
-                await tracking
+            await asyncio.wait({tracking}, timeout=2.0)  # bounded, whatever redis-py does
         self.policy.disable("closed")
         self._notify_deleted(None)  # in-process layers forget everything
         self._connected = True
