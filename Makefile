@@ -12,13 +12,13 @@ MATRIX ?= 3.10 3.11 3.12 3.13
 LOWEST_PYTHON ?= 3.10
 
 .PHONY: install demo test test-unit test-integration test-matrix test-lowest lint format \
-	typecheck examples docs bench bench-quick clean
+	typecheck examples docs screenshot bench bench-quick bench-ab clean
 
 # `pip install --group` needs pip >= 25.1, hence the upgrade first.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
-	$(PY) -m pip install --quiet -e . $(foreach g,$(GROUPS),--group $(g))
+	$(PY) -m pip install --quiet -e ".[cli,metrics]" $(foreach g,$(GROUPS),--group $(g))
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package with dev tools
@@ -95,6 +95,9 @@ typecheck: $(STAMP)
 examples: $(STAMP) ## run every example (memory backend and real Redis)
 	$(PY) -m pytest tests/test_examples.py
 
+screenshot: $(STAMP) ## refresh docs/images/dashboard.png from the dashboard's browser test
+	UPDATE_SCREENSHOT=1 $(PY) -m pytest tests/test_dashboard.py -k real_browser
+
 docs: $(STAMP) ## run every python snippet of README.md and docs/*.md (memory backend and real Redis)
 	$(PY) -m pytest tests/test_docs.py
 
@@ -109,6 +112,11 @@ bench: $(BENCH_STAMP) ## full benchmark (< 5 min): tables, JSON and chart in doc
 
 bench-quick: $(BENCH_STAMP) ## short benchmark (< 1 min)
 	$(PY) -m bench.run --quick
+
+# REF: the git ref to compare the working tree with (W1/W2 ratios to raw, alternating rounds).
+REF ?= HEAD~1
+bench-ab: $(BENCH_STAMP) ## before/after of the hot path: `make bench-ab REF=<git ref>` (2-4 min)
+	$(PY) -m bench.ab --before-ref $(REF)
 
 clean:
 	rm -rf $(VENV) .venv-3.* .venv-lowest .pytest_cache .mypy_cache .ruff_cache *.egg-info \

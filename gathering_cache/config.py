@@ -322,6 +322,9 @@ class CacheConfig(BaseSettings):
     """Upper bound on SCAN-based calls (delete_pattern, clear_all, invalidate_llm_responses,
     total_keys in get_stats)."""
     max_connections: int = 32
+    auto_pipeline: bool = True
+    """Send the commands that concurrent callers issue while Redis is busy as one pipeline
+    per connection (see docs/benchmarks.md); a single sequential caller is unaffected."""
     retry_attempts: int = 2
     health_check_interval: float = 0.0
     """redis-py's idle-connection PING (seconds; 0 = off). Off by default: the retry already
@@ -347,6 +350,14 @@ class CacheConfig(BaseSettings):
     embedding_precision: Literal["lossless", "float32"] = "lossless"
     """``lossless``: float32 when exact, else float64. ``float32``: always float32 (lossy for
     models that return float64 values)."""
+
+    # Fleet statistics (what the CLI and the dashboard read)
+    stats_flush_interval: float = 10.0
+    """Seconds between two folds of this process's counters into the store (one more on
+    close), so every process's traffic is seen together; 0 turns fleet statistics off."""
+    stats_window: int = 86400
+    """Seconds of minute-by-minute history (and of a silent process's counters) kept in the
+    store: each of those keys expires after it."""
 
     if not TYPE_CHECKING:
         # Hidden from type checkers so that the pydantic plugin keeps typed keyword arguments.
@@ -532,7 +543,13 @@ class CacheConfig(BaseSettings):
     def _validate_client_name(cls, value: str | None) -> str | None:
         return None if value is None else _check_client_name(value)
 
-    @field_validator("db", "retry_attempts", "embedding_lru_size", "health_check_interval")
+    @field_validator(
+        "db",
+        "retry_attempts",
+        "embedding_lru_size",
+        "health_check_interval",
+        "stats_flush_interval",
+    )
     @classmethod
     def _check_non_negative(cls, value: float) -> float:
         if value < 0:
@@ -549,6 +566,7 @@ class CacheConfig(BaseSettings):
         "max_value_bytes",
         "failure_threshold",
         "memory_max_entries",
+        "stats_window",
     )
     @classmethod
     def _check_positive_int(cls, value: int) -> int:

@@ -8,7 +8,7 @@ facade drives an instance of this class on a private event loop.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -18,10 +18,11 @@ from gathering_cache.caches.embeddings import EmbeddingCache
 from gathering_cache.caches.llm import LLMCache
 from gathering_cache.caches.rag import RagCache
 from gathering_cache.config import CacheConfig
-from gathering_cache.core.engine import CacheCore, Locks, Messaging, checked_items
-from gathering_cache.core.keys import GENERIC, check_key, check_ttl
+from gathering_cache.core.engine import CacheCore, Locks, Messaging, Telemetry, checked_items
+from gathering_cache.core.keys import GENERIC, check_key, check_limit, check_ttl
 from gathering_cache.core.observe import Observer
 from gathering_cache.errors import ArgumentTypeError
+from gathering_cache.ops.fleet import FleetRecorder, fleet_stats
 
 if TYPE_CHECKING:
     import numpy as np
@@ -69,6 +70,13 @@ class AsyncCacheManager:
         self._llm = LLMCache(self._core)
         self._messaging = Messaging(self._core)
         self._locks = Locks(self._core)
+        self._telemetry = Telemetry(self._core)
+        self._fleet: FleetRecorder | None = None
+        if config.stats_flush_interval > 0 and config.enabled:
+            self._fleet = FleetRecorder(
+                self._telemetry, config.stats_flush_interval, config.stats_window
+            )
+            self._telemetry.attach(self._fleet.observe)
 
     @classmethod
     def from_env(cls, dotenv_path: str | os.PathLike[str] | None = None) -> AsyncCacheManager:
@@ -103,6 +111,18 @@ class AsyncCacheManager:
         """Short-lived locks in the store under the policy: what single-flight (in
         ``CachedEmbedder`` and ``cached_completion``) coordinates processes with."""
         return self._locks
+
+    @property
+    def telemetry(self) -> Telemetry:
+        """Fleet statistics and the store's introspection under the policy (used by the
+        CLI, the dashboard and the metrics collector)."""
+        return self._telemetry
+
+    @property
+    def fleet(self) -> FleetRecorder | None:
+        """This process's fleet-statistics recorder (``None`` when
+        ``stats_flush_interval`` is 0 or the cache is disabled)."""
+        return self._fleet
 
     @property
     def llm(self) -> LLMCache:
@@ -146,12 +166,15 @@ class AsyncCacheManager:
         return await self._core.connect()
 
     async def aclose(self) -> None:
-        """Close the connections this manager opened; later calls answer degraded."""
+        """Fold this process's statistics into the store one last time, then close the
+        connections this manager opened; later calls answer degraded."""
+        if self._fleet is not None:
+            await self._fleet.aclose()
         await self._core.aclose()
 
     async def close(self) -> None:
         """Alias of :meth:`aclose`, awaitable."""
-        await self._core.aclose()
+        await self.aclose()
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -218,6 +241,41 @@ class AsyncCacheManager:
             PatternError: the pattern does not start with ``key_prefix``; nothing is deleted.
         """
         return await self._core.delete_pattern(self._core.keys.check_pattern(pattern))
+
+    def scan_keys(
+        self, pattern: str | None = None, *, namespace: str | None = None, count: int = 500
+    ) -> AsyncIterator[str]:
+        """Every key under ``key_prefix`` matching ``pattern``, listed with SCAN (never KEYS),
+        one page of about ``count`` keys per round trip: ``async for key in
+        cache.scan_keys(namespace="embedding"): ...``.
+
+        Args:
+            pattern: a glob pattern starting with ``key_prefix`` (default: every key under it).
+            namespace: ``"embedding"``, ``"rag"``, ``"circle"`` or ``"llm"``: only keys under
+                ``<key_prefix><namespace>:`` (a pattern must then lie under it too).
+            count: the SCAN page size hint.
+
+        A key may be listed twice (SCAN's guarantee is "at least once" for keys present
+        throughout). When the store fails mid-way the listing ends early, without raising.
+
+        Raises:
+            PatternError: the pattern is outside the prefix (or the namespace).
+            InvalidArgumentError: an unknown namespace, or ``count`` < 1. Raised by this call,
+                before any iteration.
+        """
+        return self._scan(self._core.keys.listing(pattern, namespace), check_limit(count, "count"))
+
+    async def _scan(self, pattern: str, count: int) -> AsyncIterator[str]:
+        cursor = 0
+        while True:
+            page = await self._core.scan_page(pattern, cursor, count)
+            if page is None:
+                return
+            cursor, keys = page
+            for key in keys:
+                yield key
+            if not cursor:
+                return
 
     async def get_many(self, keys: Sequence[str]) -> list[Any | None]:
         """Get several keys in one round trip; ``None`` where missing, in input order."""
@@ -513,7 +571,9 @@ class AsyncCacheManager:
         embedding / rag / circle / llm / generic); ``breaker`` (state, consecutive failures,
         last error, outages, seconds degraded, calls shed, data errors, bulk timeouts);
         ``near_cache`` (``enabled``, and when on: ``serving``, ``hits``, ``misses``,
-        ``size``, ``invalidations``).
+        ``size``, ``invalidations``);
+        ``fleet``: every process's counters folded into the store, added up (see
+        :func:`gathering_cache.ops.fleet.fleet_stats`; this process's as they are now).
         Never includes the password.
         """
         core = self._core
@@ -533,7 +593,16 @@ class AsyncCacheManager:
         stats.update(core.stats.snapshot())
         stats["breaker"] = policy.snapshot()
         stats["near_cache"] = core.near_stats()
+        stats["fleet"] = await fleet_stats(self._telemetry, self._fleet)
         return stats
+
+    async def flush_stats(self) -> bool:
+        """Fold this process's statistics into the store now (done every
+        ``stats_flush_interval`` seconds and on close); whether the store took them
+        (``False`` too when fleet statistics are off)."""
+        if self._fleet is None:
+            return False
+        return await self._fleet.flush()
 
     def reset_stats(self) -> None:
         """Zero this process's counters (hits, misses, errors, writes, oversized, LLM)."""

@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Mapping, Sequence, Sized
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence, Sized
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -177,6 +177,9 @@ def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
 
 async def _close_on_loop(portal: _Portal, manager: AsyncCacheManager) -> None:
     """Close ``manager`` leaving no call behind; runs on the portal loop."""
+    fleet = manager.fleet
+    if fleet is not None:  # the statistics' last fold, while the store is still in use
+        await fleet.aclose()
     me = asyncio.current_task()
     # Calls in the middle of a store operation are cancelled rather than left to run against
     # a store being closed (where redis-py could reconnect and leave a socket open); their
@@ -242,6 +245,21 @@ def _drive(coro: Coroutine[Any, Any, T], fallback: Callable[[], T], loop: Any) -
     finally:
         if outer is None:
             asyncio._set_running_loop(None)
+
+
+async def _take(keys: AsyncIterator[str], count: int) -> tuple[list[str], bool]:
+    """Up to ``count`` more keys of a listing, and whether it may have more."""
+    page: list[str] = []
+    try:
+        while len(page) < count:
+            page.append(await keys.__anext__())
+    except StopAsyncIteration:
+        return page, False
+    return page, True
+
+
+def _no_page() -> tuple[list[str], bool]:
+    return [], False
 
 
 async def _reset(manager: AsyncCacheManager) -> None:
@@ -400,6 +418,21 @@ class CacheManager:
     def delete_pattern(self, pattern: str) -> int:
         """Delete all keys matching a pattern under the prefix; the number deleted."""
         return self._run(self._live().delete_pattern(pattern), _zero, bulk=True)
+
+    def scan_keys(
+        self, pattern: str | None = None, *, namespace: str | None = None, count: int = 500
+    ) -> Iterator[str]:
+        """Every key under the prefix matching ``pattern`` (SCAN); see
+        ``AsyncCacheManager.scan_keys``. Bad arguments raise here, before iterating."""
+        keys = self._live().scan_keys(pattern, namespace=namespace, count=count)
+        return self._drain(keys, count)
+
+    def _drain(self, keys: AsyncIterator[str], count: int) -> Iterator[str]:
+        while True:  # one trip through the portal per page, not per key
+            page, more = self._run(_take(keys, count), _no_page, bulk=True)
+            yield from page
+            if not more:
+                return
 
     def get_many(self, keys: Sequence[str]) -> list[Any | None]:
         """Get several keys in one round trip."""
@@ -613,6 +646,11 @@ class CacheManager:
     def remove_observer(self, observer: Observer) -> bool:
         """Stop reporting to ``observer``; whether it was registered."""
         return self._live().remove_observer(observer)
+
+    def flush_stats(self) -> bool:
+        """Fold this process's statistics into the store now; see
+        ``AsyncCacheManager.flush_stats``."""
+        return self._run(self._live().flush_stats(), _false)
 
     def reset_stats(self) -> None:
         """Zero the hit / miss / error counters."""

@@ -76,6 +76,7 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "invalidate_llm_responses": Operation(lambda c: c.invalidate_llm_responses(), 0),
     "clear_all": Operation(lambda c: c.clear_all(), 0),
+    "flush_stats": Operation(lambda c: c.flush_stats(), False),
 }
 
 

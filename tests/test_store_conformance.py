@@ -354,6 +354,41 @@ async def test_count_counts_the_matching_keys_and_deletes_nothing(
     assert await _remaining(store) == set(KEYS)
 
 
+async def _listed(store: Store, pattern: str, count: int) -> list[str]:
+    keys: list[str] = []
+    cursor = 0
+    for _ in range(10_000):  # bounded: a cursor that never returns to 0 fails the test
+        cursor, page = await store.scan_page(pattern, cursor, count)
+        keys.extend(page)
+        if cursor == 0:
+            return keys
+    raise AssertionError("scan_page never finished")
+
+
+@covers("scan_page")
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+async def test_scan_page_lists_exactly_the_matching_keys(store: Store, pattern: str) -> None:
+    await _fill(store)
+    assert set(await _listed(store, pattern, 3)) == PATTERNS[pattern]
+    assert await _remaining(store) == set(KEYS)  # listing deletes nothing
+
+
+@covers("scan_page")
+async def test_scan_page_pages_over_many_keys_and_types(store: Store) -> None:
+    await store.set_many([(f"big:{i}", b"v") for i in range(2_500)], 60)
+    await store.set_indexed([("big:indexed", b"v")], 60, "big:index")
+    await store.counters(["big:counter"], 0, 60)
+    await store.set("other", b"v", 60)
+    listed = await _listed(store, "big:*", 100)
+    assert set(listed) == {f"big:{i}" for i in range(2_500)} | {
+        "big:indexed",
+        "big:index",
+        "big:counter",
+    }
+    assert len(listed) - len(set(listed)) < 100  # SCAN may repeat a key, rarely
+    assert await _listed(store, "nothing:*", 10) == []
+
+
 @covers("scan_delete", "count")
 async def test_scan_delete_and_count_over_many_keys_and_types(store: Store) -> None:
     # More keys than one SCAN batch and one UNLINK batch of the Redis store.
@@ -648,3 +683,51 @@ async def test_a_tracker_reports_changes_under_its_prefix(
     finally:
         await tracker.close()
         await tracker.close()  # twice
+
+
+# --- introspection (operators' tools) -----------------------------------------------------
+
+
+@covers("server_info")
+async def test_server_info_is_flat_fields_without_secrets(store: Store) -> None:
+    info = await store.server_info()
+    assert isinstance(info, dict)
+    allowed = {
+        "redis_version",
+        "uptime_in_seconds",
+        "used_memory",
+        "maxmemory",
+        "maxmemory_policy",
+        "aof_enabled",
+        "rdb_changes_since_last_save",
+        "rdb_save",
+        "expired_keys",
+        "evicted_keys",
+        "keyspace_hits",
+        "keyspace_misses",
+    }
+    assert set(info) <= allowed
+    if not store.capabilities.networked:
+        assert isinstance(info["used_memory"], int)
+    elif info:  # a real server (fakeredis refuses INFO: it has nothing to say, {})
+        assert isinstance(info["redis_version"], str)
+        assert isinstance(info["used_memory"], int)
+        assert info["maxmemory_policy"]
+
+
+@covers("memory_usage")
+async def test_memory_usage_sizes_present_keys_and_none_for_absent(store: Store) -> None:
+    await store.set("gathering:m:small", b"x" * 10, 60)
+    await store.set("gathering:m:big", b"x" * 5000, 60)
+    sizes = await store.memory_usage(["gathering:m:small", "gathering:m:big", "gathering:m:no"])
+    assert len(sizes) == 3
+    assert sizes[2] is None
+    assert await store.memory_usage([]) == []
+    small, big = sizes[0], sizes[1]
+    if small is not None and big is not None:  # fakeredis cannot tell: None
+        assert big > small >= 10
+    else:  # only a store that refuses MEMORY USAGE (fakeredis) cannot tell
+        assert small is None
+        assert big is None
+    if not store.capabilities.networked:
+        assert small is not None

@@ -106,6 +106,7 @@ CLOSED_ANSWERS: dict[str, tuple[tuple[Any, ...], dict[str, Any], Any]] = {
     "invalidate_llm_responses": ((), {}, 0),
     "get_stats": ((), {}, is_closed_stats),
     "clear_all": ((), {}, 0),
+    "flush_stats": ((), {}, False),
 }
 
 

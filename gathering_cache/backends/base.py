@@ -166,6 +166,13 @@ class Store(ABC):
         UNLINK in batches); the number deleted, also kept in ``progress.done``."""
 
     @abstractmethod
+    async def scan_page(self, pattern: str, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One step of listing the keys matching ``pattern`` (SCAN, never KEYS): from
+        ``cursor`` (0 to start), about ``count`` keys (a hint; a page may be empty), and the
+        cursor of the next step (0: done). Keys present for the whole listing are listed at
+        least once; keys that are not UTF-8 come back with replacement characters."""
+
+    @abstractmethod
     async def count(self, pattern: str, progress: Progress) -> int:
         """How many keys match ``pattern`` (SCAN, never KEYS or DBSIZE)."""
 
@@ -215,6 +222,20 @@ class Store(ABC):
     def tracker(self, prefix: str) -> Tracker:
         """A (not yet started) :class:`Tracker` of the keys under ``prefix``."""
         raise NotImplementedError(f"{type(self).__name__} reports no invalidations")
+
+    # -- introspection, for operators (the CLI and dashboard); never on a cache call's path ----
+
+    async def server_info(self) -> dict[str, Any]:
+        """What the server says about itself, as flat fields (those it has among
+        ``redis_version``, ``used_memory``, ``maxmemory``, ``maxmemory_policy``,
+        ``aof_enabled``, ``rdb_save``, ``expired_keys``, ``evicted_keys``, ``uptime_in_seconds``),
+        ``{}`` when it has nothing to say (a proxy or an ACL refusing INFO is no fault)."""
+        return {}
+
+    async def memory_usage(self, keys: Sequence[str]) -> list[int | None]:
+        """Bytes each key takes in the store (MEMORY USAGE), in order; ``None`` for a key that
+        is absent, or when the store cannot tell."""
+        return [None] * len(keys)
 
     def is_data_error(self, exc: BaseException) -> bool:
         """Whether ``exc`` concerns one call's own data or arguments (a value of another type

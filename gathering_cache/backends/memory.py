@@ -135,6 +135,10 @@ class MemoryStore(Store):
             progress.done += 1
         return progress.done
 
+    async def scan_page(self, pattern: str, cursor: int, count: int) -> tuple[int, list[str]]:
+        # In process, one page holds every match: nothing to resume, nothing to miss.
+        return 0, self._matching(pattern)
+
     async def count(self, pattern: str, progress: Progress) -> int:
         return len(self._matching(pattern))
 
@@ -202,6 +206,16 @@ class MemoryStore(Store):
                 released += 1
         return released
 
+    async def server_info(self) -> dict[str, Any]:
+        return {"used_memory": sum(_size(k, v) for k, (v, _) in self._data.items())}
+
+    async def memory_usage(self, keys: Sequence[str]) -> list[int | None]:
+        sizes: list[int | None] = []
+        for key in keys:
+            value = self._entry(key)
+            sizes.append(None if value is None else _size(key, value))
+        return sizes
+
     def describe(self) -> dict[str, Any]:
         return {
             "host": None,
@@ -250,3 +264,10 @@ class _MemorySubscriber(Subscriber):
     async def close(self) -> None:
         with contextlib.suppress(KeyError):
             self._channels[self._channel].discard(self._queue)
+
+
+def _size(key: str, value: _Value) -> int:
+    """An estimate of what one entry takes: its key and value bytes, members included."""
+    if isinstance(value, (bytes, bytearray)):
+        return len(key) + len(value)
+    return len(key) + sum(len(str(member)) for member in value)

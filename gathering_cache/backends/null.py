@@ -66,6 +66,9 @@ class NullStore(Store):
     async def scan_delete(self, pattern: str, progress: Progress) -> int:
         self._fail()
 
+    async def scan_page(self, pattern: str, cursor: int, count: int) -> tuple[int, list[str]]:
+        self._fail()
+
     async def count(self, pattern: str, progress: Progress) -> int:
         self._fail()
 

@@ -58,6 +58,8 @@ try:
         TryAgainError,
     )
 
+    from gathering_cache.backends.autopipeline import AutoPipeline
+
     # What a redis call raises when Redis (or the path to it) fails: RedisClusterException
     # (cluster unreachable, slots not covered) is not a RedisError; sockets raise OSError.
     _REDIS_FAULTS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
@@ -110,6 +112,22 @@ _PIPELINE_ERROR = " of pipeline caused error: "
 
 _MALFORMED = (TypeError, ValueError, IndexError, KeyError, AttributeError)
 """What redis-py's reply parsing raises on a reply of the wrong shape."""
+
+
+_INFO_FIELDS = (
+    "redis_version",
+    "uptime_in_seconds",
+    "used_memory",
+    "maxmemory",
+    "maxmemory_policy",
+    "aof_enabled",
+    "rdb_changes_since_last_save",
+    "expired_keys",
+    "evicted_keys",
+    "keyspace_hits",
+    "keyspace_misses",
+)
+"""What :meth:`RedisStore.server_info` keeps of INFO (never anything about clients or auth)."""
 
 
 def _reply_code(exc: BaseException, message: str) -> str | None:
@@ -333,6 +351,7 @@ class RedisStore(Store):
         owned: bool,
         describe: dict[str, Any],
         concurrency: int | None = None,
+        auto_pipeline: bool = False,
     ) -> None:
         self.capabilities = Capabilities(
             backend="redis",
@@ -348,16 +367,26 @@ class RedisStore(Store):
         self._owned = owned
         self._describe = describe
         self.where = _where(describe)
-        # RedisCluster splits multi-key reads per slot only through mget_nonatomic.
-        self._mget = cast(
-            "Callable[..., Awaitable[list[bytes | None]]]",
-            getattr(client, "mget_nonatomic", client.mget),
-        )
         # Whether EVAL may be used: an ACL without +@scripting (or a proxy without scripts)
         # refuses it, and the counters fall back to plain commands (see counters()).
         self._scripts = True
         # Every redis fault leaves a method as a BackendError (see _mapped).
         self.fault_types = (BackendError,)
+        # The single-key commands of concurrent callers share round trips (a cluster routes
+        # each command to its node itself: not batched there).
+        cluster = hasattr(client, "get_nodes")
+        self.pipeline = AutoPipeline(client) if auto_pipeline and not cluster else None
+        self._send: Callable[..., Awaitable[Any]] = (
+            client.execute_command if self.pipeline is None else self.pipeline.execute
+        )
+        # RedisCluster splits multi-key reads per slot only through mget_nonatomic.
+        self._mget = cast(
+            "Callable[..., Awaitable[list[bytes | None]]]",
+            getattr(client, "mget_nonatomic", None) if cluster else self._mget_one,
+        )
+
+    def _mget_one(self, keys: list[str]) -> Awaitable[Any]:
+        return self._send("MGET", *keys)
 
     @property
     def client(self) -> Redis:
@@ -385,17 +414,22 @@ class RedisStore(Store):
         if self._owned:
             await self._client.aclose()
 
-    @_mapped
+    # get / get_many / set: the hot path, mapped inline (as _mapped would: one coroutine
+    # frame less on every cache call).
+
     async def get(self, key: str) -> bytes | None:
         try:
-            value = await self._client.get(key)
+            value = await self._send("GET", key)
         except _MALFORMED as exc:
             raise self._malformed("GET", exc) from exc
+        except BackendError:
+            raise
+        except _REDIS_FAULTS as exc:
+            raise _fault(exc, self.where) from exc
         if value is None or type(value) is bytes:
             return value
         raise self._malformed("GET", value)
 
-    @_mapped
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
@@ -403,6 +437,10 @@ class RedisStore(Store):
             values: object = await self._mget(list(keys))
         except _MALFORMED as exc:
             raise self._malformed("MGET", exc) from exc
+        except BackendError:
+            raise
+        except _REDIS_FAULTS as exc:
+            raise _fault(exc, self.where) from exc
         if (
             type(values) is not list
             or len(values) != len(keys)
@@ -411,13 +449,21 @@ class RedisStore(Store):
             raise self._malformed("MGET", values)
         return values
 
-    @_mapped
     async def set(self, key: str, value: bytes, ttl: int | None) -> bool:
         try:
-            reply = await self._client.set(key, value, ex=ttl)
+            if ttl is None:
+                reply = await self._send("SET", key, value)
+            else:
+                reply = await self._send("SET", key, value, "EX", ttl)
         except _MALFORMED as exc:
             raise self._malformed("SET", exc) from exc
-        if reply is not True:  # redis-py turns +OK into True; anything else stored nothing
+        except BackendError:
+            raise
+        except _REDIS_FAULTS as exc:
+            raise _fault(exc, self.where) from exc
+        # +OK: redis-py's callback makes it True, a pipelined reply is the raw b"OK"; anything
+        # else stored nothing.
+        if reply is not True and reply != b"OK":
             raise self._malformed("SET", reply)
         return True
 
@@ -460,18 +506,50 @@ class RedisStore(Store):
         return replies
 
     @_mapped
+    async def server_info(self) -> dict[str, Any]:
+        try:
+            info = await self._client.info()
+        except ResponseError:  # INFO refused (an ACL, a proxy, fakeredis): nothing to say
+            return {}
+        except _MALFORMED as exc:
+            raise self._malformed("INFO", exc) from exc
+        if not isinstance(info, dict):
+            raise self._malformed("INFO", info)
+        fields = {name: info[name] for name in _INFO_FIELDS if name in info}
+        try:
+            save = await self._client.config_get("save")
+        except ResponseError:  # CONFIG is often refused to applications; INFO still tells
+            return fields
+        if isinstance(save, dict) and isinstance(save.get("save"), str):
+            fields["rdb_save"] = save["save"]
+        return fields
+
+    @_mapped
+    async def memory_usage(self, keys: Sequence[str]) -> list[int | None]:
+        if not keys:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.memory_usage(key, samples=5)
+        try:
+            replies = await self._replies("MEMORY USAGE", pipe.execute(raise_on_error=False))
+        except ResponseError:
+            return [None] * len(keys)
+        return [reply if type(reply) is int else None for reply in replies]
+
+    @_mapped
     async def delete(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
-        return await self._integer("UNLINK", self._client.unlink(*keys))
+        return await self._integer("UNLINK", self._send("UNLINK", *keys))
 
     @_mapped
     async def exists(self, key: str) -> bool:
-        return bool(await self._integer("EXISTS", self._client.exists(key)))
+        return bool(await self._integer("EXISTS", self._send("EXISTS", key)))
 
     @_mapped
     async def ttl(self, key: str) -> int | None:
-        remaining = await self._integer("TTL", self._client.ttl(key))
+        remaining = await self._integer("TTL", self._send("TTL", key))
         return None if remaining == -2 else remaining
 
     async def _step(self, awaitable: Awaitable[Any], progress: Progress) -> Any:
@@ -524,6 +602,16 @@ class RedisStore(Store):
                 chunk = keys[start : start + DELETE_BATCH]
                 progress.done += int(await self._step(self._client.unlink(*chunk), progress))
         return progress.done
+
+    @_mapped
+    async def scan_page(self, pattern: str, cursor: int, count: int) -> tuple[int, list[str]]:
+        try:
+            reply = await self._client.scan(cursor, match=pattern, count=count)
+        except _MALFORMED as exc:  # redis-py's SCAN callback unpacks the reply
+            raise self._malformed("SCAN", exc) from exc
+        if type(reply) is not tuple or len(reply) != 2 or type(reply[0]) is not int:
+            raise self._malformed("SCAN", reply)
+        return reply[0], [key.decode("utf-8", "replace") for key in self._keys(reply[1])]
 
     @_mapped
     async def count(self, pattern: str, progress: Progress) -> int:

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as redis_asyncio
@@ -71,17 +71,36 @@ def redis_store(
             store_class = ClusterStore
         elif isinstance(getattr(client, "connection_pool", None), SentinelConnectionPool):
             store_class = SentinelStore
-        return store_class(client, owned=False, describe=describe, concurrency=concurrency)
+        return store_class(
+            client,
+            owned=False,
+            describe=describe,
+            concurrency=concurrency,
+            auto_pipeline=config.auto_pipeline,
+        )
     if config.topology == "cluster":
         cluster: Any = build_cluster_client(config)  # the store's client type is Redis'
+        # (A cluster client routes each command to its node itself: no auto-pipelining.)
         return ClusterStore(cluster, owned=True, describe=describe, concurrency=concurrency)
     if config.topology == "sentinel":
         sentinel = build_sentinel(config)
         primary = sentinel.master_for(config.sentinel_service, **_sentinel_data_settings(config))
-        store = SentinelStore(primary, owned=True, describe=describe, concurrency=concurrency)
+        store = SentinelStore(
+            primary,
+            owned=True,
+            describe=describe,
+            concurrency=concurrency,
+            auto_pipeline=config.auto_pipeline,
+        )
         store.sentinels = list(sentinel.sentinels)
         return store
-    return RedisStore(build_client(config), owned=True, describe=describe, concurrency=concurrency)
+    return RedisStore(
+        build_client(config),
+        owned=True,
+        describe=describe,
+        concurrency=concurrency,
+        auto_pipeline=config.auto_pipeline,
+    )
 
 
 # -- Cluster ---------------------------------------------------------------------------------------
@@ -126,6 +145,36 @@ class ClusterStore(RedisStore):
                     yield keys
                 if not cursor:
                     break
+
+    @_mapped
+    async def delete(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        # The cluster client's unlink() splits the keys per slot (a raw UNLINK of keys in
+        # several slots is refused) and adds up the counts.
+        return await self._integer("UNLINK", self._client.unlink(*keys))
+
+    @_mapped
+    async def scan_page(self, pattern: str, cursor: int, count: int) -> tuple[int, list[str]]:
+        # One SCAN step on one primary. The cursor carries both: which primary (in the
+        # order of their names) and where SCAN is on it; 0 once the last one is done. (If
+        # the primaries change during a listing, a failover, keys may be listed twice or
+        # missed on the moved slots.)
+        client: Any = self._client
+        if not client.get_primaries():
+            await client.initialize()
+        nodes = sorted(client.get_primaries(), key=lambda node: str(node.name))
+        index, node_cursor = cursor % len(nodes), cursor // len(nodes)
+        reply = await client.scan(
+            node_cursor, match=pattern, count=count, target_nodes=nodes[index]
+        )
+        node_cursor, keys = self._scan_reply(reply)
+        if node_cursor == 0:
+            index += 1
+            following = 0 if index >= len(nodes) else index
+        else:
+            following = node_cursor * len(nodes) + index
+        return following, [key.decode("utf-8", "replace") for key in keys]
 
     @_mapped
     async def publish(self, channel: str, message: bytes) -> int:

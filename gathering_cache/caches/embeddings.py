@@ -264,9 +264,11 @@ class EmbeddingCache:
         return await self._engine.release_locks(keys, token)
 
     def _pack(self, embedding: object, dimensions: int | None) -> bytes:
-        return encoding.encode_vector(
-            check_vector(embedding, dimensions), self._engine.config.embedding_precision
-        )
+        precision = self._engine.config.embedding_precision
+        fast = encoding.encode_vector_fast(embedding, dimensions, precision)
+        if fast is not None:
+            return fast
+        return encoding.encode_vector(check_vector(embedding, dimensions), precision)
 
     async def set(
         self,

@@ -30,6 +30,7 @@ __all__ = [
     "decode_vector",
     "encode",
     "encode_vector",
+    "encode_vector_fast",
     "fresh_counter",
     "parse_counter",
 ]
@@ -149,6 +150,68 @@ def encode_vector(vector: list[float], precision: Precision = "lossless") -> byt
             "(embedding_precision='float32' stores float32)"
         )
     return (_F32 if packed.typecode == "f" else _F64) + body
+
+
+def encode_vector_fast(
+    embedding: object, dimensions: int | None, precision: Precision = "lossless"
+) -> bytes | None:
+    """:func:`encode_vector` of an embedding not yet checked, with numpy, when numpy is
+    installed and the embedding is plainly a flat list or 1-d array of real numbers of the
+    right length, all finite; ``None`` otherwise (numpy absent, or anything unusual: the
+    precise, pure-Python check then runs and names the problem). Packs 1,536 floats in
+    ~30 us instead of ~150 (docs/benchmarks.md, W2)."""
+    np = _numpy()
+    if np is None:
+        return None
+    if type(embedding) is list:
+        try:
+            packed = array("d", embedding)  # what float() takes; a str or None raises
+        except (TypeError, ValueError, OverflowError):
+            return None
+        values = np.frombuffer(packed, dtype=np.float64)
+        # A bool became 1.0 or 0.0: the precise path refuses bools, so any vector holding
+        # exactly 1.0 or 0.0 goes there (correct, only slower; rare in real embeddings).
+        if values.size and ((values == 1.0) | (values == 0.0)).any():
+            return None
+    elif isinstance(embedding, np.ndarray):
+        values = embedding
+    else:
+        return None
+    # Strings, objects (None, Decimal, huge ints) and bools leave the fast path.
+    if values.ndim != 1 or values.dtype.kind not in "fiu" or values.size == 0:
+        return None
+    if dimensions is not None and values.shape[0] != dimensions:
+        return None
+    wide = values.astype("<f8", copy=False)
+    if not np.isfinite(wide).all():
+        return None
+    if np.abs(wide).max() > _F32_MAX:  # inf in float32 (checked first: no overflow warning)
+        if precision == "float32":
+            return None  # the precise path raises, naming the value
+        wide_body: bytes = wide.tobytes()
+        return _F64 + wide_body
+    narrow = wide.astype("<f4")
+    if precision == "lossless" and not np.array_equal(narrow, wide):
+        wide_body = wide.tobytes()
+        return _F64 + wide_body
+    body: bytes = narrow.tobytes()
+    return _F32 + body
+
+
+_F32_MAX: Final = 3.4028234663852886e38
+_NUMPY: list[Any] = []
+
+
+def _numpy() -> Any:
+    """numpy, or None when it is not installed (imported once, on first use)."""
+    if not _NUMPY:
+        try:
+            import numpy
+
+            _NUMPY.append(numpy)
+        except ImportError:  # pragma: no cover - numpy is an optional extra
+            _NUMPY.append(None)
+    return _NUMPY[0]
 
 
 # The most significant byte of a little-endian float32 or float64 holds the sign and the top

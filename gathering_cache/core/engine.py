@@ -17,14 +17,30 @@ from gathering_cache.backends import Progress, Store, create_store
 from gathering_cache.backends.base import Subscriber
 from gathering_cache.config import CacheConfig
 from gathering_cache.core import encoding
-from gathering_cache.core.keys import EVENTS, GENERIC, LOCK, KeySpace, check_key, check_ttl
+from gathering_cache.core.keys import (
+    EVENTS,
+    GENERIC,
+    LOCK,
+    STATS,
+    KeySpace,
+    check_key,
+    check_ttl,
+)
 from gathering_cache.core.near import NearCache
 from gathering_cache.core.observe import Observer, Operation, Outcome
 from gathering_cache.core.policy import BreakerState, DegradationPolicy
 from gathering_cache.core.stats import CacheStats
-from gathering_cache.errors import ArgumentTypeError, BackendError
+from gathering_cache.errors import ArgumentTypeError, BackendError, PatternError
 
-__all__ = ["UNAVAILABLE", "CacheCore", "Judge", "Locks", "Messaging", "Unavailable"]
+__all__ = [
+    "UNAVAILABLE",
+    "CacheCore",
+    "Judge",
+    "Locks",
+    "Messaging",
+    "Telemetry",
+    "Unavailable",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +103,7 @@ class CacheCore:
             if config.enabled:
                 logger.warning("%s; running without cache (degraded mode)", reason)
         self._observers: tuple[Observer, ...] = (self.stats.observe,)
+        self._internal: tuple[Observer, ...] = (self.stats.observe,)
         self._connected = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready_on: asyncio.AbstractEventLoop | None = None
@@ -113,10 +130,16 @@ class CacheCore:
             raise ArgumentTypeError(f"observer must be callable, not {type(observer).__name__}")
         self._observers = (*self._observers, observer)
 
+    def add_internal_observer(self, observer: Observer) -> None:
+        """Add an observer of the library's own (fleet stats), not listed in
+        :attr:`observers`."""
+        self._internal = (*self._internal, observer)
+        self._observers = (*self._observers, observer)
+
     @property
     def observers(self) -> tuple[Observer, ...]:
-        """The observers added (this cache's own stats, always the first, excluded)."""
-        return tuple(o for o in self._observers if o != self.stats.observe)
+        """The observers added (the library's own, this cache's stats first, excluded)."""
+        return tuple(o for o in self._observers if o not in self._internal)
 
     def remove_observer(self, observer: Observer) -> bool:
         """Stop reporting to ``observer``; whether it was registered."""
@@ -575,6 +598,16 @@ class CacheCore:
         # On a fault part-way, report what was deleted before it.
         return progress.done
 
+    async def scan_page(
+        self, pattern: str, cursor: int, count: int
+    ) -> tuple[int, list[str]] | None:
+        """One step of listing keys (see :meth:`Store.scan_page`); ``None`` when the store
+        cannot answer (the listing ends there, incomplete)."""
+        page: tuple[int, list[str]] | None = await self.guarded(
+            "scan", GENERIC, self.store.scan_page, pattern, cursor, count
+        )
+        return page
+
     async def count(self, pattern: str) -> int | None:
         progress = Progress(step_timeout=self.config.socket_timeout)
         found: int | None = await self.guarded(
@@ -724,6 +757,117 @@ class Locks:
     async def release(self, keys: Sequence[str], token: str) -> int:
         """Release the locks ``token`` still owns; how many were released."""
         return await self._core.release_locks(keys, token)
+
+
+class Telemetry:
+    """The fleet statistics and the store's introspection, under the policy: the handle the
+    ops wing (fleet stats, CLI, dashboard) works through (``AsyncCacheManager.telemetry``),
+    so it never reaches the store or the core itself.
+
+    Its writes go through the guarded call like every other (deadline, breaker, limiter;
+    every key expires) under the ``stats`` namespace, which the cache's own hit/miss/write
+    counters leave out.
+    """
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: CacheCore) -> None:
+        self._core = core
+
+    @property
+    def config(self) -> CacheConfig:
+        return self._core.config
+
+    @property
+    def keys(self) -> KeySpace:
+        """The key layout (``stats_process``, ``stats_minute`` ...)."""
+        return self._core.keys
+
+    @property
+    def breaker(self) -> dict[str, Any]:
+        """The degradation policy's state and counters (as ``get_stats()["breaker"]``)."""
+        return self._core.policy.snapshot()
+
+    @property
+    def available(self) -> bool:
+        """Whether the store is answering (not degraded, disabled or closed)."""
+        return self._core.policy.available
+
+    @property
+    def endpoint(self) -> str | None:
+        """Where the store is (a redacted URL or host:port; never the password)."""
+        return self._core.policy.endpoint
+
+    @property
+    def reason(self) -> str | None:
+        """Why the cache is not working (disabled, closed, the last error), or ``None``."""
+        policy = self._core.policy
+        if policy.available:
+            return None
+        return policy.reason or policy.last_error or "degraded"
+
+    async def count(self, pattern: str) -> int | None:
+        """How many keys match ``pattern`` (confined to the prefix; SCAN); ``None`` when
+        unavailable."""
+        return await self._core.count(self._core.keys.check_pattern(pattern, "telemetry counts"))
+
+    async def delete(self, keys: Sequence[str]) -> int:
+        """Delete keys under the prefix (the CLI's clear, batch by batch); how many were."""
+        prefix = self._core.keys.prefix
+        for key in keys:
+            if not key.startswith(prefix):
+                raise PatternError(f"{key!r} is outside the key prefix {prefix!r}")
+        return await self._core.delete(list(keys)) if keys else 0
+
+    def attach(self, observer: Observer) -> None:
+        """Report every operation to ``observer``, as the library's own (see
+        :meth:`CacheCore.add_internal_observer`)."""
+        self._core.add_internal_observer(observer)
+
+    async def write(self, items: list[tuple[str, bytes]], ttl: int) -> bool:
+        """Store encoded statistics (one pipeline, each key expiring after ``ttl``)."""
+        return await self._core.write_many(STATS, items, check_ttl(ttl))
+
+    async def read(self, keys: Sequence[str]) -> list[bytes | None] | None:
+        """The raw values under ``keys`` (one round trip); ``None`` when unavailable."""
+        if not keys:
+            return []
+        values: list[bytes | None] | None = await self._core.guarded(
+            "read_stats", STATS, self._core.store.get_many, keys, keys=len(keys)
+        )
+        return values
+
+    async def scan(self, pattern: str, count: int = 1000) -> list[str] | None:
+        """Every key matching ``pattern`` (confined to the prefix), SCAN page by page;
+        ``None`` when the store fails before the listing ends."""
+        pattern = self._core.keys.check_pattern(pattern, "telemetry lists")
+        found: list[str] = []
+        cursor = 0
+        while True:
+            page = await self._core.scan_page(pattern, cursor, count)
+            if page is None:
+                return None
+            cursor, keys = page
+            found.extend(keys)
+            if not cursor:
+                return found
+
+    async def server_info(self) -> dict[str, Any]:
+        """What the server says about itself (see :meth:`Store.server_info`); ``{}`` when
+        unavailable."""
+        info: dict[str, Any] = await self._core.guarded(
+            "server_info", GENERIC, self._core.store.server_info, fallback={}
+        )
+        return info
+
+    async def memory_usage(self, keys: Sequence[str]) -> list[int | None]:
+        """Bytes each key takes (MEMORY USAGE); ``None`` where unknown or unavailable."""
+        if not keys:
+            return []
+        sizes: list[int | None] | None = await self._core.guarded(
+            "memory_usage", GENERIC, self._core.store.memory_usage, keys, keys=len(keys)
+        )
+        return [None] * len(keys) if sizes is None else sizes
 
 
 def checked_items(mapping: object, ttl: object) -> tuple[Mapping[str, Any], int | None]:

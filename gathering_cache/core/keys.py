@@ -13,6 +13,9 @@ All keys live under the configured ``key_prefix`` (``gathering:`` by default)::
     <prefix>llm:shared:<32 hex of sha256(request)>            no namespace
     <prefix>lock:<key without prefix>                         single-flight locks
     <prefix>events                                            the event bridge's channel
+    <prefix>stats:proc:<process>                              one process's counters (fleet
+                                                              stats), kept for the window
+    <prefix>stats:min:<minute>:<process>                      its counts of one minute
 
 Every key the library writes expires, RAG counters and indexes included (the event channel
 is a pub/sub channel, not a key).
@@ -60,10 +63,14 @@ LLM: Final = "llm"
 GENERIC: Final = "generic"
 NAMESPACES: Final = (EMBEDDING, RAG, CIRCLE, LLM, GENERIC)
 """The namespaces whose lookups stats count (hits, misses)."""
+LISTED: Final = (EMBEDDING, RAG, CIRCLE, LLM)
+"""The namespaces with a key segment of their own (``scan_keys(namespace=...)``)."""
 LOCK: Final = "lock"
 """The namespace of single-flight locks in operation reports (no lookups)."""
 EVENTS: Final = "events"
 """The namespace of pub/sub traffic in operation reports (no lookups)."""
+STATS: Final = "stats"
+"""The namespace of the fleet statistics each process folds into the store."""
 """The namespaces hits and misses are counted under."""
 
 
@@ -282,11 +289,44 @@ class KeySpace:
         """The lock key guarding the computation of ``key`` (a key under the prefix)."""
         return f"{self.prefix}lock:{key[len(self.prefix) :]}"
 
+    def stats_process(self, process: str) -> str:
+        """One process's cumulative counters (``process`` as :meth:`process_id` checks)."""
+        return f"{self.prefix}{STATS}:proc:{process}"
+
+    def stats_processes(self) -> str:
+        """The pattern of every process's counters."""
+        return f"{self.prefix}{STATS}:proc:*"
+
+    def stats_minute(self, minute: int, process: str) -> str:
+        """One process's counts of one minute (``minute``: minutes since the epoch)."""
+        return f"{self.prefix}{STATS}:min:{minute}:{process}"
+
     def everything(self) -> str:
         """The pattern that matches every key under the prefix."""
         return f"{self.prefix}*"
 
-    def check_pattern(self, pattern: object) -> str:
+    def listing(self, pattern: object, namespace: object) -> str:
+        """The pattern ``scan_keys`` lists: ``pattern`` (confined to the prefix), or every key
+        under the prefix, or under ``<prefix><namespace>:`` for a domain namespace."""
+        if namespace is None:
+            return (
+                self.everything()
+                if pattern is None
+                else self.check_pattern(pattern, "scan_keys lists")
+            )
+        if namespace not in LISTED:
+            raise InvalidArgumentError(
+                f"namespace must be one of {', '.join(LISTED)} (or None), not {namespace!r}"
+            )
+        head = f"{self.prefix}{namespace}:"
+        if pattern is None:
+            return f"{head}*"
+        pattern = self.check_pattern(pattern, "scan_keys lists")
+        if not pattern.startswith(head):
+            raise PatternError(f"pattern {pattern!r} is outside namespace {namespace!r} ({head!r})")
+        return pattern
+
+    def check_pattern(self, pattern: object, what: str = "delete_pattern only deletes") -> str:
         """Return ``pattern`` if it is confined to the prefix, else raise.
 
         The prefix holds no glob metacharacters (the config refuses them), so a pattern that
@@ -299,6 +339,6 @@ class KeySpace:
         if not pattern.startswith(self.prefix):
             raise PatternError(
                 f"pattern {pattern!r} is outside the key prefix {self.prefix!r}; "
-                "delete_pattern only deletes keys under the prefix"
+                f"{what} keys under the prefix"
             )
         return pattern

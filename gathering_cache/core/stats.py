@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gathering_cache.core.keys import NAMESPACES
+from gathering_cache.core.keys import NAMESPACES, STATS
 from gathering_cache.core.observe import READS, WRITES, Operation, Outcome
 
 __all__ = ["CacheStats", "hit_rate"]
@@ -51,7 +51,7 @@ class CacheStats:
                 counter.hits += operation.hits
                 counter.misses += operation.keys - operation.hits
             self.errors += operation.invalid
-        elif operation.op in WRITES:
+        elif operation.op in WRITES and operation.namespace != STATS:
             if operation.outcome is Outcome.STORED:
                 self.writes += operation.keys
             else:

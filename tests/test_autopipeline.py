@@ -1,0 +1,176 @@
+"""Auto-pipelining on a real Redis: concurrent callers share round trips, each gets its own
+reply, and nothing else about a call changes (deadline, cancellation, error replies)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as redis_asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gathering_cache import AsyncCacheManager, CacheConfig, Outcome
+from gathering_cache.backends.autopipeline import AutoPipeline
+from gathering_cache.backends.redis_store import RedisStore
+
+pytestmark = pytest.mark.integration
+
+
+def _pipeline(cache: AsyncCacheManager) -> AutoPipeline:
+    store = cache._core.store
+    assert isinstance(store, RedisStore)
+    assert store.pipeline is not None
+    return store.pipeline
+
+
+@pytest.fixture
+async def cache(redis_url: str) -> AsyncIterator[AsyncCacheManager]:
+    async with AsyncCacheManager(CacheConfig.from_url(redis_url)) as manager:
+        yield manager
+
+
+async def test_concurrent_callers_share_round_trips(cache: AsyncCacheManager) -> None:
+    await cache.set_many({f"gathering:k{i}": i for i in range(64)}, ttl=60)
+    pipeline = _pipeline(cache)
+    before = pipeline.batches, pipeline.batched
+    values = await asyncio.gather(*(cache.get(f"gathering:k{i}") for i in range(64)))
+    assert values == list(range(64))  # each caller got its own reply
+    batches, batched = pipeline.batches - before[0], pipeline.batched - before[1]
+    # One went alone, at once; the others waited for it together (a few more may go alone
+    # when they find nothing in flight, having waited for the limiter's slots).
+    assert batched >= 56
+    assert batches < 8  # in a few round trips, not 63
+
+
+async def test_a_single_sequential_caller_is_never_batched(cache: AsyncCacheManager) -> None:
+    pipeline = _pipeline(cache)
+    before = pipeline.batched
+    for i in range(50):
+        assert await cache.set(f"gathering:s{i}", i) is True
+        assert await cache.get(f"gathering:s{i}") == i
+    assert pipeline.batched == before
+
+
+async def test_an_error_reply_fails_only_its_own_command(
+    cache: AsyncCacheManager, raw_redis: redis_asyncio.Redis
+) -> None:
+    await raw_redis.rpush("gathering:list", b"x")
+    await cache.set_many({f"gathering:g{i}": i for i in range(10)}, ttl=60)
+    seen: list[Any] = []
+    cache.add_observer(seen.append)
+    keys = [f"gathering:g{i}" for i in range(5)] + ["gathering:list"]
+    keys += [f"gathering:g{i}" for i in range(5, 10)]
+    values = await asyncio.gather(*(cache.get(key) for key in keys))
+    assert values == [0, 1, 2, 3, 4, None, 5, 6, 7, 8, 9]
+    outcomes = [o.outcome for o in seen]
+    assert outcomes.count(Outcome.REJECTED) == 1  # WRONGTYPE: that call's miss
+    assert outcomes.count(Outcome.HIT) == 10
+    assert cache.is_enabled()
+
+
+async def test_cancelling_one_caller_leaves_the_others_their_replies(
+    cache: AsyncCacheManager,
+) -> None:
+    await cache.set_many({f"gathering:c{i}": i for i in range(30)}, ttl=60)
+    tasks = [asyncio.ensure_future(cache.get(f"gathering:c{i}")) for i in range(30)]
+    await asyncio.sleep(0)  # every call has started: one in flight, the rest queued
+    tasks[7].cancel()
+    tasks[19].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for i, result in enumerate(results):
+        if i in (7, 19):
+            assert isinstance(result, asyncio.CancelledError)
+        else:
+            assert result == i
+    assert await cache.get("gathering:c7") == 7  # the connection is still in sync
+
+
+async def test_a_hung_server_degrades_every_waiting_call_within_its_deadline(
+    redis_server: Any,
+) -> None:
+    config = CacheConfig.from_url(redis_server.url, operation_timeout=0.2, failure_threshold=100)
+    async with AsyncCacheManager(config) as cache:
+        await cache.set("gathering:h", 1)
+        blocker = redis_asyncio.Redis.from_url(redis_server.url)
+        try:
+            sleeper = asyncio.ensure_future(
+                blocker.execute_command("DEBUG", "SLEEP", "0.6")  # type: ignore[no-untyped-call]
+            )
+            await asyncio.sleep(0.05)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            values = await asyncio.gather(*(cache.get("gathering:h") for _ in range(20)))
+            elapsed = loop.time() - start
+            assert values == [None] * 20  # degraded, not raised
+            assert elapsed < 0.5  # each call bounded by its own deadline (0.2 s)
+            await sleeper
+        finally:
+            await blocker.aclose()
+        # The server answers again: so does the cache, on connections still in sync.
+        for _ in range(50):
+            if await cache.get("gathering:h") == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert await cache.get("gathering:h") == 1
+
+
+async def test_turned_off_every_call_goes_alone(redis_url: str) -> None:
+    config = CacheConfig.from_url(redis_url, auto_pipeline=False)
+    async with AsyncCacheManager(config) as cache:
+        store = cache._core.store
+        assert isinstance(store, RedisStore)
+        assert store.pipeline is None
+        await cache.set("gathering:off", 1)
+        assert await asyncio.gather(*(cache.get("gathering:off") for _ in range(10))) == [1] * 10
+
+
+# -- concurrent programs against a sequential model -----------------------------------------
+
+_OPS = st.one_of(
+    st.tuples(st.just("set"), st.integers(0, 3), st.integers(0, 99)),
+    st.tuples(st.just("get"), st.integers(0, 3), st.just(0)),
+    st.tuples(st.just("delete"), st.integers(0, 3), st.just(0)),
+    st.tuples(st.just("get_many"), st.integers(0, 3), st.integers(0, 3)),
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(programs=st.lists(st.lists(_OPS, min_size=1, max_size=12), min_size=2, max_size=24))
+async def test_concurrent_programs_match_a_sequential_model(
+    cache: AsyncCacheManager, programs: list[list[tuple[str, int, int]]]
+) -> None:
+    """Coroutines run at once, each on keys of its own: whatever the batches, each one must
+    see exactly what running its program alone would show."""
+    await cache.delete_pattern("gathering:p:*")
+
+    async def run(index: int, program: list[tuple[str, int, int]]) -> tuple[list[Any], list[Any]]:
+        model: dict[str, int] = {}
+        expected: list[Any] = []
+        actual: list[Any] = []
+        for op, a, b in program:
+            key, other = f"gathering:p:{index}:{a}", f"gathering:p:{index}:{b}"
+            if op == "set":
+                model[key] = b
+                expected.append(True)
+                actual.append(await cache.set(key, b, ttl=60))
+            elif op == "get":
+                expected.append(model.get(key))
+                actual.append(await cache.get(key))
+            elif op == "delete":
+                expected.append(model.pop(key, None) is not None)
+                actual.append(await cache.delete(key))
+            else:
+                expected.append([model.get(key), model.get(other)])
+                actual.append(await cache.get_many([key, other]))
+        return expected, actual
+
+    results = await asyncio.gather(*(run(i, p) for i, p in enumerate(programs)))
+    for expected, actual in results:
+        assert actual == expected
