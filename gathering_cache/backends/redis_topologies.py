@@ -318,6 +318,13 @@ class SentinelStore(RedisStore):
             pubsub = sentinel.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(_SWITCH_MASTER)
+                # A switch announced before this subscription (or while the last sentinel
+                # was unreachable) was missed: compare the primary the sentinel names now
+                # with the one the pool connects to.
+                named = await sentinel.sentinel_get_master_addr_by_name(self._service)
+                known = getattr(self._client.connection_pool, "master_address", None)
+                if named and known and _address(named) != _address(known):
+                    await self._moved(f"{self._service} now at {named[0]}:{named[1]}")
                 while not self._closing:
                     message = await pubsub.get_message(timeout=_WATCH_POLL)
                     if isinstance(message, dict) and message.get("type") == "message":
@@ -335,8 +342,11 @@ class SentinelStore(RedisStore):
         text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
         if text.split(" ", 1)[0] != self._service:
             return
+        await self._moved(text)
+
+    async def _moved(self, what: str) -> None:
         self.switches += 1
-        logger.warning("Sentinel moved the primary of %s: %s", self._service, text)
+        logger.warning("Sentinel moved the primary of %s: %s", self._service, what)
         for tracker in list(self._trackers):  # they listen to the old primary
             tracker.lost("the sentinels moved the primary")
         with contextlib.suppress(Exception):
@@ -361,6 +371,11 @@ class SentinelStore(RedisStore):
             for sentinel in self.sentinels:
                 with contextlib.suppress(Exception):
                     await sentinel.aclose()
+
+
+def _address(pair: Any) -> tuple[str, int]:
+    host, port = pair
+    return (host.decode() if isinstance(host, bytes) else str(host), int(port))
 
 
 _SWITCH_MASTER = "+switch-master"
