@@ -170,3 +170,25 @@ async def test_an_unreachable_cluster_degrades_within_the_timeout() -> None:
         assert (stats["enabled"], stats["topology"]) == (False, "cluster")
     finally:
         await cache.aclose()
+
+
+@pytest.mark.integration
+async def test_a_sentinel_that_does_not_know_the_service_degrades(
+    redis_sentinel: LocalSentinel,
+) -> None:
+    config = CacheConfig(
+        sentinel_nodes=[redis_sentinel.address], sentinel_service="unknown", operation_timeout=0.3
+    )
+    cache = AsyncCacheManager(config)
+    await cache.connect()  # never raises: the cache starts degraded
+    try:
+        assert await cache.get("gathering:x") is None
+        assert await cache.set("gathering:x", 1) is False
+        stats = await cache.get_stats()
+        assert (stats["enabled"], stats["topology"], stats["service"]) == (
+            False,
+            "sentinel",
+            "unknown",
+        )
+    finally:
+        await cache.aclose()
