@@ -346,7 +346,9 @@ async def breaker_open(n: int) -> dict[str, float]:
 # -- W7: an agent trace -----------------------------------------------------------------------
 
 
-async def agent_trace(url: str, agents: int, queries: int, embed_s: float, search_s: float) -> dict:
+async def agent_trace(
+    url: str, agents: int, queries: int, embed_s: float, search_s: float, near: bool = False
+) -> dict:
     rng = random.Random(42)
     distinct = [f"query {i}" for i in range(200)]
     weights = [1 / (rank + 1) ** 1.1 for rank in range(len(distinct))]  # Zipf
@@ -363,7 +365,7 @@ async def agent_trace(url: str, agents: int, queries: int, embed_s: float, searc
             await asyncio.sleep(embed_s)
             return [f32_vector(64, hash(t) & 0xFFFF) for t in texts]
 
-        cache = AsyncCacheManager(CacheConfig(url=url, key_prefix="trace:"))
+        cache = AsyncCacheManager(CacheConfig(url=url, key_prefix="trace:", near_cache=near))
         await cache.clear_all()
         embedder = CachedEmbedder(provider, cache, model="trace-model")
         latencies_ms: list[float] = []
@@ -392,6 +394,7 @@ async def agent_trace(url: str, agents: int, queries: int, embed_s: float, searc
         start = time.perf_counter()
         await asyncio.gather(*(run_agent(a) for a in range(agents)))
         wall = time.perf_counter() - start
+        near_stats = (await cache.get_stats())["near_cache"]
         await cache.clear_all()
         await cache.aclose()
         results[mode] = {
@@ -401,12 +404,52 @@ async def agent_trace(url: str, agents: int, queries: int, embed_s: float, searc
             "wall s": round(wall, 2),
             "mean recall ms": round(statistics.mean(latencies_ms), 2),
         }
+        if near and mode == "with gathering_cache":
+            looked = near_stats["hits"] + near_stats["misses"]
+            results["near cache hit rate %"] = round(100 * near_stats["hits"] / max(looked, 1), 1)
     a, b = results["without cache"], results["with gathering_cache"]
     results["provider calls saved %"] = round(
         100 * (1 - b["provider calls"] / a["provider calls"]), 1
     )
     results["recall speed-up x"] = round(a["mean recall ms"] / b["mean recall ms"], 1)
     return results
+
+
+# -- W9: the near cache -------------------------------------------------------------------------
+
+
+async def near_cache(url: str, n: int, rounds: int) -> dict[str, float]:
+    """L1 hit cost per get (vs the same get from Redis), and the delay until a write made by
+    another manager (another process, to the server) is gone from this one's near cache."""
+    out: dict[str, float] = {}
+    for label, on in (("redis get p50 us", False), ("near cache hit p50 us", True)):
+        async with AsyncCacheManager(CacheConfig(url=url, near_cache=on)) as cache:
+            await cache.set_circle_context(1, {"topic": "bench"})
+            await asyncio.sleep(0.2)  # tracking established, own invalidation applied
+            await cache.get_circle_context(1)
+            out[label] = pct(await latencies(lambda c=cache: c.get_circle_context(1), n), 0.5)
+    a = AsyncCacheManager(CacheConfig(url=url, near_cache=True))
+    b = AsyncCacheManager(CacheConfig(url=url, near_cache=True))
+    await a.connect()
+    await b.connect()
+    await asyncio.sleep(0.2)
+    delays = []
+    for i in range(rounds):
+        await a.set_circle_context(2, {"v": i})
+        await asyncio.sleep(0.01)
+        await a.get_circle_context(2)  # held in a's near cache
+        await b.set_circle_context(2, {"v": i + 0.5})
+        started = time.perf_counter()
+        while True:  # polling: a's near cache answers the old value until invalidated
+            if await a.get_circle_context(2) == {"v": i + 0.5}:
+                break
+            await asyncio.sleep(0)
+        delays.append((time.perf_counter() - started) * 1000)
+    await a.aclose()
+    await b.aclose()
+    out["invalidation delay p50 ms"] = round(pct(delays, 0.5), 3)
+    out["invalidation delay max ms"] = round(max(delays), 3)
+    return out
 
 
 # -- W8: the sync facade ------------------------------------------------------------------------
@@ -509,6 +552,11 @@ def main() -> None:
         report["W6"] = run_loop(lambda: breaker_open(20_000))
         print("W7 agent trace ...", flush=True)
         report["W7"] = run_loop(lambda: agent_trace(url, p["agents"], p["queries"], 0.150, 0.080))
+        print("W9 near cache ...", flush=True)
+        report["W9"] = run_loop(lambda: near_cache(url, p["n"], 50))
+        report["W9 trace"] = run_loop(
+            lambda: agent_trace(url, p["agents"], p["queries"], 0.150, 0.080, near=True)
+        )
         print("W8 sync facade ...", flush=True)
         w8_async = statistics.median(run_loop(lambda: async_get_p50(url, p["n"])) for _ in range(3))
         w8_sync = statistics.median(sync_get_p50(url, p["n"]) for _ in range(3))
@@ -547,6 +595,8 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
          w3["aiocache multi_get"] / w3["gathering_cache get_embeddings"], ">=", 10.0),
         (f"W4 invalidation ms at {biggest} keys",
          w4[biggest]["gathering_cache invalidate_rag_results"], "<=", 5.0),
+        ("W9 near cache hit p50 µs", r["W9"]["near cache hit p50 us"], "<=", 2.0),
+        ("W9 invalidation delay max ms", r["W9"]["invalidation delay max ms"], "<=", 50.0),
         ("W8 sync facade / async get p50",
          r["W8"]["sync facade get p50 us"] / r["W8"]["async get p50 us"], "<=", 2.5),
     ]  # fmt: skip
@@ -603,7 +653,7 @@ def render(r: dict[str, Any]) -> str:
     out += ["## W5 redis-benchmark (requests/s, 50 clients)", "",
             _table(["test", "req/s"], [[k, v] for k, v in r["W5"].items()]), ""]  # fmt: skip
     out += ["## W6 Redis down", "", _table(["measure", "µs"], [[k, v] for k, v in r["W6"].items()]),
-            "", "Near cache: not implemented yet.", ""]  # fmt: skip
+            ""]  # fmt: skip
     w7 = r["W7"]
     modes = ["without cache", "with gathering_cache"]
     keys = list(w7[modes[0]])
@@ -611,6 +661,12 @@ def render(r: dict[str, Any]) -> str:
             _table(["", *modes], [[k, *(w7[mode][k] for mode in modes)] for k in keys]), "",
             f"Provider calls saved: {w7['provider calls saved %']} %; "
             f"mean recall {w7['recall speed-up x']}× faster.", ""]  # fmt: skip
+    w9 = r.get("W9")
+    if w9 is not None:
+        rate = r["W9 trace"].get("near cache hit rate %", 0.0)
+        out += ["## W9 near cache (L1)", "", _table(["measure", "value"], [[k, v] for k, v in w9.items()]),
+                "", f"W7 agent trace with the near cache: hit rate {rate} % of its lookups "
+                "(embeddings; RAG results are never served from it).", ""]  # fmt: skip
     w8 = r["W8"]
     out += ["## W8 sync facade", "", _table(["measure", "µs"], [[k, v] for k, v in w8.items()]), ""]
     out += ["## Targets (ratios to raw redis.asyncio + orjson in the same run)", "", _table(

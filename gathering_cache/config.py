@@ -55,6 +55,9 @@ _OWN_VARIABLES = {
     "enabled": "CACHE_ENABLED",
     "url": "REDIS_URL",
     "username": "REDIS_USERNAME",
+    "cluster_nodes": "REDIS_CLUSTER_NODES",
+    "sentinel_nodes": "REDIS_SENTINEL_NODES",
+    "sentinel_service": "REDIS_SENTINEL_SERVICE",
 }
 
 _GLOB_CHARS = frozenset("*?[]\\")
@@ -278,6 +281,36 @@ class CacheConfig(BaseSettings):
     """The Redis protocol version. Only 2 (RESP2): the library reads replies in the RESP2
     shape, and redis-py drops RESP3 push frames on ordinary connections."""
     backend: Literal["redis", "memory"] = "redis"
+
+    # Topology: standalone (neither list set), Redis Cluster or Sentinel
+    cluster_nodes: list[str] | str | None = _own_env(None, "cluster_nodes")
+    """Seed nodes of a Redis Cluster (``["host:7000", "host:7001"]``; the rest are
+    discovered). From the environment: ``REDIS_CLUSTER_NODES="host1:7000,host2:7001"``. Read
+    back as a list of ``host:port`` strings. TLS, credentials and timeouts apply to every
+    node; ``db`` must be 0."""
+    sentinel_nodes: list[str] | str | None = _own_env(None, "sentinel_nodes")
+    """Sentinels watching the primary (``["host:26379", ...]``, or
+    ``REDIS_SENTINEL_NODES="h1:26379,h2:26379"``): the cache asks them where the primary of
+    ``sentinel_service`` is and follows it across failovers. The data nodes use ``username``
+    / ``password``; the sentinels ``sentinel_username`` / ``sentinel_password``."""
+    sentinel_service: str = _own_env("mymaster", "sentinel_service")
+    """The name the sentinels monitor the primary under (``REDIS_SENTINEL_SERVICE``)."""
+    sentinel_username: str | None = None
+    sentinel_password: SecretStr | None = None
+
+    # Near cache (L1): values of chosen namespaces kept in this process (docs/scaling.md)
+    near_cache: bool = False
+    """Keep recently read values of ``near_cache_namespaces`` in this process, kept correct
+    by Redis client-side caching (CLIENT TRACKING, broadcast mode on ``key_prefix``)."""
+    near_cache_size: int = 10_000
+    """Entries the near cache holds (least recently used dropped first)."""
+    near_cache_ttl: float = 60.0
+    """The longest a value stays in the near cache (seconds): a bound, not the mechanism
+    that keeps it correct (that is the invalidation messages)."""
+    near_cache_namespaces: list[str] | str = ["embedding", "circle"]
+    """Namespaces served from the near cache (``embedding``, ``circle``, ``llm``,
+    ``generic``; never ``rag``, whose generation counters must be read from Redis).
+    From the environment: comma-separated."""
 
     # Timeouts and pool: sub-second, because a slow cache is worse than no cache.
     socket_timeout: float = 0.25
@@ -604,7 +637,96 @@ class CacheConfig(BaseSettings):
             )
         return value
 
+    @field_validator("cluster_nodes", "sentinel_nodes", mode="before")
+    @classmethod
+    def _split_addresses(cls, value: Any, info: ValidationInfo) -> Any:
+        # The environment gives "h1:7000,h2:7001"; an empty list or string is "not set".
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple)):
+            if not value:
+                return None
+            return [_check_address(item, str(info.field_name)) for item in value]
+        return value
+
+    @field_validator("near_cache_namespaces", mode="before")
+    @classmethod
+    def _check_near_namespaces(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple, set, frozenset)):
+            allowed = ("embedding", "circle", "llm", "generic")
+            for name in value:
+                if name not in allowed:
+                    raise ValueError(f"{name!r} is not one of {', '.join(allowed)}")
+            return sorted(set(value))
+        return value
+
+    @field_validator("near_cache_size")
+    @classmethod
+    def _check_near_size(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be > 0")
+        return value
+
+    @field_validator("near_cache_ttl")
+    @classmethod
+    def _check_near_ttl(cls, value: float) -> float:
+        if not value > 0 or not math.isfinite(value):
+            raise ValueError("must be > 0")
+        return value
+
+    @field_validator("sentinel_service")
+    @classmethod
+    def _check_service(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("sentinel_username", mode="before")
+    @classmethod
+    def _empty_username_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_topology(self) -> Self:
+        if self.cluster_nodes and self.sentinel_nodes:
+            raise ConfigurationError(
+                "sentinel_nodes",
+                "set either cluster_nodes (Redis Cluster) or sentinel_nodes (Sentinel), not both",
+            )
+        if self.cluster_nodes or self.sentinel_nodes:
+            field = "cluster_nodes" if self.cluster_nodes else "sentinel_nodes"
+            if self.socket_path is not None:
+                raise ConfigurationError("url", f"a unix:// socket cannot be combined with {field}")
+        if self.cluster_nodes and self.db != 0:
+            raise ConfigurationError(
+                "db",
+                f"must be 0 with cluster_nodes (a Redis Cluster has one database), not {self.db}",
+            )
+        return self
+
     # -- derived values -----------------------------------------------------------------------
+
+    @property
+    def topology(self) -> Literal["standalone", "cluster", "sentinel"]:
+        """Which Redis deployment the config names: ``cluster_nodes`` -> ``"cluster"``,
+        ``sentinel_nodes`` -> ``"sentinel"``, neither -> ``"standalone"``."""
+        if self.cluster_nodes:
+            return "cluster"
+        return "sentinel" if self.sentinel_nodes else "standalone"
+
+    @staticmethod
+    def addresses(nodes: list[str] | str | None) -> list[tuple[str, int]]:
+        """``cluster_nodes`` or ``sentinel_nodes`` as (host, port) pairs (validated)."""
+        if not nodes:
+            return []
+        items = [nodes] if isinstance(nodes, str) else nodes
+        pairs = []
+        for item in items:
+            host, _, port = item.rpartition(":")
+            pairs.append((host.strip("[]"), int(port)))
+        return pairs
 
     @property
     def redacted_url(self) -> str | None:
@@ -619,7 +741,16 @@ class CacheConfig(BaseSettings):
         return None
 
     def endpoint(self) -> dict[str, Any]:
-        """Where the cache connects, without secrets: host, port, db (and url if set)."""
+        """Where the cache connects, without secrets: host, port, db (and url if set); for
+        a cluster or sentinel set, its first seed node and ``nodes`` (and ``service``)."""
+        nodes = self.cluster_nodes or self.sentinel_nodes
+        if nodes:
+            (host, port), *_ = self.addresses(nodes)
+            where: dict[str, Any] = {"host": host, "port": port, "db": self.db}
+            where["nodes"] = list(nodes)
+            if self.sentinel_nodes:
+                where["service"] = self.sentinel_service
+            return where
         if not self.url:
             return {"host": self.host, "port": self.port, "db": self.db}
         if self.socket_path is not None:
@@ -632,6 +763,22 @@ class CacheConfig(BaseSettings):
                 yield name, _redact_url(value)
             else:
                 yield name, value
+
+
+def _check_address(item: Any, field: str) -> str:
+    """``item`` if it is ``host:port`` (an IPv6 host in brackets), else a ConfigurationError
+    naming ``field``."""
+    if not isinstance(item, str):
+        raise ConfigurationError(field, f"addresses must be 'host:port' strings, not {item!r}")
+    text = item.strip()
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigurationError(field, f"{text!r} is not host:port (e.g. 'redis-1:7000')")
+    if any(char.isspace() or char in "/@," for char in host):
+        raise ConfigurationError(field, f"{text!r} is not host:port (e.g. 'redis-1:7000')")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ConfigurationError(field, f"{text!r}: write an IPv6 host in brackets ([::1]:7000)")
+    return text
 
 
 # -- URL reading -----------------------------------------------------------------------------------

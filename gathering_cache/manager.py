@@ -570,7 +570,8 @@ class AsyncCacheManager:
     async def get_stats(self) -> dict[str, Any]:
         """Statistics of this cache.
 
-        Keys: ``enabled``; ``reason`` (when not enabled); ``backend``; ``host``, ``port``,
+        Keys: ``enabled``; ``reason`` (when not enabled); ``backend``; ``topology``
+        (``"standalone"``, ``"cluster"`` or ``"sentinel"``); ``host``, ``port``,
         ``db``; ``key_prefix``; ``total_keys`` (keys under the prefix, counted with SCAN;
         ``None`` when unavailable or not counted within ``bulk_timeout``); ``hits``,
         ``misses``, ``hit_rate`` (percent, 2 decimals) of this process's own lookups;
@@ -579,6 +580,8 @@ class AsyncCacheManager:
         ``llm_tokens_saved`` / ``llm_skipped``; ``namespaces`` (hits, misses, hit rate per
         embedding / rag / circle / llm / generic); ``breaker`` (state, consecutive failures,
         last error, outages, seconds degraded, calls shed, data errors, bulk timeouts);
+        ``near_cache`` (``enabled``, and when on: ``serving``, ``hits``, ``misses``,
+        ``size``, ``invalidations``);
         ``fleet``: every process's counters folded into the store, added up (see
         :func:`gathering_cache.ops.fleet.fleet_stats`; this process's as they are now).
         Never includes the password.
@@ -594,6 +597,7 @@ class AsyncCacheManager:
         if not policy.available:
             stats["reason"] = policy.reason or "degraded"
         stats["backend"] = core.store.capabilities.backend
+        stats["topology"] = core.store.capabilities.topology
         location: dict[str, Any] = {"host": None, "port": None, "db": None}
         location.update(core.store.describe())
         stats.update(location)
@@ -601,6 +605,7 @@ class AsyncCacheManager:
         stats["total_keys"] = total_keys
         stats.update(core.stats.snapshot())
         stats["breaker"] = policy.snapshot()
+        stats["near_cache"] = core.near_stats()
         stats["fleet"] = await fleet_stats(
             self._telemetry,
             self._fleet,

@@ -15,13 +15,16 @@ import redis.asyncio as redis_asyncio
 from fakeredis import FakeAsyncRedis, FakeServer
 
 from gathering_cache import AsyncCacheManager, CacheConfig
-from tests.servers import REDIS_SERVER, RedisServer, in_ci
+from tests.servers import REDIS_CLI, REDIS_SERVER, LocalCluster, LocalSentinel, RedisServer, in_ci
 
 BACKENDS = [
     "memory",
     "fakeredis",
     pytest.param("redis", marks=pytest.mark.integration),
+    pytest.param("cluster", marks=pytest.mark.integration),
 ]
+"""Backends of the tests that take ``cache`` / ``make_cache``. Sentinel is proven by the
+store conformance suite alone: behind the store it is a standalone server."""
 
 _skipped_integration: list[str] = []
 
@@ -41,6 +44,51 @@ def redis_server() -> Iterator[RedisServer]:
     require_redis_server()
     with RedisServer() as server:
         yield server
+
+
+def require_redis_cli() -> None:
+    """Skip (or, in CI, fail) when redis-server or redis-cli is not installed."""
+    require_redis_server()
+    if REDIS_CLI is None:
+        message = "redis-cli is not installed (apt-get install -y redis-server)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """One real 3-primary, 3-replica Redis Cluster for the session (flush before use)."""
+    require_redis_cli()
+    with LocalCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[LocalSentinel]:
+    """One primary, one replica and one sentinel (quorum 1) for the session."""
+    require_redis_cli()
+    with LocalSentinel() as sentinel:
+        yield sentinel
+
+
+def topology_settings(backend: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The config of a real-server backend ("redis", "cluster", "sentinel"), its data
+    flushed."""
+    if backend == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        # Six servers on two cores: under a full suite's load a call (the first, which
+        # discovers the slots) can pass the default 0.5 s and open the breaker. These tests
+        # check results on a cluster; tests/test_failover.py measures the bounds.
+        return {"cluster_nodes": cluster.addresses, "operation_timeout": 2.0}
+    if backend == "sentinel":
+        sentinel: LocalSentinel = request.getfixturevalue("redis_sentinel")
+        sentinel.wait_settled()
+        sentinel.flush()
+        return {"sentinel_nodes": [sentinel.address]}
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return {"url": server.url}
 
 
 @pytest.fixture
@@ -80,11 +128,12 @@ async def make_cache(backend: str, request: pytest.FixtureRequest) -> AsyncItera
     """A factory of connected managers on the current backend: ``await make_cache(**config)``."""
     managers: list[AsyncCacheManager] = []
     fake_server = FakeServer()
-    url = None
+    real: dict[str, Any] = {}
     if backend == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
-        url = server.url
-        await _flush(url)
+        await _flush(server.url)
+    if backend not in ("memory", "fakeredis"):
+        real = topology_settings(backend, request)
 
     async def factory(**overrides: Any) -> AsyncCacheManager:
         client = None
@@ -94,7 +143,7 @@ async def make_cache(backend: str, request: pytest.FixtureRequest) -> AsyncItera
         elif backend == "fakeredis":
             client = FakeAsyncRedis(server=fake_server)
         else:
-            settings["url"] = url
+            settings.update(real)
         settings.update(overrides)
         manager = AsyncCacheManager(CacheConfig(**settings), client=client)
         await manager.connect()

@@ -284,6 +284,9 @@ def test_every_field_has_one_documented_variable() -> None:
         "enabled": "CACHE_ENABLED",
         "url": "REDIS_URL",
         "username": "REDIS_USERNAME",
+        "cluster_nodes": "REDIS_CLUSTER_NODES",
+        "sentinel_nodes": "REDIS_SENTINEL_NODES",
+        "sentinel_service": "REDIS_SENTINEL_SERVICE",
     }
     for name, info in CacheConfig.model_fields.items():
         expected = seed.get(name, f"GATHERING_CACHE_{name.upper()}")

@@ -25,6 +25,7 @@ from fakeredis import FakeAsyncRedis, FakeServer
 from gathering_cache import CacheConfig
 from gathering_cache.backends import create_store
 from gathering_cache.backends.base import COUNTER_DIGITS, Progress, Store, Subscriber
+from tests.conftest import topology_settings
 from tests.servers import RedisServer
 
 _Test = TypeVar("_Test", bound=Callable[..., Awaitable[None]])
@@ -77,14 +78,24 @@ async def _redis(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     yield create_store(CacheConfig(url=server.url))  # built from config: owned
 
 
+async def _cluster(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    yield create_store(CacheConfig(**topology_settings("cluster", request)))
+
+
+async def _sentinel(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    yield create_store(CacheConfig(**topology_settings("sentinel", request)))
+
+
 STORES: dict[str, StoreBuilder] = {
     "memory": _memory,
     "fakeredis": _fakeredis,
     "redis": _redis,
+    "cluster": _cluster,
+    "sentinel": _sentinel,
 }
 """Every store the suite proves. Real servers are marked ``integration``."""
 
-_NETWORKED = {"redis"}
+_NETWORKED = {"redis", "cluster", "sentinel"}
 
 KNOWN_DIVERGENCES: dict[tuple[str, str], str] = {}
 # (Fixed: the Redis subscriber's first get() answered None at once, reading the SUBSCRIBE
@@ -637,6 +648,41 @@ async def test_close_never_raises(store: Store) -> None:
 async def test_a_fault_is_never_a_data_error(store: Store) -> None:
     for fault in (ConnectionError("down"), asyncio.TimeoutError(), OSError("reset")):
         assert store.is_data_error(fault) is False
+
+
+# --- tracker (invalidations for a near cache) ----------------------------------------------
+
+
+@covers("tracker")
+async def test_a_tracker_reports_changes_under_its_prefix(
+    store: Store, request: pytest.FixtureRequest
+) -> None:
+    if not store.capabilities.tracking:
+        with pytest.raises(NotImplementedError):
+            store.tracker("t:")
+        return
+    tracker = store.tracker("t:")
+    try:
+        try:
+            await tracker.start()
+        except store.fault_types:
+            # A server without CLIENT TRACKING (fakeredis): the near cache never serves.
+            assert request.node.callspec.params["store"] not in _NETWORKED
+            return
+        await store.set("other:k", b"v", 60)
+        await store.set("t:a", b"v", 60)
+        await store.delete(["t:a"])
+        seen: list[str] = []
+        for _ in range(50):
+            keys = await tracker.get(0.1)
+            assert keys is not None
+            seen += keys
+            if seen.count("t:a") >= 2:
+                break
+        assert seen == ["t:a", "t:a"]  # the write and the delete; never the other prefix
+    finally:
+        await tracker.close()
+        await tracker.close()  # twice
 
 
 # --- introspection (operators' tools) -----------------------------------------------------

@@ -22,8 +22,10 @@ def create_store(config: CacheConfig, client: Any = None) -> Store:
 
     Args:
         config: the cache configuration.
-        client: an injected ``redis.asyncio`` client (``Redis``, ``RedisCluster``, or a
-            fakeredis ``FakeAsyncRedis``). It is used as given and not closed by the store.
+        client: an injected ``redis.asyncio`` client (``Redis``, ``RedisCluster``, a
+            sentinel's ``master_for`` client, or a fakeredis ``FakeAsyncRedis``). It is used
+            as given and not closed by the store. Without one, ``config.cluster_nodes`` /
+            ``config.sentinel_nodes`` choose the topology.
 
     Raises:
         ArgumentTypeError: ``client`` is not an asyncio client (a sync ``redis.Redis``).
@@ -38,34 +40,18 @@ def create_store(config: CacheConfig, client: Any = None) -> Store:
         return MemoryStore(config.memory_max_entries)
     describe = _client_location(client) if client is not None else config.endpoint()
     if not config.enabled:
-        return NullStore(_DISABLED, backend="redis", describe=describe)
+        return NullStore(_DISABLED, backend="redis", describe=describe, topology=config.topology)
     if not REDIS_AVAILABLE:
         return NullStore(
             "redis library not installed (pip install 'redis[hiredis]')",
             backend="redis",
             describe=describe,
+            topology=config.topology,
         )
-    from gathering_cache.backends.redis_store import RedisStore, build_client
+    from gathering_cache.backends.redis_topologies import redis_store
 
     limit = config.max_connections  # the pool's size: the policy keeps calls within it
-    pipelined = config.auto_pipeline
-    if client is not None:
-        return RedisStore(
-            client,
-            owned=False,
-            describe=describe,
-            concurrency=limit,
-            auto_pipeline=pipelined,
-            operation_timeout=config.operation_timeout,
-        )
-    return RedisStore(
-        build_client(config),
-        owned=True,
-        describe=describe,
-        concurrency=limit,
-        auto_pipeline=pipelined,
-        operation_timeout=config.operation_timeout,
-    )
+    return redis_store(config, client, describe=describe, concurrency=limit)
 
 
 _DISABLED = "disabled in config (enabled=False / CACHE_ENABLED=false)"

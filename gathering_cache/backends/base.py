@@ -23,6 +23,7 @@ __all__ = [
     "Progress",
     "Store",
     "Subscriber",
+    "Tracker",
     "fresh_counter",
     "parse_counter",
 ]
@@ -61,6 +62,25 @@ class Subscriber(ABC):
         """Unsubscribe and release the connection; never raises."""
 
 
+class Tracker(ABC):
+    """Invalidation messages of a store for keys under one prefix (Redis client-side
+    caching in broadcast mode): what a near cache must forget."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Establish tracking. Raises one of the store's ``fault_types`` when it cannot."""
+
+    @abstractmethod
+    async def get(self, timeout: float) -> list[str] | None:
+        """The keys changed since the last call (``[]`` after ``timeout`` seconds without
+        any), or ``None``: forget everything (a flush). Raises one of the store's
+        ``fault_types`` once tracking is lost: invalidations may have been missed."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop tracking and release the connections; never raises."""
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What the core needs to know about a store, declared by the store itself: the core
@@ -86,6 +106,13 @@ class Capabilities:
     locks: bool = False
     """It takes short-lived locks (:meth:`Store.acquire_locks`). Without them, single-flight
     works within the process only."""
+    tracking: bool = False
+    """It reports changes of keys under a prefix (:meth:`Store.tracker`), so a near cache
+    in front of it can stay correct."""
+    topology: str = "standalone"
+    """The deployment behind the store: ``"standalone"`` (one server, or in-process),
+    ``"cluster"`` (Redis Cluster) or ``"sentinel"`` (a primary found through sentinels).
+    Shown in stats; chosen and built in ``backends/`` alone."""
 
 
 class Store(ABC):
@@ -191,6 +218,10 @@ class Store(ABC):
         """Release the locks among ``keys`` still held with ``token``; never another owner's.
         Returns how many were released."""
         raise NotImplementedError(f"{type(self).__name__} keeps no locks")
+
+    def tracker(self, prefix: str) -> Tracker:
+        """A (not yet started) :class:`Tracker` of the keys under ``prefix``."""
+        raise NotImplementedError(f"{type(self).__name__} reports no invalidations")
 
     # -- introspection, for operators (the CLI and dashboard); never on a cache call's path ----
 

@@ -16,10 +16,17 @@ class NullStore(Store):
 
     fault_types = (BackendError,)
 
-    def __init__(self, reason: str, *, backend: str, describe: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        backend: str,
+        describe: dict[str, Any],
+        topology: str = "standalone",
+    ) -> None:
         self.reason = reason
         self.capabilities = Capabilities(
-            backend=backend, networked=False, loop_bound=False, disabled=reason
+            backend=backend, networked=False, loop_bound=False, disabled=reason, topology=topology
         )
         self._describe = describe
 

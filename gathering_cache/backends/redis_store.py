@@ -1,4 +1,5 @@
-"""The Redis store, on ``redis.asyncio``. The only module of the package that imports redis.
+"""The Redis store, on ``redis.asyncio``. With :mod:`.redis_topologies` (cluster, sentinel),
+the only module of the package that imports redis.
 
 Client construction follows what was measured on redis-py 8.1 (see docs/configuration.md):
 a pool of bounded size behind the policy's own limiter (a burst waits for a slot instead of
@@ -30,6 +31,7 @@ from gathering_cache.backends.base import (
     Progress,
     Store,
     Subscriber,
+    Tracker,
     fresh_counter,
     parse_counter,
 )
@@ -78,6 +80,8 @@ SCAN_COUNT = 1000
 """SCAN COUNT hint: ~26x faster than the default 10 on a large keyspace (docs/benchmarks)."""
 DELETE_BATCH = 500
 """Keys per UNLINK while deleting by pattern."""
+_POP_ALL = 2**62
+"""ZPOPMIN count meaning "every member" (Redis sizes the reply by the set, not the count)."""
 
 
 _SERVER_STATE = frozenset(
@@ -198,7 +202,20 @@ def build_client(config: CacheConfig) -> Redis:
     """
     from redis.asyncio.connection import UnixDomainSocketConnection
 
-    kwargs: dict[str, Any] = {
+    kwargs = connection_settings(config)
+    if config.socket_path is not None:
+        kwargs.update(connection_class=UnixDomainSocketConnection, path=config.socket_path)
+    else:
+        kwargs.update(host=config.host, port=config.port)
+        if config.ssl:
+            kwargs.update(connection_class=SSLConnection, **tls_settings(config))
+    return redis_asyncio.Redis.from_pool(ConnectionPool(**kwargs))
+
+
+def connection_settings(config: CacheConfig) -> dict[str, Any]:
+    """The keyword arguments every topology's data connections share (pool size, timeouts,
+    retry, protocol, db, credentials, client name); TLS is added by each builder."""
+    return {
         # The degradation policy admits at most this many calls at once, so the pool never
         # runs out (no MaxConnectionsError) and needs no BlockingConnectionPool, whose
         # condition variable cost ~20 us per call here.
@@ -218,20 +235,17 @@ def build_client(config: CacheConfig) -> Redis:
         "password": config.password.get_secret_value() if config.password else None,
         "client_name": config.client_name,
     }
-    if config.socket_path is not None:
-        kwargs.update(connection_class=UnixDomainSocketConnection, path=config.socket_path)
-    else:
-        kwargs.update(host=config.host, port=config.port)
-        if config.ssl:
-            kwargs.update(
-                connection_class=SSLConnection,
-                ssl_ca_certs=config.ssl_ca_certs,
-                ssl_certfile=config.ssl_certfile,
-                ssl_keyfile=config.ssl_keyfile,
-                ssl_cert_reqs=config.ssl_cert_reqs,
-                ssl_check_hostname=config.ssl_check_hostname,
-            )
-    return redis_asyncio.Redis.from_pool(ConnectionPool(**kwargs))
+
+
+def tls_settings(config: CacheConfig) -> dict[str, Any]:
+    """redis-py's TLS keyword arguments from ``config`` (used when ``config.ssl``)."""
+    return {
+        "ssl_ca_certs": config.ssl_ca_certs,
+        "ssl_certfile": config.ssl_certfile,
+        "ssl_keyfile": config.ssl_keyfile,
+        "ssl_cert_reqs": config.ssl_cert_reqs,
+        "ssl_check_hostname": config.ssl_check_hostname,
+    }
 
 
 async def _bounded_310(awaitable: Awaitable[Any], timeout: float) -> Any:  # pragma: no cover
@@ -324,7 +338,11 @@ def _fault(exc: BaseException, where: str) -> BackendError:
 
 
 class RedisStore(Store):
-    """A store on a ``redis.asyncio`` client (built from config, or injected)."""
+    """A store on a ``redis.asyncio`` client (built from config, or injected): a standalone
+    server, or the primary a sentinel set names (see :mod:`.redis_topologies`)."""
+
+    #: The deployment, shown in stats (``Capabilities.topology``).
+    topology = "standalone"
 
     def __init__(
         self,
@@ -343,6 +361,8 @@ class RedisStore(Store):
             concurrency=concurrency,
             indexes=True,
             locks=True,
+            tracking=True,
+            topology=self.topology,
         )
         self._client = client
         self._owned = owned
@@ -562,31 +582,29 @@ class RedisStore(Store):
         return keys
 
     async def _scan(self, pattern: str, progress: Progress) -> AsyncIterator[list[bytes]]:
-        if hasattr(self._client, "get_nodes"):  # RedisCluster: scan_iter walks every primary
-            batch: list[bytes] = []
-            try:
-                async for key in self._client.scan_iter(match=pattern, count=SCAN_COUNT):
-                    batch.append(key)
-                    if len(batch) >= SCAN_COUNT:
-                        yield self._keys(batch)
-                        batch = []
-            except _MALFORMED as exc:
-                raise self._malformed("SCAN", exc) from exc
-            if batch:
-                yield self._keys(batch)
-            return
+        """The keys matching ``pattern``, in batches, one bounded SCAN step each."""
         cursor = 0
         while True:
             reply = await self._step(
                 self._client.scan(cursor, match=pattern, count=SCAN_COUNT), progress
             )
-            if type(reply) is not tuple or len(reply) != 2 or type(reply[0]) is not int:
-                raise self._malformed("SCAN", reply)
-            cursor, keys = reply[0], self._keys(reply[1])
+            cursor, keys = self._scan_reply(reply)
             if keys:
                 yield keys
             if not cursor:
                 return
+
+    def _scan_reply(self, reply: object) -> tuple[int, list[bytes]]:
+        """(next cursor, keys) of a SCAN reply. A cluster client sent to one node answers
+        its cursor as ``{node: cursor}``."""
+        if type(reply) is not tuple or len(reply) != 2:
+            raise self._malformed("SCAN", reply)
+        cursor = reply[0]
+        if isinstance(cursor, dict) and len(cursor) == 1:
+            cursor = next(iter(cursor.values()))
+        if type(cursor) is not int:
+            raise self._malformed("SCAN", reply)
+        return cursor, self._keys(reply[1])
 
     @_mapped
     async def scan_delete(self, pattern: str, progress: Progress) -> int:
@@ -598,11 +616,6 @@ class RedisStore(Store):
 
     @_mapped
     async def scan_page(self, pattern: str, cursor: int, count: int) -> tuple[int, list[str]]:
-        if hasattr(self._client, "get_nodes"):  # RedisCluster: every primary, in one page
-            keys: list[bytes] = []
-            async for batch in self._scan(pattern, Progress()):
-                keys.extend(batch)
-            return 0, [key.decode("utf-8", "replace") for key in keys]
         try:
             reply = await self._client.scan(cursor, match=pattern, count=count)
         except _MALFORMED as exc:  # redis-py's SCAN callback unpacks the reply
@@ -643,14 +656,18 @@ class RedisStore(Store):
 
     @_mapped
     async def pop_index(self, index: str) -> list[str]:
-        async with self._client.pipeline(transaction=True) as pipe:  # one key: one slot
-            pipe.zrange(index, 0, -1)
-            pipe.delete(index)
-            replies = await self._replies("ZRANGE", pipe.execute())
-        if len(replies) != 2 or not isinstance(replies[0], list):
-            raise self._malformed("ZRANGE", replies)
+        # ZPOPMIN of every member: read and delete in one command on one key, so atomic on
+        # every topology without MULTI (redis-py's cluster pipelines refuse or mishandle
+        # transactions, depending on the version) or a script. An emptied set is deleted.
+        try:
+            reply: object = await self._client.zpopmin(index, _POP_ALL)
+        except _MALFORMED as exc:
+            raise self._malformed("ZPOPMIN", exc) from exc
+        if not isinstance(reply, list):
+            raise self._malformed("ZPOPMIN", reply)
+        members = [pair[0] if isinstance(pair, (list, tuple)) and pair else pair for pair in reply]
         # Anyone who can write the index chose its members: never raise on them.
-        return [m.decode(errors="replace") if isinstance(m, bytes) else str(m) for m in replies[0]]
+        return [m.decode(errors="replace") if isinstance(m, bytes) else str(m) for m in members]
 
     @_mapped
     async def counters(self, keys: Sequence[str], amount: int, ttl: int) -> list[int]:
@@ -724,6 +741,14 @@ class RedisStore(Store):
 
     def subscriber(self, channel: str) -> Subscriber:
         return _RedisSubscriber(self._client, channel, self.where)
+
+    def tracker(self, prefix: str) -> Tracker:
+        pool: Any = self._client.connection_pool
+
+        async def connections() -> list[Any]:  # one, not from the pool: it never returns
+            return [pool.connection_class(**pool.connection_kwargs)]
+
+        return RedisTracker(connections, prefix, self.where)
 
     @_mapped
     async def acquire_locks(self, keys: Sequence[str], token: str, ttl_ms: int) -> list[bool]:
@@ -805,3 +830,118 @@ class _RedisSubscriber(Subscriber):
                 await self._pubsub.unsubscribe(self._channel)
         with contextlib.suppress(Exception):
             await self._pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
+
+
+_INVALIDATE = "__redis__:invalidate"
+
+
+class RedisTracker(Tracker):
+    """CLIENT TRACKING in broadcast mode on connections of its own (one per primary): each
+    connection redirects its invalidations to itself, then subscribes to them (RESP2), so
+    losing the connection loses both at once, and is noticed: :meth:`get` raises."""
+
+    def __init__(
+        self, connections: Callable[[], Awaitable[list[Any]]], prefix: str, where: str
+    ) -> None:
+        self._make = connections
+        self._prefix = prefix
+        self.where = where
+        self._connections: list[Any] = []
+        self._readers: list[asyncio.Task[None]] = []
+        # What the readers received, in order: keys, None (a flush) or the error that ended
+        # a reader; handed out by get(). (No asyncio.Queue + wait_for: on Python 3.11 a
+        # cancellation arriving as wait_for times out could leave the caller hanging.)
+        self._items: list[list[str] | BaseException | None] = []
+        self._ready = asyncio.Event()
+
+    @_mapped
+    async def start(self) -> None:
+        self._connections = await self._make()
+        for connection in self._connections:
+            await self._track(connection)
+        for connection in self._connections:
+            self._readers.append(asyncio.ensure_future(self._read(connection)))
+
+    async def _track(self, connection: Any) -> None:
+        await connection.connect()
+        await connection.send_command("CLIENT", "ID")
+        own = await connection.read_response()
+        if type(own) is not int:
+            raise BackendError(f"malformed reply to CLIENT ID from {self.where}: {_short(own)}")
+        await connection.send_command(
+            "CLIENT", "TRACKING", "ON", "REDIRECT", own, "BCAST", "PREFIX", self._prefix
+        )
+        reply = await connection.read_response()
+        if reply not in (b"OK", "OK", True):
+            raise BackendError(f"CLIENT TRACKING refused at {self.where}: {_short(reply)}")
+        await connection.send_command("SUBSCRIBE", _INVALIDATE)
+        confirmation = await connection.read_response()
+        if not isinstance(confirmation, list) or confirmation[:1] not in ([b"subscribe"],):
+            raise BackendError(f"malformed reply to SUBSCRIBE from {self.where}")
+
+    async def _read(self, connection: Any) -> None:
+        try:
+            while True:
+                message = await connection.read_response(timeout=_FOREVER)
+                if message is None:
+                    continue
+                if not isinstance(message, list) or len(message) != 3:
+                    raise BackendError(f"malformed invalidation from {self.where}")
+                keys = message[2]
+                if keys is None:
+                    self._push(None)
+                elif isinstance(keys, list):
+                    self._push(
+                        [
+                            k.decode(errors="replace") if isinstance(k, bytes) else str(k)
+                            for k in keys
+                        ]
+                    )
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # tracking lost: the consumer must flush
+            self._push(exc)
+
+    def _push(self, item: list[str] | BaseException | None) -> None:
+        self._items.append(item)
+        self._ready.set()
+
+    def lost(self, why: str) -> None:
+        """Declare tracking lost (the primary moved): the next :meth:`get` raises."""
+        self._push(BackendError(f"tracking lost at {self.where}: {why}"))
+
+    async def get(self, timeout: float) -> list[str] | None:
+        if not self._items:
+            self._ready.clear()
+            waiter = asyncio.ensure_future(self._ready.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=timeout)
+            finally:
+                waiter.cancel()
+        items, self._items = self._items, []
+        # A lost connection first (the consumer flushes everything anyway), then a flush,
+        # else every key received, in one batch.
+        for item in items:
+            if isinstance(item, BackendError):
+                raise item
+            if isinstance(item, BaseException):
+                raise _fault(item, self.where) from item
+        if any(item is None for item in items):
+            return None
+        return [key for item in items if isinstance(item, list) for key in item]
+
+    async def close(self) -> None:
+        readers, self._readers = self._readers, []
+        connections, self._connections = self._connections, []
+        for connection in connections:  # ends the readers' reads too
+            with contextlib.suppress(Exception):
+                await connection.disconnect()
+        for reader in readers:
+            reader.cancel()
+        if readers:  # bounded: a cancellation swallowed by a redis-py read must not hang us
+            await asyncio.wait(readers, timeout=1.0)
+
+
+_FOREVER = 3600.0
+"""A read timeout the tracker's connections never reach in practice (a finite one: older
+redis-py reads ``None`` as "the socket timeout")."""

@@ -26,6 +26,7 @@ from gathering_cache.core.keys import (
     check_key,
     check_ttl,
 )
+from gathering_cache.core.near import NearCache
 from gathering_cache.core.observe import Observer, Operation, Outcome
 from gathering_cache.core.policy import BreakerState, DegradationPolicy
 from gathering_cache.core.stats import CacheStats
@@ -108,6 +109,15 @@ class CacheCore:
         self._ready_on: asyncio.AbstractEventLoop | None = None
         self._deletion_listeners: list[DeletionListener] = []
         self._warned_oversized = False
+        # The near cache (L1), when asked for and the store reports invalidations; kept
+        # correct by a tracking task started on connect (see _track).
+        self.near: NearCache | None = None
+        self._tracking: asyncio.Task[None] | None = None
+        if config.near_cache and self.store.capabilities.tracking:
+            self.near = NearCache(
+                config.near_cache_size, config.near_cache_ttl, config.near_cache_namespaces
+            )
+            self.on_delete(self.near.invalidate)
         self.read_value = self.decoder(None)
         """The judge of a plain encoded value (the generic key-value API)."""
 
@@ -180,7 +190,51 @@ class CacheCore:
             # The first contact failed: degrade at once rather than after `failure_threshold`.
             # (A call shed by local load is no verdict on the store.)
             self.policy.trip()
+        if self.near is not None and self._tracking is None:
+            self._tracking = asyncio.ensure_future(self._track(self.near))
         return self.policy.available
+
+    async def _track(self, near: NearCache) -> None:
+        """Keep the near cache correct for ever (cancelled by :meth:`aclose`): establish
+        tracking, then apply each invalidation. Whenever tracking is lost (a connection
+        dropped, a failover), the near cache is flushed and serves nothing until tracking
+        is established again, so no invalidation can have been missed by what it serves."""
+        setup = max(1.0, 2 * self.config.operation_timeout)
+        warned = False
+        while self._tracking is not None:  # None once aclose began
+            near.flush(serving=False)
+            tracker = self.store.tracker(self.config.key_prefix)
+            try:
+                # Not wait_for: on Python 3.11 a cancellation (aclose) that arrives as it
+                # times out can be lost, and aclose would wait for ever.
+                starting = asyncio.ensure_future(tracker.start())
+                try:
+                    await asyncio.wait({starting}, timeout=setup)
+                finally:
+                    if not starting.done():
+                        starting.cancel()
+                if starting.cancelled():
+                    raise BackendError(f"tracking not established within {setup:g} s")
+                starting.result()
+                near.flush(serving=True)
+                if warned:
+                    logger.warning("near cache serving again (tracking re-established)")
+                    warned = False
+                while self._tracking is not None:
+                    keys = await tracker.get(1.0)
+                    if keys is None or keys:
+                        near.invalidate(keys)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any loss of tracking means: flush
+                if not warned:
+                    logger.warning("near cache flushed and paused: tracking lost (%s)", exc)
+                    warned = True
+            finally:
+                near.flush(serving=False)
+                await tracker.close()
+            if self._tracking is not None:
+                await asyncio.sleep(self.config.recovery_interval)
 
     async def _ping(self) -> bool:
         await self.store.connect()
@@ -193,6 +247,10 @@ class CacheCore:
         return self._connected and (self._loop is None or self._loop is loop)
 
     async def aclose(self) -> None:
+        tracking, self._tracking = self._tracking, None
+        if tracking is not None:
+            tracking.cancel()
+            await asyncio.wait({tracking}, timeout=2.0)  # bounded, whatever redis-py does
         self.policy.disable("closed")
         self._notify_deleted(None)  # in-process layers forget everything
         self._connected = True
@@ -300,14 +358,85 @@ class CacheCore:
 
     def read(self, namespace: str, key: str, judge: Judge) -> Coroutine[Any, Any, Any]:
         """One lookup (GET), judged by the domain. (Plain functions returning the guarded
-        call's coroutine, here and below: one coroutine frame less on every read.)"""
+        call's coroutine, here and below: one coroutine frame less on every read.) Served
+        by the near cache when it holds the key for a namespace it serves."""
+        near = self.near
+        if near is not None and near.serving and namespace in near.namespaces:
+            return self._read_near(near, namespace, key, judge)
         return self.guarded("get", namespace, self.store.get, key, judge=judge)
+
+    async def _read_near(self, near: NearCache, namespace: str, key: str, judge: Judge) -> Any:
+        started = perf_counter()
+        data = near.get(key)
+        if data is None:
+            epoch = near.epoch  # a value read while an invalidation arrives is not kept
+
+            def keep(reply: Any) -> tuple[Any, int, int, int]:
+                if type(reply) is bytes:
+                    near.put(key, reply, epoch)
+                return judge(reply)
+
+            return await self.guarded("get", namespace, self.store.get, key, judge=keep)
+        result, hits, invalid, nbytes = judge(data)
+        outcome = _HIT if hits else _MISS
+        self.emit(
+            Operation("get", namespace, outcome, perf_counter() - started, nbytes, 1, hits, invalid)
+        )
+        return result
+
+    async def _read_many_near(
+        self,
+        near: NearCache,
+        namespace: str,
+        keys: Sequence[str],
+        judge: Judge,
+        lookups: int | None,
+    ) -> Any:
+        started = perf_counter()
+        count = len(keys) if lookups is None else lookups
+        held = [near.get(key) for key in keys]
+        missing = [key for key, data in zip(keys, held, strict=True) if data is None]
+        if not missing:
+            result, hits, invalid, nbytes = judge(held)
+            outcome = _HIT if hits else _MISS
+            self.emit(
+                Operation(
+                    "get_many", namespace, outcome, perf_counter() - started, nbytes, count,
+                    hits, invalid,
+                )
+            )  # fmt: skip
+            return result
+        epoch = near.epoch
+
+        def merge(reply: Any) -> tuple[Any, int, int, int]:
+            if reply is UNAVAILABLE:
+                return judge(reply)
+            fetched = iter(reply)
+            for key, raw in zip(missing, reply, strict=False):  # the store checks lengths
+                if type(raw) is bytes:
+                    near.put(key, raw, epoch)
+            return judge([data if data is not None else next(fetched) for data in held])
+
+        return await self.guarded(
+            "get_many", namespace, self.store.get_many, missing, judge=merge, keys=count
+        )
+
+    def near_stats(self) -> dict[str, Any]:
+        """The near cache's hits, misses, size and invalidations (``enabled`` False when
+        it is off, or the store reports no invalidations)."""
+        if self.near is None:
+            return {"enabled": False}
+        return {"enabled": True, **self.near.snapshot()}
 
     def read_many(
         self, namespace: str, keys: Sequence[str], judge: Judge, lookups: int | None = None
     ) -> Coroutine[Any, Any, Any]:
         """Several keys in one round trip (MGET, cluster-safe), judged together by the
-        domain; ``lookups``: how many lookups they serve (default one per key)."""
+        domain; ``lookups``: how many lookups they serve (default one per key). Keys the
+        near cache holds are not asked for."""
+        near = self.near
+        if near is not None and near.serving and namespace in near.namespaces:
+            return self._read_many_near(near, namespace, keys, judge, lookups)
         return self.guarded(
             "get_many",
             namespace,
@@ -322,7 +451,7 @@ class CacheCore:
     ) -> Coroutine[Any, Any, Any]:
         """The decoded value under ``key`` or ``None``; a hit or a miss."""
         judge = self.read_value if accept is None else self.decoder(accept)
-        return self.guarded("get", namespace, self.store.get, key, judge=judge)
+        return self.read(namespace, key, judge)
 
     async def get_many(self, keys: Sequence[str], namespace: str) -> list[Any]:
         if not keys:
@@ -386,6 +515,8 @@ class CacheCore:
         """Store encoded bytes (SET EX); ``ttl`` None: ``default_ttl`` (every key expires)."""
         if len(data) > self.config.max_value_bytes and self.oversized([(key, data)]):
             return False
+        if self.near is not None:
+            self.near.invalidate((key,))
         ok: bool = await self.guarded(
             "set",
             namespace,
@@ -418,6 +549,8 @@ class CacheCore:
             return self.policy.available  # nothing to write: "stored" only if we could have
         expiry = self.config.default_ttl if ttl is None else ttl
         nbytes = sum(len(data) for _, data in items)
+        if self.near is not None:
+            self.near.invalidate([key for key, _ in items])
         if index is not None and self.store.capabilities.indexes:
             call: Callable[..., Awaitable[Any]] = self.store.set_indexed
             args: tuple[Any, ...] = (items, expiry, index)
