@@ -160,7 +160,7 @@ async def test_a_server_that_never_answers_reports_timeouts_and_sheds_the_overfl
     async with HostileServer(b"") as server:  # answers the handshake, then nothing
         config = CacheConfig(
             port=server.port,
-            operation_timeout=0.2,
+            operation_timeout=0.5,  # wide: two calls that start together stay together
             failure_threshold=100,
             max_connections=1,
         )
