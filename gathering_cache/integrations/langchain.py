@@ -48,7 +48,39 @@ def _escape(text: str) -> str:
     return text.translate(_GLOB)
 
 
-class GatheringByteStore(ByteStore):
+class _Keyed:
+    """What both LangChain stores share: their keys live under ``_head``; deleting and
+    listing them, sync and async, through the bridge."""
+
+    _bridge: Bridge
+    _head: str
+
+    async def _delete(self, manager: AsyncCacheManager, keys: Sequence[str]) -> None:
+        raise NotImplementedError
+
+    async def _list(self, manager: AsyncCacheManager, prefix: str | None) -> list[str]:
+        pattern = f"{_escape(self._head)}{_escape(prefix or '')}*"
+        return [k[len(self._head) :] async for k in manager.scan_keys(pattern)]
+
+    def mdelete(self, keys: Sequence[str]) -> None:
+        """Delete ``keys`` (absent ones are ignored)."""
+        self._bridge.call_sync(lambda m: self._delete(m, keys), None)
+
+    async def amdelete(self, keys: Sequence[str]) -> None:
+        await self._bridge.call(lambda m: self._delete(m, keys), None)
+
+    def yield_keys(self, *, prefix: str | None = None) -> Iterator[str]:
+        """The store's keys starting with ``prefix`` (SCAN; a key may be listed twice)."""
+        none: list[str] = []
+        yield from self._bridge.call_sync(lambda m: self._list(m, prefix), none)
+
+    async def ayield_keys(self, *, prefix: str | None = None) -> AsyncIterator[str]:
+        none: list[str] = []
+        for key in await self._bridge.call(lambda m: self._list(m, prefix), none):
+            yield key
+
+
+class GatheringByteStore(_Keyed, ByteStore):
     """A LangChain ``ByteStore`` on the cache: keys ``<prefix>lc:<namespace>:<key>``, values
     the bytes (base64 inside the JSON envelope), each expiring after ``ttl``.
 
@@ -90,10 +122,6 @@ class GatheringByteStore(ByteStore):
         for key in self._keys(keys):
             await manager.delete(key)
 
-    async def _list(self, manager: AsyncCacheManager, prefix: str | None) -> list[str]:
-        pattern = f"{_escape(self._head)}{_escape(prefix or '')}*"
-        return [k[len(self._head) :] async for k in manager.scan_keys(pattern)]
-
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         """The values of ``keys`` (``None`` where absent), in order."""
         return self._bridge.call_sync(lambda m: self._get(m, keys), [None] * len(keys))
@@ -108,25 +136,8 @@ class GatheringByteStore(ByteStore):
     async def amset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
         await self._bridge.call(lambda m: self._set(m, key_value_pairs), None)
 
-    def mdelete(self, keys: Sequence[str]) -> None:
-        """Delete ``keys`` (absent ones are ignored)."""
-        self._bridge.call_sync(lambda m: self._delete(m, keys), None)
 
-    async def amdelete(self, keys: Sequence[str]) -> None:
-        await self._bridge.call(lambda m: self._delete(m, keys), None)
-
-    def yield_keys(self, *, prefix: str | None = None) -> Iterator[str]:
-        """The store's keys starting with ``prefix`` (SCAN; a key may be listed twice)."""
-        none: list[str] = []
-        yield from self._bridge.call_sync(lambda m: self._list(m, prefix), none)
-
-    async def ayield_keys(self, *, prefix: str | None = None) -> AsyncIterator[str]:
-        none: list[str] = []
-        for key in await self._bridge.call(lambda m: self._list(m, prefix), none):
-            yield key
-
-
-class GatheringVectorStore(BaseStore[str, list[float]]):
+class GatheringVectorStore(_Keyed, BaseStore[str, list[float]]):
     """A LangChain store of vectors, packed like the embedding cache's (float32 when exact,
     else float64): ``CacheBackedEmbeddings(model, document_embedding_store=
     GatheringVectorStore(cache, namespace="text-embedding-3-small"))``.
@@ -177,10 +188,6 @@ class GatheringVectorStore(BaseStore[str, list[float]]):
             await manager.delete(manager.embeddings.key(key, self._namespace, None))
             await manager.delete(self._head + key)
 
-    async def _list(self, manager: AsyncCacheManager, prefix: str | None) -> list[str]:
-        pattern = f"{_escape(self._head)}{_escape(prefix or '')}*"
-        return [k[len(self._head) :] async for k in manager.scan_keys(pattern)]
-
     def mget(self, keys: Sequence[str]) -> list[list[float] | None]:
         """The vectors of ``keys`` (``None`` where absent), in order."""
         return self._bridge.call_sync(lambda m: self._get(m, keys), [None] * len(keys))
@@ -194,22 +201,6 @@ class GatheringVectorStore(BaseStore[str, list[float]]):
 
     async def amset(self, key_value_pairs: Sequence[tuple[str, list[float]]]) -> None:
         await self._bridge.call(lambda m: self._set(m, key_value_pairs), None)
-
-    def mdelete(self, keys: Sequence[str]) -> None:
-        self._bridge.call_sync(lambda m: self._delete(m, keys), None)
-
-    async def amdelete(self, keys: Sequence[str]) -> None:
-        await self._bridge.call(lambda m: self._delete(m, keys), None)
-
-    def yield_keys(self, *, prefix: str | None = None) -> Iterator[str]:
-        """The store's keys starting with ``prefix`` (SCAN; a key may be listed twice)."""
-        none: list[str] = []
-        yield from self._bridge.call_sync(lambda m: self._list(m, prefix), none)
-
-    async def ayield_keys(self, *, prefix: str | None = None) -> AsyncIterator[str]:
-        none: list[str] = []
-        for key in await self._bridge.call(lambda m: self._list(m, prefix), none):
-            yield key
 
 
 class GatheringEmbeddings(Embeddings):
