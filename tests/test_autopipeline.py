@@ -210,3 +210,88 @@ async def test_a_batch_on_a_stopped_server_ends_at_its_deadline_even_without_soc
         finally:
             await cache.aclose()
             await client.aclose()
+
+
+async def test_a_sequential_caller_keeps_one_connection(cache: AsyncCacheManager) -> None:
+    """Calls alone go on the connection the pipeline keeps between calls, not through the
+    pool's checkout and check-in each time."""
+    pipeline = _pipeline(cache)
+    await cache.set("gathering:one", 1)
+    kept = pipeline._idle
+    assert kept is not None
+    for i in range(20):
+        assert await cache.set(f"gathering:one{i}", i) is True
+        assert await cache.get(f"gathering:one{i}") == i
+        assert pipeline._idle is kept
+
+
+async def test_a_killed_kept_connection_is_replaced_without_a_fault(
+    cache: AsyncCacheManager, raw_redis: redis_asyncio.Redis
+) -> None:
+    """The kept connection closed by the server (a restart, a timeout, CLIENT KILL): the next
+    call connects afresh and answers, as the client's own retry would, and no fault is
+    counted."""
+    await cache.set("gathering:kk", 1)
+    seen: list[Any] = []
+    cache.add_observer(seen.append)
+    for _ in range(3):
+        killed = await raw_redis.execute_command(  # type: ignore[no-untyped-call]
+            "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"
+        )
+        assert killed >= 1
+        assert await cache.get("gathering:kk") == 1
+    assert [o.outcome for o in seen] == [Outcome.HIT] * 3
+    assert cache.is_enabled()
+
+
+async def test_a_cancelled_call_alone_leaves_no_reply_behind(
+    redis_server: Any, raw_redis: redis_asyncio.Redis
+) -> None:
+    """A call alone cancelled while its reply is on the way: the next call must not read
+    that reply as its own."""
+    async with AsyncCacheManager(CacheConfig.from_url(redis_server.url)) as cache:
+        await cache.set_many({"gathering:a": "a", "gathering:b": "b"}, ttl=60)
+        for _ in range(3):
+            sleeper = asyncio.ensure_future(
+                raw_redis.execute_command("DEBUG", "SLEEP", "0.1")  # type: ignore[no-untyped-call]
+            )
+            await asyncio.sleep(0.02)
+            call = asyncio.ensure_future(cache.get("gathering:a"))
+            await asyncio.sleep(0.02)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            await sleeper
+            assert await cache.get("gathering:b") == "b"
+            assert await cache.get("gathering:a") == "a"
+
+
+async def test_calls_while_the_server_is_down_leak_no_connection() -> None:
+    """Calls alone and batches that cannot connect give every connection back: after an
+    outage the pool holds no more than the one the pipeline keeps, and the cache answers
+    again once the server is back."""
+    with RedisServer() as server:
+        config = CacheConfig(
+            url=server.url, operation_timeout=0.3, failure_threshold=10_000, max_connections=8
+        )
+        async with AsyncCacheManager(config) as cache:
+            await cache.set("gathering:down", 1)
+            pool = cache._core.store.client.connection_pool  # type: ignore[attr-defined]
+            server.stop()
+            for _ in range(5):
+                assert await cache.get("gathering:down") is None
+                values = await asyncio.gather(*(cache.get("gathering:down") for _ in range(20)))
+                assert values == [None] * 20
+            await asyncio.sleep(0.4)  # every batch past its deadline
+            assert len(pool._in_use_connections) <= 1
+            server.start()
+            for _ in range(50):
+                # The restart lost the data: the server answers once a write is stored.
+                if await cache.get("gathering:down") is None and await cache.set(
+                    "gathering:down", 2
+                ):
+                    break
+                await asyncio.sleep(0.05)
+            values = await asyncio.gather(*(cache.get("gathering:down") for _ in range(20)))
+            assert values == [2] * 20
+            assert len(pool._in_use_connections) <= 1

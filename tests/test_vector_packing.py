@@ -72,3 +72,17 @@ def test_real_embeddings_take_the_fast_path(size: int) -> None:
         assert packed is not None
         assert packed[1:2] == width
         assert packed == encode_vector(check_vector(embedding, size))
+
+
+def test_exact_zeros_and_ones_stay_on_the_fast_path_but_a_bool_does_not() -> None:
+    """0.0 and 1.0 (and the ints 0 and 1) are numbers like any other; only a bool, which
+    packs to the same 0.0 or 1.0, must leave the fast path for the precise one's refusal."""
+    vector: list[Any] = [0.25 * i for i in range(-8, 9)] + [1.0, 0, 1]
+    fast = encode_vector_fast(vector, None)
+    assert fast is not None
+    assert fast == _precise(vector, None, "lossless")
+    for flag in (True, False):
+        with_bool = [*vector, flag]
+        assert encode_vector_fast(with_bool, None) is None
+        assert _precise(with_bool, None, "lossless") is None
+    assert encode_vector_fast([], None) is None
