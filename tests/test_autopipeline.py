@@ -295,3 +295,41 @@ async def test_calls_while_the_server_is_down_leak_no_connection() -> None:
             values = await asyncio.gather(*(cache.get("gathering:down") for _ in range(20)))
             assert values == [2] * 20
             assert len(pool._in_use_connections) <= 1
+
+
+async def test_a_write_that_cannot_finish_ends_at_the_deadline_and_leaves_nothing_half_sent() -> (
+    None
+):
+    """A value larger than the socket buffers, sent to a stopped server: the write blocks,
+    the call's deadline ends it (a degraded answer, not an exception), its connection is
+    dropped, and once the server runs again the cache answers in sync."""
+    with RedisServer() as server:
+        config = CacheConfig(
+            url=server.url,
+            operation_timeout=0.3,
+            failure_threshold=1000,
+            max_value_bytes=128 << 20,
+        )
+        async with AsyncCacheManager(config) as cache:
+            assert await cache.set("gathering:small", 1)
+            assert server.process is not None
+            server.process.send_signal(signal.SIGSTOP)
+            loop = asyncio.get_running_loop()
+            seen: list[Any] = []
+            cache.add_observer(seen.append)
+            try:
+                started = loop.time()
+                # Far more than the socket buffers take (a few MiB on loopback).
+                assert await cache.set("gathering:big", "x" * (64 << 20)) is False
+                assert loop.time() - started < 0.3 + 0.5  # its deadline, not a hang
+                assert [o.outcome for o in seen] == [Outcome.TIMEOUT]  # the write blocked
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+            for _ in range(50):
+                if await cache.get("gathering:small") == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert await cache.get("gathering:small") == 1
+            assert await cache.get("gathering:big") is None  # the half-sent SET never ran
+            assert await cache.set("gathering:small", 2)
+            assert await cache.get("gathering:small") == 2
