@@ -150,6 +150,25 @@ async def test_concurrent_programs_match_a_sequential_model(
 ) -> None:
     """Coroutines run at once, each on keys of its own: whatever the batches, each one must
     see exactly what running its program alone would show."""
+    await _check_programs(cache, programs)
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(programs=st.lists(st.lists(_OPS, min_size=1, max_size=12), min_size=2, max_size=24))
+async def test_on_a_cluster_concurrent_programs_match_a_sequential_model(
+    cluster_cache: AsyncCacheManager, programs: list[list[tuple[str, int, int]]]
+) -> None:
+    """The same on a cluster, where each batch is split per node."""
+    await _check_programs(cluster_cache, programs)
+
+
+async def _check_programs(
+    cache: AsyncCacheManager, programs: list[list[tuple[str, int, int]]]
+) -> None:
     await cache.delete_pattern("gathering:p:*")
 
     async def run(index: int, program: list[tuple[str, int, int]]) -> tuple[list[Any], list[Any]]:
@@ -333,3 +352,74 @@ async def test_a_write_that_cannot_finish_ends_at_the_deadline_and_leaves_nothin
             assert await cache.get("gathering:big") is None  # the half-sent SET never ran
             assert await cache.set("gathering:small", 2)
             assert await cache.get("gathering:small") == 2
+
+
+# -- on a cluster: one batch per node, through the cluster client's pipeline --------------
+
+
+@pytest.fixture
+async def cluster_cache(redis_cluster: Any) -> AsyncIterator[AsyncCacheManager]:
+    redis_cluster.flush()
+    config = CacheConfig(
+        cluster_nodes=redis_cluster.addresses,
+        operation_timeout=2.0,
+        connect_timeout=1.0,
+        socket_timeout=1.0,
+    )
+    async with AsyncCacheManager(config) as manager:
+        yield manager
+
+
+async def test_on_a_cluster_concurrent_callers_share_round_trips_across_slots(
+    cluster_cache: AsyncCacheManager,
+) -> None:
+    keys = [f"gathering:n{i}" for i in range(96)]  # spread over the three primaries
+    assert (
+        await asyncio.gather(*(cluster_cache.set(k, i) for i, k in enumerate(keys))) == [True] * 96
+    )
+    pipeline = _pipeline(cluster_cache)
+    before = pipeline.batches, pipeline.batched
+    values = await asyncio.gather(*(cluster_cache.get(k) for k in keys))
+    assert values == list(range(96))
+    assert pipeline.batched - before[1] >= 80
+    assert pipeline.batches - before[0] < 10
+
+
+async def test_on_a_cluster_an_error_reply_fails_only_its_own_command(
+    cluster_cache: AsyncCacheManager, redis_cluster: Any
+) -> None:
+    client = redis_asyncio.RedisCluster(
+        host="127.0.0.1", port=int(redis_cluster.addresses[0].rsplit(":", 1)[1])
+    )
+    try:
+        await client.rpush("gathering:clist", b"x")  # type: ignore[misc]
+    finally:
+        await client.aclose()
+    await cluster_cache.set_many({f"gathering:cg{i}": i for i in range(10)}, ttl=60)
+    seen: list[Any] = []
+    cluster_cache.add_observer(seen.append)
+    keys = [f"gathering:cg{i}" for i in range(5)] + ["gathering:clist"]
+    keys += [f"gathering:cg{i}" for i in range(5, 10)]
+    values = await asyncio.gather(*(cluster_cache.get(key) for key in keys))
+    assert values == [0, 1, 2, 3, 4, None, 5, 6, 7, 8, 9]
+    outcomes = [o.outcome for o in seen]
+    assert outcomes.count(Outcome.REJECTED) == 1
+    assert outcomes.count(Outcome.HIT) == 10
+    assert cluster_cache.is_enabled()
+
+
+async def test_on_a_cluster_cancelling_one_caller_leaves_the_others_their_replies(
+    cluster_cache: AsyncCacheManager,
+) -> None:
+    await cluster_cache.set_many({f"gathering:cc{i}": i for i in range(30)}, ttl=60)
+    tasks = [asyncio.ensure_future(cluster_cache.get(f"gathering:cc{i}")) for i in range(30)]
+    await asyncio.sleep(0)
+    tasks[3].cancel()
+    tasks[21].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for i, result in enumerate(results):
+        if i in (3, 21):
+            assert isinstance(result, asyncio.CancelledError)
+        else:
+            assert result == i
+    assert await cluster_cache.get("gathering:cc3") == 3

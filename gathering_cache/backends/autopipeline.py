@@ -47,7 +47,7 @@ from redis.exceptions import ResponseError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AutoPipeline"]
+__all__ = ["AutoPipeline", "ClusterAutoPipeline"]
 
 T = TypeVar("T")
 
@@ -72,7 +72,7 @@ class AutoPipeline:
 
     def __init__(self, client: Any, timeout: float, max_batch: int = 128) -> None:
         self._client = client
-        self._pool = client.connection_pool
+        self._pool: Any = getattr(client, "connection_pool", None)  # none on a cluster client
         self._idle: Any = None  # the connection kept between calls, when not in use
         self._timeout = timeout
         self._max_batch = max_batch
@@ -227,6 +227,49 @@ class AutoPipeline:
         finally:
             await self._give(connection)
         return []
+
+
+class ClusterAutoPipeline(AutoPipeline):
+    """Auto-pipelining on a ``redis.asyncio.RedisCluster``: a call alone goes through the
+    cluster client (its routing, redirections and topology refresh); the commands queued
+    in one loop turn go out as one non-transactional cluster pipeline, which the client
+    splits per node (one packed write per node, the nodes in parallel) and re-routes on
+    MOVED / ASK. Replies come back in order, an error reply in its command's place."""
+
+    __slots__ = ()
+
+    async def _alone(self, args: tuple[Any, ...]) -> Any:
+        self._inflight += 1
+        try:
+            return await self._client.execute_command(*args)
+        finally:
+            self._inflight -= 1
+
+    async def _run(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        try:
+            replies = await _within(self._pipelined([args for args, _ in batch]), deadline)
+        except BaseException as exc:  # a fault, or the loop shutting down: no caller hangs
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done():  # its caller gave up (deadline, cancellation)
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    async def _pipelined(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for args in commands:
+            pipe.execute_command(*args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
 
 
 async def _exchange(connection: Any, args: tuple[Any, ...]) -> Any:

@@ -58,7 +58,7 @@ try:
         TryAgainError,
     )
 
-    from gathering_cache.backends.autopipeline import AutoPipeline
+    from gathering_cache.backends.autopipeline import AutoPipeline, ClusterAutoPipeline
 
     # What a redis call raises when Redis (or the path to it) fails: RedisClusterException
     # (cluster unreachable, slots not covered) is not a RedisError; sockets raise OSError.
@@ -374,12 +374,11 @@ class RedisStore(Store):
         self._scripts = True
         # Every redis fault leaves a method as a BackendError (see _mapped).
         self.fault_types = (BackendError,)
-        # The single-key commands of concurrent callers share round trips (a cluster routes
-        # each command to its node itself: not batched there).
+        # The single-key commands of concurrent callers share round trips (on a cluster,
+        # one batch per node).
         cluster = hasattr(client, "get_nodes")
-        self.pipeline = (
-            AutoPipeline(client, operation_timeout) if auto_pipeline and not cluster else None
-        )
+        pipelining = ClusterAutoPipeline if cluster else AutoPipeline
+        self.pipeline = pipelining(client, operation_timeout) if auto_pipeline else None
         self._send: Callable[..., Awaitable[Any]] = (
             client.execute_command if self.pipeline is None else self.pipeline.execute
         )

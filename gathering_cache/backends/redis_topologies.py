@@ -81,8 +81,14 @@ def redis_store(
         )
     if config.topology == "cluster":
         cluster: Any = build_cluster_client(config)  # the store's client type is Redis'
-        # (A cluster client routes each command to its node itself: no auto-pipelining.)
-        return ClusterStore(cluster, owned=True, describe=describe, concurrency=concurrency)
+        return ClusterStore(
+            cluster,
+            owned=True,
+            describe=describe,
+            concurrency=concurrency,
+            auto_pipeline=config.auto_pipeline,
+            operation_timeout=config.operation_timeout,
+        )
     if config.topology == "sentinel":
         sentinel = build_sentinel(config)
         primary = sentinel.master_for(config.sentinel_service, **_sentinel_data_settings(config))
