@@ -196,6 +196,43 @@ def test_sync_errors_pass_through(sync_cache: CacheManager) -> None:
     assert calls == 2
 
 
+def test_a_failed_call_is_over_before_the_next_one_starts(sync_cache: CacheManager) -> None:
+    """The error a call raises ends its shared run first: the same thread's next call
+    computes afresh, never joining the failed run and getting its error again."""
+    calls = 0
+
+    @cached(sync_cache)
+    def always_fails(x: int) -> int:
+        nonlocal calls
+        calls += 1
+        raise KeyError(calls)
+
+    for attempt in range(1, 41):
+        with pytest.raises(KeyError) as raised:
+            always_fails(1)
+        assert raised.value.args == (attempt,)  # its own error, not an earlier call's
+    assert calls == 40
+
+
+async def test_a_failed_async_call_is_over_before_the_next_one_starts(
+    sync_cache: CacheManager,
+) -> None:
+    """The same for a coroutine function cached on the sync facade (another loop's)."""
+    calls = 0
+
+    @cached(sync_cache)
+    async def always_fails(x: int) -> int:
+        nonlocal calls
+        calls += 1
+        raise KeyError(calls)
+
+    for attempt in range(1, 41):
+        with pytest.raises(KeyError) as raised:
+            await always_fails(1)
+        assert raised.value.args == (attempt,)
+    assert calls == 40
+
+
 async def test_async_function_on_the_sync_facade(sync_cache: CacheManager) -> None:
     calls = 0
 

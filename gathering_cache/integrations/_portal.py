@@ -81,9 +81,19 @@ def run_sync(
             value = compute()
         except BaseException as exc:
             loop.call_soon_threadsafe(_fail, answer, exc)
+            # The shared run ends with this error: let it end (its waiters told, its
+            # single-flight entry gone) before raising, or this thread's next call could
+            # join it and get this error again.
+            concurrent.futures.wait([outer], timeout=_settling(cache))
             raise
         loop.call_soon_threadsafe(_settle, answer, value)
     return outer.result()
+
+
+def _settling(cache: CacheManager) -> float:
+    """How long a failed computation's shared run may take to end (it releases its lock:
+    one bounded store call), as a backstop."""
+    return cache.async_manager.config.operation_timeout + 1.0
 
 
 async def run_async(
@@ -107,8 +117,10 @@ async def run_async(
             value = await compute()
         except BaseException as exc:
             loop.call_soon_threadsafe(_fail, answer, exc)
-            # The shared run fails with it too: mark that outcome seen, ours is raised.
+            # The shared run fails with it too: mark that outcome seen, ours is raised,
+            # once that run has ended (see run_sync).
             waiting.add_done_callback(_seen)
+            await asyncio.wait([waiting], timeout=_settling(cache))
             raise
         loop.call_soon_threadsafe(_settle, answer, value)
     else:
