@@ -392,7 +392,7 @@ async def test_on_a_cluster_an_error_reply_fails_only_its_own_command(
         host="127.0.0.1", port=int(redis_cluster.addresses[0].rsplit(":", 1)[1])
     )
     try:
-        await client.rpush("gathering:clist", b"x")  # type: ignore[misc]
+        await client.rpush("gathering:clist", b"x")
     finally:
         await client.aclose()
     await cluster_cache.set_many({f"gathering:cg{i}": i for i in range(10)}, ttl=60)

@@ -6,9 +6,11 @@ import hashlib
 import pickle
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gathering_cache import Operation, Outcome, PatternError, SerializationError
-from gathering_cache.core.encoding import DecodeError, decode, encode
+from gathering_cache.core.encoding import DecodeError, decode, encode, prepend
 from gathering_cache.core.globmatch import compile_glob
 from gathering_cache.core.keys import KeySpace, check_id, check_key, check_ttl, text_hash
 from gathering_cache.core.stats import CacheStats, hit_rate
@@ -153,3 +155,31 @@ async def test_memory_glob_agrees_with_real_redis(raw_redis) -> None:  # type: i
         found = sorted([k.decode() async for k in raw_redis.scan_iter(match=pattern, count=1000)])
         expected = [k for k in keys if compile_glob(pattern).fullmatch(k)]
         assert found == expected, pattern
+
+
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.text(max_size=5)
+    | st.floats(allow_nan=False, allow_infinity=False)
+)
+_JSONISH = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    numbers=st.lists(st.integers(0, 2**53), min_size=0, max_size=3).map(tuple),
+    value=_JSONISH,
+)
+def test_prepend_is_encoding_the_wrapped_list(numbers: tuple[int, ...], value: object) -> None:
+    """A value encoded once, wrapped after the numbers, is byte for byte the encoding of the
+    wrapped list (RAG entries are written this way: encoded once, not twice)."""
+    assert prepend(numbers, encode(value)) == encode([*numbers, value])
+    assert decode(prepend(numbers, encode(value))) == [*numbers, value]

@@ -162,7 +162,7 @@ class RagCache:
         ):
             raise ArgumentTypeError("generation must be the value get_rag_generation returned")
         expiry = check_ttl(ttl) or self._engine.config.rag_results_ttl
-        encoding.encode(results)  # refuse what cannot be stored before any I/O
+        encoded = encoding.encode(results)  # refuse what cannot be stored before any I/O
         if (self._owed or self._owed_all) and not await self._settle(agent_id):
             self._engine.report("set", RAG, Outcome.SKIPPED)
             return False
@@ -180,7 +180,7 @@ class RagCache:
             # Computed before an invalidation: never servable (a counter never returns to a
             # value it had), so there is nothing worth storing. Not a failure either.
             return True
-        data = encoding.encode([generation[0], generation[1], results])
+        data = encoding.prepend(generation, encoded)  # [g0, g1, results], encoded once
         index = self._engine.keys.rag_index(agent_id)
         return await self._engine.write_many(RAG, [(key, data)], expiry, index=index)
 

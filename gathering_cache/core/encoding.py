@@ -35,6 +35,7 @@ __all__ = [
     "encode_vector_fast",
     "fresh_counter",
     "parse_counter",
+    "prepend",
 ]
 
 Precision = Literal["lossless", "float32"]
@@ -77,6 +78,14 @@ def encode(value: Any) -> bytes:
         if where is not None:
             raise SerializationError(f"{where} is not a finite number; JSON cannot hold it")
     return _JSON + payload
+
+
+def prepend(numbers: tuple[int, ...], encoded: bytes) -> bytes:
+    """``encode([*numbers, value])`` from ``encoded``, which is ``encode(value)``: a value
+    checked and encoded once is wrapped without being encoded again (RAG entries carry
+    their generation in front of the results)."""
+    head = b"".join(b"%d," % number for number in numbers)
+    return _JSON + b"[" + head + encoded[_JSON_LEN:] + b"]"
 
 
 def _refuse(value: Any) -> Any:
