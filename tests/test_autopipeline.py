@@ -333,15 +333,15 @@ async def test_a_write_that_cannot_finish_ends_at_the_deadline_and_leaves_nothin
             assert await cache.set("gathering:small", 1)
             assert server.process is not None
             server.process.send_signal(signal.SIGSTOP)
-            loop = asyncio.get_running_loop()
             seen: list[Any] = []
             cache.add_observer(seen.append)
             try:
-                started = loop.time()
                 # Far more than the socket buffers take (a few MiB on loopback).
                 assert await cache.set("gathering:big", "x" * (64 << 20)) is False
-                assert loop.time() - started < 0.3 + 0.5  # its deadline, not a hang
-                assert [o.outcome for o in seen] == [Outcome.TIMEOUT]  # the write blocked
+                # The write blocked until the deadline ended it (encoding the 64 MiB before
+                # is the caller's own work, outside the deadline).
+                assert [o.outcome for o in seen] == [Outcome.TIMEOUT]
+                assert seen[0].duration < 0.3 + 0.5
             finally:
                 server.process.send_signal(signal.SIGCONT)
             for _ in range(50):
