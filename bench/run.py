@@ -313,17 +313,22 @@ async def invalidation(url: str, sizes: list[int], reps: int) -> dict[str, dict[
 
 
 def redis_benchmark(port: int, requests: int) -> dict[str, float]:
+    """The C client's GET / SET rates: 50 clients with and without ``-P 16``, and GET with
+    as many clients as W1 has coroutines (8, 64, 512), the floor of W1's figures."""
     out = {}
-    for pipeline in (1, 16):
+    runs = [("get,set", 50, 1, " -P {p}"), ("get,set", 50, 16, " -P {p}")]
+    runs += [("get", clients, 1, " -c {c}") for clients in (8, 64, 512)]
+    for tests, clients, pipeline, label in runs:
         result = subprocess.run(
-            ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", "get,set",
-             "-n", str(requests), "-c", "50", "-P", str(pipeline), "-q"],
+            ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", tests,
+             "-n", str(requests), "-c", str(clients), "-P", str(pipeline), "-q"],
             capture_output=True, text=True, timeout=120, check=True,
         )  # fmt: skip
         for line in result.stdout.replace("\r", "\n").splitlines():
             match = re.match(r"(GET|SET): ([\d.]+) requests per second", line.strip())
             if match:
-                out[f"{match.group(1)} -P {pipeline}"] = float(match.group(2))
+                name = match.group(1) + label.format(p=pipeline, c=clients)
+                out[name] = float(match.group(2))
     return out
 
 
@@ -634,6 +639,10 @@ def render(r: dict[str, Any]) -> str:
               v["get_tput512"], v["p99@64"] * 1e6, v["get_p50"] / base["get_p50"],
               v["get_tput"] / base["get_tput"]] for n, v in w1.items()],
         ), ""]  # fmt: skip
+    floor = [r["W5"].get(f"GET -c {c}") for c in (8, 64, 512)]
+    if all(floor):
+        out += ["The floor, the C client `redis-benchmark` on the same server (W5): GET/s "
+                f"{floor[0]:,.0f} @8, {floor[1]:,.0f} @64, {floor[2]:,.0f} @512 clients.", ""]  # fmt: skip
     w2, mem = r["W2"], r["W2 memory"]
     out += ["## W2 1536-float embedding", "", _table(
         ["client", "get p50 µs", "set p50 µs", "get/s @64", "get p50 ×raw", "MEMORY USAGE B"],
@@ -650,7 +659,7 @@ def render(r: dict[str, Any]) -> str:
     out += ["## W4 invalidate one agent's 1,000 RAG entries (ms)", "", _table(
         ["other keys", *methods], [[size, *(v[mth] for mth in methods)] for size, v in w4.items()],
     ), ""]  # fmt: skip
-    out += ["## W5 redis-benchmark (requests/s, 50 clients)", "",
+    out += ["## W5 redis-benchmark (requests/s; 50 clients unless -c says)", "",
             _table(["test", "req/s"], [[k, v] for k, v in r["W5"].items()]), ""]  # fmt: skip
     out += ["## W6 Redis down", "", _table(["measure", "µs"], [[k, v] for k, v in r["W6"].items()]),
             ""]  # fmt: skip
