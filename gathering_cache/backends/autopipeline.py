@@ -175,9 +175,7 @@ class AutoPipeline:
                 # waiting, as the client's own retry would.
                 await _within(self._send(pending, retry=False), deadline)
         except BaseException as exc:  # a fault, or the loop shutting down: no caller hangs
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail(batch, exc)
             if not isinstance(exc, Exception):
                 raise
 
@@ -250,9 +248,7 @@ class ClusterAutoPipeline(AutoPipeline):
         try:
             replies = await _within(self._pipelined([args for args, _ in batch]), deadline)
         except BaseException as exc:  # a fault, or the loop shutting down: no caller hangs
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail(batch, exc)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -270,6 +266,13 @@ class ClusterAutoPipeline(AutoPipeline):
             pipe.execute_command(*args)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
+
+
+def _fail(batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]], exc: BaseException) -> None:
+    """Fail the commands of ``batch`` still awaited with ``exc``."""
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
 
 
 async def _exchange(connection: Any, args: tuple[Any, ...]) -> Any:
