@@ -17,6 +17,7 @@ import redis.asyncio as redis_asyncio
 from gathering_cache import AsyncCacheManager, CacheConfig
 from gathering_cache.core.near import NearCache
 from tests.conftest import topology_settings
+from tests.near_writer import Writer
 from tests.servers import LocalCluster
 
 # -- the pure part ------------------------------------------------------------------------------
@@ -226,3 +227,133 @@ async def test_batch_reads_use_the_near_cache_and_see_writes_elsewhere(pair: Pai
 async def _batch_equals(manager: AsyncCacheManager, texts: list[str], expected: Any) -> bool:
     found: Any = await manager.get_embeddings(texts)
     return bool(found == expected)
+
+
+# -- with a second process writing ---------------------------------------------------------------
+
+Solo = tuple[AsyncCacheManager, Writer, str]
+"""This process's manager (near cache on), a writer process on the same store, the backend."""
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("redis", marks=pytest.mark.integration),
+        pytest.param("cluster", marks=pytest.mark.integration),
+    ]
+)
+async def solo(request: pytest.FixtureRequest) -> AsyncIterator[Solo]:
+    """This process's manager, and another process writing (started once it serves)."""
+    if request.param == "redis":
+        await _flush(request.getfixturevalue("redis_server").url)
+    settings = topology_settings(request.param, request)
+    manager = AsyncCacheManager(CacheConfig(near_cache=True, **settings))
+    writer: Writer | None = None
+    try:
+        await manager.connect()
+        await _until(functools.partial(_serving, manager))
+        writer = await Writer.start(settings)
+        yield manager, writer, request.param
+    finally:
+        if writer is not None:
+            await writer.close()
+        await manager.aclose()
+
+
+async def _held(manager: AsyncCacheManager, circle: int, value: Any) -> None:
+    """``value`` read by ``manager`` until served from its near cache."""
+    await _kept(manager, lambda: manager.get_circle_context(circle), value, 1)
+
+
+async def _kept(
+    manager: AsyncCacheManager, read: Callable[[], Awaitable[Any]], value: Any, hits: int
+) -> None:
+    """``read`` answers ``value`` until it is ``hits`` near-cache hits (a value is kept
+    once the invalidation of the manager's own write came back: a read racing it is not)."""
+
+    async def hit() -> bool:
+        before = (await _near(manager))["hits"]
+        assert await read() == value
+        return bool((await _near(manager))["hits"] == before + hits)
+
+    await _until(hit, within=2.0)
+
+
+async def _never(
+    manager: AsyncCacheManager, read: Callable[[], Awaitable[Any]], stale: Any
+) -> None:
+    """``read`` never answers ``stale`` again (a few loop turns and a bounded poll)."""
+    for turn in range(40):
+        assert await read() != stale, f"stale value served at read {turn}"
+        await asyncio.sleep(0 if turn < 20 else 0.005)
+
+
+async def test_a_write_and_a_delete_in_another_process_reach_this_near_cache(solo: Solo) -> None:
+    a, writer, _ = solo
+    assert await a.set_circle_context(5, {"v": 1})
+    await _held(a, 5, {"v": 1})
+    assert await writer.do("set_circle", circle=5, value={"v": 2}) is True
+    # Gone within a bounded poll (the 50 ms target is measured by make bench, W9) ...
+    await _until(lambda: _equals(a, 5, {"v": 2}), within=2.0)
+    # ... and never the old value again.
+    await _never(a, lambda: a.get_circle_context(5), {"v": 1})
+    await _held(a, 5, {"v": 2})
+    assert await writer.do("invalidate_circle", circle=5) is True
+    await _until(lambda: _equals(a, 5, None), within=2.0)
+    await _never(a, lambda: a.get_circle_context(5), {"v": 2})
+
+
+async def test_embeddings_changed_in_another_process_reach_this_near_cache(solo: Solo) -> None:
+    a, writer, _ = solo
+    assert await a.set_embeddings(["one", "two"], [[1.0, 0.0], [2.0, 0.0]])
+    await _kept(a, lambda: a.get_embeddings(["one", "two"]), [[1.0, 0.0], [2.0, 0.0]], 2)
+    await _kept(a, lambda: a.get_embedding("one"), [1.0, 0.0], 1)
+    assert await writer.do("set_embedding", text="one", vector=[1.5, 0.5]) is True
+    await _until(lambda: _batch_equals(a, ["one", "two"], [[1.5, 0.5], [2.0, 0.0]]), 2.0)
+    await _never(a, lambda: a.get_embedding("one"), [1.0, 0.0])
+    assert await writer.do("delete_embeddings") == 2
+    await _until(lambda: _batch_equals(a, ["one", "two"], [None, None]), 2.0)
+    await _never(a, lambda: a.get_embeddings(["one", "two"]), [[1.5, 0.5], [2.0, 0.0]])
+
+
+async def _kill_listeners(request: pytest.FixtureRequest, backend: str) -> int:
+    """CLIENT KILL this process's tracking connections (the only subscribed ones: the
+    writer process has no near cache): by ID on standalone (found with CLIENT LIST), by
+    TYPE on each primary of the cluster. How many were killed."""
+    if backend == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        ports = cluster.primary_ports()
+    else:
+        ports = [request.getfixturevalue("redis_server").port]
+    killed = 0
+    for port in ports:
+        raw = redis_asyncio.Redis(host="127.0.0.1", port=port)
+        try:
+            if backend == "cluster":
+                killed += await raw.client_kill_filter(_type="pubsub")
+            else:
+                for client in await raw.client_list(_type="pubsub"):
+                    killed += await raw.client_kill_filter(_id=client["id"])
+        finally:
+            await raw.aclose()
+    return killed
+
+
+async def test_after_client_kill_of_the_listener_no_stale_value_is_served(
+    solo: Solo, request: pytest.FixtureRequest
+) -> None:
+    a, writer, backend = solo
+    assert await a.set_circle_context(6, {"v": 1})
+    await _held(a, 6, {"v": 1})
+    # (On the cluster, the first kill ends tracking on every primary: the others may be
+    # closed by this process before their turn.)
+    assert await _kill_listeners(request, backend) >= 1
+    # No pause: the other process writes at once, and its invalidation never reaches us.
+    assert await writer.do("set_circle", circle=6, value={"v": 2}) is True
+    for turn in range(50):
+        assert await a.get_circle_context(6) == {"v": 2}, f"stale value at read {turn}"
+        await asyncio.sleep(0 if turn < 25 else 0.005)
+    # Tracking comes back by itself (after recovery_interval), and the near cache with it.
+    await _until(functools.partial(_serving, a), within=5.0)
+    await _held(a, 6, {"v": 2})
+    assert await writer.do("invalidate_circle", circle=6) is True
+    await _until(lambda: _equals(a, 6, None), within=2.0)
