@@ -15,7 +15,9 @@ import pytest
 import redis.asyncio as redis_asyncio
 
 from gathering_cache import AsyncCacheManager, CacheConfig
+from gathering_cache.core import encoding
 from gathering_cache.core.near import NearCache
+from gathering_cache.core.observe import Operation, Outcome
 from tests.conftest import topology_settings
 from tests.near_writer import Writer
 from tests.servers import LocalCluster
@@ -357,3 +359,50 @@ async def test_after_client_kill_of_the_listener_no_stale_value_is_served(
     await _held(a, 6, {"v": 2})
     assert await writer.do("invalidate_circle", circle=6) is True
     await _until(lambda: _equals(a, 6, None), within=2.0)
+
+
+async def test_a_value_served_from_the_near_cache_is_the_callers_own(pair: Pair) -> None:
+    a, _ = pair
+    context = {"members": [1, 2], "state": {"turn": 1}}
+    assert await a.set_circle_context(7, context)
+    await _held(a, 7, context)
+    served = await a.get_circle_context(7)  # a hit
+    assert served == context
+    assert served is not None
+    served["members"].append(3)  # the caller changes what it got ...
+    served["state"]["turn"] = 2
+    served["extra"] = True
+    assert await a.get_circle_context(7) == context  # ... never what the next one gets
+    assert await a.set_embeddings(["v"], [[1.0, 2.0]])
+    await _kept(a, lambda: a.get_embeddings(["v"]), [[1.0, 2.0]], 1)
+    vectors = await a.get_embeddings(["v"])
+    assert vectors[0] is not None
+    vectors[0].append(3.0)
+    assert await a.get_embeddings(["v"]) == [[1.0, 2.0]]
+
+
+async def test_a_near_cache_hit_reaches_every_observer(pair: Pair) -> None:
+    a, _ = pair
+    assert await a.set_circle_context(8, {"v": 1})
+    await _held(a, 8, {"v": 1})
+    seen: list[Operation] = []
+    a.add_observer(seen.append)
+    before = await a.get_stats()
+    assert await a.get_circle_context(8) == {"v": 1}  # a hit
+    after = await a.get_stats()
+    [hit] = [o for o in seen if o.op == "get"]  # (get_stats counts keys: scans)
+    assert (hit.op, hit.namespace, hit.outcome) == ("get", "circle", Outcome.HIT)
+    assert (hit.keys, hit.hits, hit.invalid, hit.misses) == (1, 1, 0, 0)
+    assert hit.nbytes == len(encoding.encode({"v": 1}))
+    assert 0 <= hit.duration < 1.0
+    assert after["near_cache"]["hits"] == before["near_cache"]["hits"] + 1
+    circle = ("namespaces", "circle", "hits")
+    assert _dig(after, circle) == _dig(before, circle) + 1
+    fleet = ("fleet", "namespaces", "circle", "hits")
+    assert _dig(after, fleet) == _dig(before, fleet) + 1
+
+
+def _dig(data: Any, path: tuple[str, ...]) -> Any:
+    for name in path:
+        data = data[name]
+    return data

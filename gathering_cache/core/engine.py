@@ -60,6 +60,7 @@ UNAVAILABLE: Final = Unavailable.UNAVAILABLE
 """Returned by the ``*_raw`` reads when the store could not answer, unlike ``None`` (a miss)."""
 
 _HIT, _MISS = Outcome.HIT, Outcome.MISS  # module globals: found faster than enum attributes
+_new_operation = object.__new__  # an Operation whose slots the near cache's hit path fills
 
 DeletionListener = Callable[[Sequence[str] | None], None]
 """Told which keys this process deletes (``None``: a pattern, anything may be gone)."""
@@ -334,11 +335,18 @@ class CacheCore:
         """The judge of one encoded value: decoded, and when ``accept`` is given, of the
         shape it accepts (a domain's own type); anything else is a miss, counted invalid."""
 
+        decode, undecodable = encoding.decode, encoding.DecodeError
+
         def judge(raw: Any) -> tuple[Any, int, int, int]:
             if raw is None or raw is UNAVAILABLE:
                 return None, 0, 0, 0
-            value = self._decode(raw, accept)
-            if value is _MISSING:
+            try:  # _decode(), inlined: every hit of the near cache passes here
+                value = decode(raw)
+            except undecodable as exc:
+                logger.debug("undecodable entry treated as a miss: %s", exc)
+                return None, 0, 1, len(raw)
+            if accept is not None and not accept(value):
+                logger.debug("entry of unexpected shape treated as a miss")
                 return None, 0, 1, len(raw)
             return value, 1, 0, len(raw)
 
@@ -377,11 +385,24 @@ class CacheCore:
                 return judge(reply)
 
             return await self.guarded("get", namespace, self.store.get, key, judge=keep)
+        # A hit: decoded again (the caller gets a value of its own, never the state held),
+        # and reported like any read. The Operation's slots are filled here rather than by
+        # its __init__, and emit() is inlined: a hit costs ~2 us in all, this is most of it.
         result, hits, invalid, nbytes = judge(data)
-        outcome = _HIT if hits else _MISS
-        self.emit(
-            Operation("get", namespace, outcome, perf_counter() - started, nbytes, 1, hits, invalid)
-        )
+        report = _new_operation(Operation)
+        report.op = "get"
+        report.namespace = namespace
+        report.outcome = _HIT if hits else _MISS
+        report.duration = perf_counter() - started
+        report.nbytes = nbytes
+        report.keys = 1
+        report.hits = hits
+        report.invalid = invalid
+        for observer in self._observers:
+            try:
+                observer(report)
+            except Exception:
+                self._drop(observer)
         return result
 
     async def _read_many_near(
