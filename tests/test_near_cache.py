@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import select
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
+import redis
 import redis.asyncio as redis_asyncio
 
 from gathering_cache import AsyncCacheManager, CacheConfig
+from gathering_cache.backends.base import Tracker
+from gathering_cache.backends.tracking import on_end
 from gathering_cache.core import encoding
 from gathering_cache.core.near import NearCache
 from gathering_cache.core.observe import Operation, Outcome
@@ -233,8 +238,14 @@ async def _batch_equals(manager: AsyncCacheManager, texts: list[str], expected: 
 
 # -- with a second process writing ---------------------------------------------------------------
 
-Solo = tuple[AsyncCacheManager, Writer, str]
-"""This process's manager (near cache on), a writer process on the same store, the backend."""
+
+class Solo(NamedTuple):
+    """This process's manager (near cache on), a writer process on the same store."""
+
+    cache: AsyncCacheManager
+    writer: Writer
+    backend: str
+    settings: dict[str, Any]
 
 
 @pytest.fixture(
@@ -254,7 +265,7 @@ async def solo(request: pytest.FixtureRequest) -> AsyncIterator[Solo]:
         await manager.connect()
         await _until(functools.partial(_serving, manager))
         writer = await Writer.start(settings)
-        yield manager, writer, request.param
+        yield Solo(manager, writer, request.param, settings)
     finally:
         if writer is not None:
             await writer.close()
@@ -290,7 +301,7 @@ async def _never(
 
 
 async def test_a_write_and_a_delete_in_another_process_reach_this_near_cache(solo: Solo) -> None:
-    a, writer, _ = solo
+    a, writer = solo.cache, solo.writer
     assert await a.set_circle_context(5, {"v": 1})
     await _held(a, 5, {"v": 1})
     assert await writer.do("set_circle", circle=5, value={"v": 2}) is True
@@ -305,7 +316,7 @@ async def test_a_write_and_a_delete_in_another_process_reach_this_near_cache(sol
 
 
 async def test_embeddings_changed_in_another_process_reach_this_near_cache(solo: Solo) -> None:
-    a, writer, _ = solo
+    a, writer = solo.cache, solo.writer
     assert await a.set_embeddings(["one", "two"], [[1.0, 0.0], [2.0, 0.0]])
     await _kept(a, lambda: a.get_embeddings(["one", "two"]), [[1.0, 0.0], [2.0, 0.0]], 2)
     await _kept(a, lambda: a.get_embedding("one"), [1.0, 0.0], 1)
@@ -343,7 +354,7 @@ async def _kill_listeners(request: pytest.FixtureRequest, backend: str) -> int:
 async def test_after_client_kill_of_the_listener_no_stale_value_is_served(
     solo: Solo, request: pytest.FixtureRequest
 ) -> None:
-    a, writer, backend = solo
+    a, writer, backend = solo.cache, solo.writer, solo.backend
     assert await a.set_circle_context(6, {"v": 1})
     await _held(a, 6, {"v": 1})
     # (On the cluster, the first kill ends tracking on every primary: the others may be
@@ -406,3 +417,69 @@ def _dig(data: Any, path: tuple[str, ...]) -> Any:
     for name in path:
         data = data[name]
     return data
+
+
+def _kill_listeners_now(request: pytest.FixtureRequest, backend: str) -> int:
+    """CLIENT KILL TYPE pubsub on every primary, synchronously (the loop stands still)."""
+    if backend == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        return sum(
+            int(cluster.cli(port, "client", "kill", "type", "pubsub").strip() or 0)
+            for port in cluster.primary_ports()
+        )
+    raw = redis.Redis(host="127.0.0.1", port=request.getfixturevalue("redis_server").port)
+    try:
+        return int(raw.client_kill_filter(_type="pubsub"))
+    finally:
+        raw.close()
+
+
+def _wait_readable(writer: Writer, within: float) -> None:
+    """Block (the event loop stands still) until the writer's answer is in the pipe."""
+    transport = writer.process._transport  # type: ignore[attr-defined]
+    pipe = transport.get_pipe_transport(1).get_extra_info("pipe")
+    readable, _, _ = select.select([pipe], [], [], within)
+    assert readable, "the writer process did not answer in time"
+
+
+async def test_no_stale_value_even_when_the_kill_and_the_news_arrive_together(
+    solo: Solo, request: pytest.FixtureRequest
+) -> None:
+    """The tightest case: this event loop stands still while the listener is killed and
+    the other process writes and reports it, so the end of the connection and the report
+    reach the loop in the same poll. The read that follows the report never gets the old
+    value: the end of the connection stops the near cache as the loop handles the socket,
+    before any task resumes."""
+    a, writer, backend = solo.cache, solo.writer, solo.backend
+    assert await a.set_circle_context(9, {"v": 1})
+    await _held(a, 9, {"v": 1})
+    # From here to the report, nothing awaits: the loop does not turn.
+    assert _kill_listeners_now(request, backend) == (3 if backend == "cluster" else 1)
+    assert writer.process.stdin is not None
+    command = {"op": "set_circle", "circle": 9, "value": {"v": 2}}
+    writer.process.stdin.write((json.dumps(command) + "\n").encode())  # sent at once
+    _wait_readable(writer, within=10.0)
+    # Read straight from the pipe (no wait_for, whose task would add turns of the loop):
+    # bounded, the answer is there; this await is the loop's first poll since the kill.
+    assert writer.process.stdout is not None
+    assert json.loads(await writer.process.stdout.readline())["ok"] is True
+    assert await a.get_circle_context(9) == {"v": 2}
+    for turn in range(20):
+        assert await a.get_circle_context(9) == {"v": 2}, f"stale value at read {turn}"
+        await asyncio.sleep(0)
+
+
+def test_a_tracker_without_connections_cannot_be_watched() -> None:
+    class Quiet(Tracker):
+        async def start(self) -> None:
+            return None
+
+        async def get(self, timeout: float) -> list[str] | None:
+            return []
+
+        async def close(self) -> None:
+            return None
+
+    called: list[bool] = []
+    assert on_end(Quiet(), lambda: called.append(True)) is False
+    assert called == []

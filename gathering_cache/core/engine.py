@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from time import monotonic, perf_counter
 from typing import Any, Final
 
 from gathering_cache.backends import Progress, Store, create_store
-from gathering_cache.backends.base import Subscriber
+from gathering_cache.backends.base import Subscriber, Tracker
+from gathering_cache.backends.tracking import on_end as on_tracking_end
 from gathering_cache.config import CacheConfig
 from gathering_cache.core import encoding
 from gathering_cache.core.keys import (
@@ -217,7 +219,13 @@ class CacheCore:
                 if starting.cancelled():
                     raise BackendError(f"tracking not established within {setup:g} s")
                 starting.result()
+                near.tracker = tracker
                 near.flush(serving=True)
+                # The end of a tracking connection stops the near cache in the very turn
+                # of the loop that sees it (get() below learns of it a few turns later):
+                # no caller can have heard of a later write through this loop before.
+                # (After flush(serving=True): a connection already ended stops it at once.)
+                on_tracking_end(tracker, functools.partial(_stop_serving, near, tracker))
                 if warned:
                     logger.warning("near cache serving again (tracking re-established)")
                     warned = False
@@ -233,6 +241,7 @@ class CacheCore:
                     warned = True
             finally:
                 near.flush(serving=False)
+                near.tracker = None  # what an old connection's end no longer stops
                 await tracker.close()
             if self._tracking is not None:
                 await asyncio.sleep(self.config.recovery_interval)
@@ -375,7 +384,7 @@ class CacheCore:
 
     async def _read_near(self, near: NearCache, namespace: str, key: str, judge: Judge) -> Any:
         started = perf_counter()
-        data = near.get(key)
+        data = near.get(key, started)
         if data is None:
             epoch = near.epoch  # a value read while an invalidation arrives is not kept
 
@@ -415,7 +424,7 @@ class CacheCore:
     ) -> Any:
         started = perf_counter()
         count = len(keys) if lookups is None else lookups
-        held = [near.get(key) for key in keys]
+        held = [near.get(key, started) for key in keys]
         missing = [key for key, data in zip(keys, held, strict=True) if data is None]
         if not missing:
             result, hits, invalid, nbytes = judge(held)
@@ -701,6 +710,13 @@ class CacheCore:
             "release_locks", LOCK, self.store.release_locks, keys, token, fallback=0, keys=len(keys)
         )
         return released
+
+
+def _stop_serving(near: NearCache, tracker: Tracker) -> None:
+    """The end of one of ``tracker``'s connections: the near cache stops serving (until
+    tracking is established again), unless ``tracker`` is no longer the one it relies on."""
+    if near.tracker is tracker:
+        near.flush(serving=False)
 
 
 class Messaging:
