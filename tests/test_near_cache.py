@@ -406,6 +406,8 @@ async def test_a_near_cache_hit_reaches_every_observer(pair: Pair) -> None:
     assert (hit.keys, hit.hits, hit.invalid, hit.misses) == (1, 1, 0, 0)
     assert hit.nbytes == len(encoding.encode({"v": 1}))
     assert 0 <= hit.duration < 1.0
+    # Built field by field on the hit path: every field is there (a new one too).
+    assert all(hasattr(hit, name) for name in Operation.__slots__)
     assert after["near_cache"]["hits"] == before["near_cache"]["hits"] + 1
     circle = ("namespaces", "circle", "hits")
     assert _dig(after, circle) == _dig(before, circle) + 1
