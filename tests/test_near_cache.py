@@ -1,7 +1,8 @@
 """The near cache (L1): served in this process for the chosen namespaces, kept correct by
 Redis client-side caching (CLIENT TRACKING in broadcast mode), flushed whenever tracking
-is lost. Two managers on separate connections stand for two processes (the server cannot
-tell the difference: invalidations go by connection)."""
+is lost. Some tests use two managers on separate connections (the server cannot tell them
+from two processes: invalidations go by connection); the others start a second Python
+process (tests/near_writer.py) that writes and deletes while this one reads."""
 
 from __future__ import annotations
 
@@ -188,9 +189,7 @@ async def test_killing_the_tracking_connection_flushes_and_never_serves_stale(
         finally:
             await raw.aclose()
     assert killed >= 2  # a's and b's
-    # The loss reaches this process as the connection's EOF, like an invalidation would:
-    # give the loop that moment (the staleness window of the design, see docs/scaling.md).
-    await asyncio.sleep(0.05)
+    # No pause: the end of a's connection stopped its near cache as the loop saw it.
     assert await b.set_circle_context(3, {"v": 2})  # its invalidation may never reach a ...
     # ... but a's near cache was flushed with the connection: never the old value.
     for _ in range(50):
