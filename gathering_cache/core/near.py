@@ -4,8 +4,10 @@ caching in broadcast mode, see :meth:`~gathering_cache.backends.base.Store.track
 
 Pure: no I/O. The core feeds it what it reads, what this process writes or deletes, and
 the invalidations the tracker receives; it serves only while the tracker is established
-(``serving``), and is flushed whenever tracking is lost or a store call fails, so a value
-another process changed is never served after its invalidation could have been missed.
+(``serving``), and is flushed whenever tracking is lost (the end of a tracking connection
+stops it in the very turn of the event loop that sees it, see
+:mod:`gathering_cache.backends.tracking`), so a value another process changed is never
+served after its invalidation could have been missed.
 
 A read that raced with an invalidation (the value read before, the invalidation received
 while the reply travelled) is not kept: :meth:`NearCache.put` takes the ``epoch`` seen when
@@ -14,15 +16,16 @@ the read started, and refuses when an invalidation arrived since.
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from collections.abc import Iterable
+from time import perf_counter
 
 __all__ = ["NearCache"]
 
 
 class NearCache:
-    """A bounded LRU of encoded values with a time bound, fed by invalidations."""
+    """A bounded LRU of encoded values with a time bound, fed by invalidations. Its clock
+    is :func:`time.perf_counter` (monotonic, and what the core times operations with)."""
 
     __slots__ = (
         "_entries",
@@ -33,6 +36,7 @@ class NearCache:
         "misses",
         "namespaces",
         "serving",
+        "tracker",
         "ttl",
     )
 
@@ -45,12 +49,16 @@ class NearCache:
         """Counts invalidations and flushes: a read keeps its value only if none came."""
         self.serving = False
         """Whether tracking is established: until then nothing is served or kept."""
+        self.tracker: object = None
+        """What keeps it correct while it serves (the core's tracker; opaque here)."""
         self.hits = 0
         self.misses = 0
         self.invalidations = 0
 
-    def get(self, key: str) -> bytes | None:
-        """The encoded value under ``key`` if held and fresh (a hit), else ``None``."""
+    def get(self, key: str, now: float | None = None) -> bytes | None:
+        """The encoded value under ``key`` if held and fresh (a hit), else ``None``.
+        ``now``: :func:`time.perf_counter` when the caller has just read it (one clock
+        read less on the hit path)."""
         if not self.serving:
             return None
         entry = self._entries.get(key)
@@ -58,7 +66,7 @@ class NearCache:
             self.misses += 1
             return None
         data, expires = entry
-        if expires < time.monotonic():
+        if expires < (perf_counter() if now is None else now):
             del self._entries[key]
             self.misses += 1
             return None
@@ -70,7 +78,7 @@ class NearCache:
         """Keep ``data`` read under ``key`` by a read that started at ``epoch``."""
         if not self.serving or epoch != self.epoch:
             return
-        self._entries[key] = (data, time.monotonic() + self.ttl)
+        self._entries[key] = (data, perf_counter() + self.ttl)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)

@@ -22,7 +22,7 @@ def hit_rate(hits: int, misses: int) -> float:
     return round(100.0 * hits / total, 2) if total else 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Counter:
     hits: int = 0
     misses: int = 0
@@ -45,12 +45,14 @@ class CacheStats:
     def observe(self, operation: Operation) -> None:
         """Count one operation: a read's hits, misses and refused entries, a write's values
         stored or not."""
-        if operation.op in READS:
+        if operation.op in READS:  # on every lookup: as few lookups as it can
             counter = self.namespaces.get(operation.namespace)
             if counter is not None:
-                counter.hits += operation.hits
-                counter.misses += operation.keys - operation.hits
-            self.errors += operation.invalid
+                hits = operation.hits
+                counter.hits += hits
+                counter.misses += operation.keys - hits
+            if operation.invalid:
+                self.errors += operation.invalid
         elif operation.op in WRITES and operation.namespace != STATS:
             if operation.outcome is Outcome.STORED:
                 self.writes += operation.keys

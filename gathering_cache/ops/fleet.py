@@ -53,6 +53,9 @@ logger = logging.getLogger(__name__)
 
 BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 """Upper bounds (seconds) of the latency histogram; one more bucket holds the rest."""
+_FIRST_BUCKET: Final = BUCKETS[0]
+# Module globals: found faster than enum attributes (the observer runs on every call).
+_HIT, _MISS, _STORED, _DONE = Outcome.HIT, Outcome.MISS, Outcome.STORED, Outcome.DONE
 
 HIT_SAVINGS: Final = {
     "embedding": 0.00002,
@@ -207,6 +210,8 @@ class FleetRecorder:
     def observe(self, operation: Operation) -> None:
         """Count one operation (reads, writes, failures) in the current minute; start a
         flush when one is due."""
+        # On every cache call (a near-cache hit costs ~2 us in all): the common cases first,
+        # each with as few lookups as it can.
         now = self._clock()
         if now >= self._next_minute:
             self._roll(now)
@@ -217,27 +222,34 @@ class FleetRecorder:
         outcome = operation.outcome
         if op in READS:
             hits = operation.hits
-            counts.hits += hits
-            counts.misses += operation.keys - hits
             if hits:
-                counts.cost += hits * HIT_SAVINGS[operation.namespace]
+                counts.hits += hits
+                saving = HIT_SAVINGS[operation.namespace]
+                if saving:
+                    counts.cost += hits * saving
+            counts.misses += operation.keys - hits
             if operation.invalid:
                 counts.errors += operation.invalid
-        elif op in WRITES:
-            if outcome is Outcome.STORED:
-                counts.sets += operation.keys
-        elif outcome is Outcome.DONE:
-            if operation.namespace == RAG:
-                if op == "counters" and operation.keys == 1:
+            if outcome is not _HIT and outcome is not _MISS:  # the store failed
+                counts.errors += 1
+        else:
+            if op in WRITES:
+                if outcome is _STORED:
+                    counts.sets += operation.keys
+            elif outcome is _DONE:
+                if operation.namespace == RAG:
+                    if op == "counters" and operation.keys == 1:
+                        counts.invalidations += 1
+                elif op in _INVALIDATIONS:
                     counts.invalidations += 1
-            elif op in _INVALIDATIONS:
-                counts.invalidations += 1
-            return  # counters, locks ...: neither lookups nor writes
-        elif outcome not in FAILURES:
-            return
-        if outcome in FAILURES:
-            counts.errors += 1
-        counts.latency[bisect_left(BUCKETS, operation.duration)] += 1
+                return  # counters, locks ...: neither lookups nor writes
+            elif outcome not in FAILURES:
+                return
+            if outcome in FAILURES:
+                counts.errors += 1
+        duration = operation.duration
+        # bisect_left(BUCKETS, duration), without the call for the usual case: under 0.5 ms.
+        counts.latency[0 if duration <= _FIRST_BUCKET else bisect_left(BUCKETS, duration)] += 1
         if now >= self._due:
             self._start_flush(now)
 
