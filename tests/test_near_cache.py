@@ -20,7 +20,6 @@ import redis.asyncio as redis_asyncio
 
 from gathering_cache import AsyncCacheManager, CacheConfig
 from gathering_cache.backends.base import Tracker
-from gathering_cache.backends.tracking import on_end
 from gathering_cache.core import encoding
 from gathering_cache.core.near import NearCache
 from gathering_cache.core.observe import Operation, Outcome
@@ -470,7 +469,9 @@ async def test_no_stale_value_even_when_the_kill_and_the_news_arrive_together(
         await asyncio.sleep(0)
 
 
-def test_a_tracker_without_connections_cannot_be_watched() -> None:
+def test_a_tracker_that_cannot_watch_its_connections_says_so() -> None:
+    """The default of the interface: losses are known from get() only."""
+
     class Quiet(Tracker):
         async def start(self) -> None:
             return None
@@ -482,5 +483,5 @@ def test_a_tracker_without_connections_cannot_be_watched() -> None:
             return None
 
     called: list[bool] = []
-    assert on_end(Quiet(), lambda: called.append(True)) is False
+    assert Quiet().on_end(lambda: called.append(True)) is False
     assert called == []

@@ -9,7 +9,7 @@ count as infrastructure faults; anything else is a bug and propagates.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +79,17 @@ class Tracker(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Stop tracking and release the connections; never raises."""
+
+    def on_end(self, callback: Callable[[], None]) -> bool:
+        """Have ``callback`` called as soon as the event loop handles the end of one of the
+        tracker's connections (at once if one has already ended), in the very turn it sees
+        it, before any task resumes (:meth:`get` learns of it a few turns later). Called
+        right after :meth:`start`, without awaiting in between.
+
+        ``callback`` is quick and never raises (it runs inside the loop's I/O handling);
+        it may be called more than once. Returns whether the connections could be watched:
+        ``False`` (this default) means losses are known from :meth:`get` only."""
+        return False
 
 
 @dataclass(frozen=True)

@@ -854,6 +854,29 @@ class RedisTracker(Tracker):
         self._items: list[list[str] | BaseException | None] = []
         self._ready = asyncio.Event()
 
+    def on_end(self, callback: Callable[[], None]) -> bool:
+        # A hook on the protocol of each connection (eof_received / connection_lost): the
+        # loop calls it while handling the socket's end, before any task resumes.
+        watched = []
+        for connection in self._connections:
+            reader = getattr(connection, "_reader", None)
+            transport = getattr(getattr(connection, "_writer", None), "transport", None)
+            if reader is None or transport is None:  # not connected (any more)
+                callback()
+                return True
+            protocol = transport.get_protocol()
+            if not (hasattr(protocol, "eof_received") and hasattr(protocol, "connection_lost")):
+                return False  # an unknown transport: losses are known from get()
+            watched.append((reader, transport, protocol))
+        if not watched:
+            return False
+        for reader, transport, protocol in watched:
+            _chain(protocol, "eof_received", callback)
+            _chain(protocol, "connection_lost", callback)
+            if reader.at_eof() or transport.is_closing():  # ended before we looked
+                callback()
+        return True
+
     @_mapped
     async def start(self) -> None:
         self._connections = await self._make()
@@ -945,3 +968,17 @@ class RedisTracker(Tracker):
 _FOREVER = 3600.0
 """A read timeout the tracker's connections never reach in practice (a finite one: older
 redis-py reads ``None`` as "the socket timeout")."""
+
+
+def _chain(protocol: Any, name: str, callback: Callable[[], None]) -> None:
+    """Call ``callback`` first whenever the loop calls ``protocol.<name>``."""
+    original = getattr(protocol, name)
+
+    def hooked(*args: Any) -> Any:
+        try:
+            callback()
+        except Exception:  # never break the loop's handling of the socket
+            logger.exception("near cache: the end-of-tracking callback failed")
+        return original(*args)
+
+    setattr(protocol, name, hooked)

@@ -16,7 +16,6 @@ from typing import Any, Final
 
 from gathering_cache.backends import Progress, Store, create_store
 from gathering_cache.backends.base import Subscriber, Tracker
-from gathering_cache.backends.tracking import on_end as on_tracking_end
 from gathering_cache.config import CacheConfig
 from gathering_cache.core import encoding
 from gathering_cache.core.keys import (
@@ -225,7 +224,7 @@ class CacheCore:
                 # of the loop that sees it (get() below learns of it a few turns later):
                 # no caller can have heard of a later write through this loop before.
                 # (After flush(serving=True): a connection already ended stops it at once.)
-                on_tracking_end(tracker, functools.partial(_stop_serving, near, tracker))
+                tracker.on_end(functools.partial(_stop_serving, near, tracker))
                 if warned:
                     logger.warning("near cache serving again (tracking re-established)")
                     warned = False

@@ -5,9 +5,9 @@ caching in broadcast mode, see :meth:`~gathering_cache.backends.base.Store.track
 Pure: no I/O. The core feeds it what it reads, what this process writes or deletes, and
 the invalidations the tracker receives; it serves only while the tracker is established
 (``serving``), and is flushed whenever tracking is lost (the end of a tracking connection
-stops it in the very turn of the event loop that sees it, see
-:mod:`gathering_cache.backends.tracking`), so a value another process changed is never
-served after its invalidation could have been missed.
+stops it in the very turn of the event loop that sees it, see ``Tracker.on_end``), so a
+value another process changed is never served after its invalidation could have been
+missed.
 
 A read that raced with an invalidation (the value read before, the invalidation received
 while the reply travelled) is not kept: :meth:`NearCache.put` takes the ``epoch`` seen when
