@@ -485,3 +485,21 @@ def test_a_tracker_that_cannot_watch_its_connections_says_so() -> None:
     called: list[bool] = []
     assert Quiet().on_end(lambda: called.append(True)) is False
     assert called == []
+
+
+async def test_tracking_declared_lost_stops_the_near_cache_at_once(pair: Pair) -> None:
+    """A failover the store follows (the sentinels moved the primary) declares tracking lost:
+    the near cache stops serving in that same turn, not when the tracking task next reads."""
+    a, _ = pair
+    near = a._core.near
+    assert near is not None
+    assert near.serving
+    tracker = near.tracker
+    lost = getattr(tracker, "lost", None)
+    assert lost is not None  # the Redis tracker, on both topologies
+    assert await a.set_circle_context(3, {"v": 1})
+    await asyncio.sleep(0.1)
+    assert await a.get_circle_context(3) == {"v": 1}
+    lost("the primary moved")
+    assert not near.serving  # no await in between: the same turn
+    await _until(functools.partial(_serving, a))  # and tracking comes back by itself

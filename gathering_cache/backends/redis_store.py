@@ -853,6 +853,7 @@ class RedisTracker(Tracker):
         # cancellation arriving as wait_for times out could leave the caller hanging.)
         self._items: list[list[str] | BaseException | None] = []
         self._ready = asyncio.Event()
+        self._on_end: list[Callable[[], None]] = []
 
     def on_end(self, callback: Callable[[], None]) -> bool:
         # A hook on the protocol of each connection (eof_received / connection_lost): the
@@ -870,6 +871,7 @@ class RedisTracker(Tracker):
             watched.append((reader, transport, protocol))
         if not watched:
             return False
+        self._on_end.append(callback)  # lost() tells it too
         for reader, transport, protocol in watched:
             _chain(protocol, "eof_received", callback)
             _chain(protocol, "connection_lost", callback)
@@ -930,8 +932,11 @@ class RedisTracker(Tracker):
         self._ready.set()
 
     def lost(self, why: str) -> None:
-        """Declare tracking lost (the primary moved): the next :meth:`get` raises."""
+        """Declare tracking lost (the primary moved): the next :meth:`get` raises, and what
+        :meth:`on_end` watches for is told at once."""
         self._push(BackendError(f"tracking lost at {self.where}: {why}"))
+        for callback in self._on_end:
+            callback()
 
     async def get(self, timeout: float) -> list[str] | None:
         if not self._items:
