@@ -40,6 +40,7 @@ from redis.asyncio.sentinel import (
     SentinelManagedConnection,
     SentinelManagedSSLConnection,
 )
+from redis.exceptions import SlotNotCoveredError
 
 from gathering_cache.backends.base import Progress, Subscriber, Tracker
 from gathering_cache.backends.redis_store import (
@@ -141,26 +142,46 @@ class ClusterStore(RedisStore):
     topology = "cluster"
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
-        super().__init__(client, **kwargs)
         self._rereading: asyncio.Task[None] | None = None
+        self._reread_at = -_REREAD_PAUSE
         manager: Any = getattr(client, "nodes_manager", None)
         seeds = getattr(manager, "startup_nodes", None)
         if isinstance(seeds, dict) and not isinstance(seeds, _Seeds):
             manager.startup_nodes = _Seeds(seeds)
+        # Before the store binds the client's execute_command (its hot path does).
+        execute = getattr(client, "execute_command", None)
+        if callable(execute) and not getattr(execute, "_rereads", False):
+            client.execute_command = self._with_reread(execute)
+        super().__init__(client, **kwargs)
 
-    def _malformed(self, command: str, reply: object) -> BackendError:
-        if isinstance(reply, KeyError):
-            # redis-py < 8 looks a slot up in its map with [] and lets the KeyError out when
-            # the slot is missing (a map read while the cluster was down, the slot without
-            # an owner), and nothing makes it read the map again: the slot would stay
-            # unserved for good. aclose() is how redis-py itself asks for a fresh map (the
-            # next command reads it); its own later versions raise SlotNotCoveredError and
-            # do the same.
-            self._reread_slots()
-        return super()._malformed(command, reply)
+    def _with_reread(self, execute: Any) -> Any:
+        """``execute`` (the client's execute_command, which its own commands call too),
+        asking for a fresh slot map when a slot is missing from the map.
+
+        A map read while the cluster was down (CLUSTERDOWN, a slot without an owner) lacks
+        the slot, and redis-py then fails every call for it without reading the map again
+        (8.2 raises SlotNotCoveredError and retries on the same map; 6.1 lets a KeyError
+        out of its lookup): the slot stayed unserved after the cluster recovered.
+        ``aclose()`` is how redis-py itself asks for a fresh map (the next command reads
+        it). The client is patched on the instance, an injected one too.
+        """
+
+        async def execute_command(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await execute(*args, **kwargs)
+            except (KeyError, SlotNotCoveredError):
+                self._reread_slots()
+                raise
+
+        execute_command._rereads = True  # type: ignore[attr-defined]
+        return execute_command
 
     def _reread_slots(self) -> None:
+        now = time.monotonic()
+        if now - self._reread_at < _REREAD_PAUSE:
+            return  # one fresh map at a time, at most every _REREAD_PAUSE seconds
         if self._rereading is None or self._rereading.done():
+            self._reread_at = now
             self._rereading = asyncio.ensure_future(self._client.aclose())
 
     async def aclose(self) -> None:
@@ -534,6 +555,9 @@ _WATCH_POLL = 0.5
 between waits)."""
 _WATCH_PAUSE = 0.5
 """Seconds between attempts to listen to a sentinel."""
+_REREAD_PAUSE = 0.1
+"""Seconds between two fresh slot maps a cluster store asks for (a slot missing from its
+map fails every call for it until one is read)."""
 _WATCH_CHECK = 2.0
 """Seconds between two comparisons of the primary the sentinel names with the one the pool
 connects to (one round trip to the sentinel)."""
