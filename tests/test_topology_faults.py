@@ -73,9 +73,9 @@ class Probe:
 
 def warnings_in(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
-        record.getMessage()
-        for record in caplog.records
-        if record.levelno >= logging.WARNING and record.name.startswith("gathering_cache")
+        entry.getMessage()
+        for entry in caplog.records
+        if entry.levelno >= logging.WARNING and entry.name.startswith("gathering_cache")
     ]
 
 
