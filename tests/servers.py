@@ -159,15 +159,17 @@ later (the default 15 s would make a failover test slow)."""
 
 
 class LocalCluster:
-    """A Redis Cluster of ``primaries`` primaries with one replica each, every node a
+    """A Redis Cluster of ``primaries`` primaries with ``replicas`` replicas each, every node a
     :class:`RedisServer` on a free loopback port (and a free cluster-bus port)."""
 
-    def __init__(self, primaries: int = 3) -> None:
+    def __init__(self, primaries: int = 3, replicas: int = 1) -> None:
         if REDIS_CLI is None:
             raise RuntimeError("redis-cli is not installed (apt-get install -y redis-server)")
-        ports = distinct_free_ports(primaries * 4)  # a data port and a bus port each
+        count = primaries * (1 + replicas)
+        self.replicas = replicas
+        ports = distinct_free_ports(count * 2)  # a data port and a bus port each
         self.nodes = []
-        for _ in range(primaries * 2):
+        for _ in range(count):
             args = [
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf",
@@ -187,7 +189,7 @@ class LocalCluster:
             node.start()
         subprocess.run(
             [str(REDIS_CLI), "--cluster", "create", *self.addresses,
-             "--cluster-replicas", "1", "--cluster-yes"],
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             check=True, capture_output=True, timeout=timeout,
         )  # fmt: skip
         self.wait_ok(timeout)
@@ -300,7 +302,7 @@ class LocalSentinel:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError("redis-sentinel exited")
-            if self._replica_known() and self._replica_synced():
+            if self._replica_known() and self._replica_synced() and self._replica_promotable():
                 return
             time.sleep(0.05)
         raise RuntimeError("the test sentinel did not see the replica in time")
@@ -320,6 +322,19 @@ class LocalSentinel:
 
     def _replica_synced(self) -> bool:
         return "master_link_status:up" in self.cli(self.replica.port, "info", "replication")
+
+    def _replica_promotable(self) -> bool:
+        """Whether the sentinel would promote the replica now (else SENTINEL FAILOVER answers
+        NOGOODSLAVE): seen as a healthy replica, its INFO fresh, its link to the primary up.
+        (Checked at start only: after a failover the sentinel sees the demoted primary's
+        link up only at its next INFO, up to ~20 s later.)"""
+        lines = self.cli(self.port, "sentinel", "replicas", SENTINEL_SERVICE).splitlines()
+        fields = dict(zip(lines[::2], lines[1::2], strict=False))  # the one replica
+        try:
+            fresh = int(fields.get("info-refresh", "")) < 20_000  # ms; the sentinel wants < 30 s
+        except ValueError:
+            return False
+        return fresh and fields.get("flags") == "slave" and fields.get("master-link-status") == "ok"
 
     def primary_port(self) -> int | None:
         lines = self.cli(self.port, "sentinel", "get-master-addr-by-name", SENTINEL_SERVICE).split()

@@ -16,7 +16,9 @@ What differs on a cluster, and how the cluster store deals with it:
   missing from older versions).
 
 On Sentinel the client asks the sentinels for the current primary of the service, and a
-connection that finds a demoted primary (READONLY) reconnects to the new one.
+connection that finds a demoted primary (READONLY) reconnects to the new one. Every
+reconnection asks the sentinels (:class:`_SentinelConnection`): redis-py's own re-sends
+reconnect to the address a connection had, the demoted primary after a failover.
 """
 
 from __future__ import annotations
@@ -24,14 +26,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as redis_asyncio
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import ConnectionPool
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.connection import ConnectionPool, SSLConnection
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
+from redis.exceptions import SlotNotCoveredError
 
 from gathering_cache.backends.base import Progress, Subscriber, Tracker
 from gathering_cache.backends.redis_store import (
@@ -138,10 +147,61 @@ class ClusterStore(RedisStore):
 
     topology = "cluster"
 
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        self._rereading: asyncio.Task[None] | None = None
+        self._reread_at = -_REREAD_PAUSE
+        manager: Any = getattr(client, "nodes_manager", None)
+        seeds = getattr(manager, "startup_nodes", None)
+        if isinstance(seeds, dict) and not isinstance(seeds, _Seeds):
+            manager.startup_nodes = _Seeds(seeds)
+        # Before the store binds the client's execute_command (its hot path does).
+        execute = getattr(client, "execute_command", None)
+        if callable(execute) and not getattr(execute, "_rereads", False):
+            client.execute_command = self._with_reread(execute)
+        super().__init__(client, **kwargs)
+
+    def _with_reread(self, execute: Any) -> Any:
+        """``execute`` (the client's execute_command, which its own commands call too),
+        asking for a fresh slot map when a slot is missing from the map.
+
+        A map read while the cluster was down (CLUSTERDOWN, a slot without an owner) lacks
+        the slot, and redis-py then fails every call for it without reading the map again
+        (8.2 raises SlotNotCoveredError and retries on the same map; 6.1 lets a KeyError
+        out of its lookup): the slot stayed unserved after the cluster recovered.
+        ``aclose()`` is how redis-py itself asks for a fresh map (the next command reads
+        it). The client is patched on the instance, an injected one too.
+        """
+
+        async def execute_command(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await execute(*args, **kwargs)
+            except (KeyError, SlotNotCoveredError):
+                self._reread_slots()
+                raise
+
+        execute_command._rereads = True  # type: ignore[attr-defined]
+        return execute_command
+
+    def _reread_slots(self) -> None:
+        now = time.monotonic()
+        if now - self._reread_at < _REREAD_PAUSE:
+            return  # one fresh map at a time, at most every _REREAD_PAUSE seconds
+        if self._rereading is None or self._rereading.done():
+            self._reread_at = now
+            self._rereading = asyncio.ensure_future(self._client.aclose())
+
+    async def aclose(self) -> None:
+        rereading, self._rereading = self._rereading, None
+        if rereading is not None:
+            with contextlib.suppress(Exception):
+                await rereading
+        await super().aclose()
+
     async def _scan(self, pattern: str, progress: Progress) -> AsyncIterator[list[bytes]]:
         # Every primary in turn: a key lives on exactly one of them. Each step is one
         # bounded round trip, as on a standalone server.
         client: Any = self._client
+        await self._step(client.initialize(), progress)  # a map to read first, if asked
         for node in client.get_primaries():
             cursor = 0
             while True:
@@ -210,6 +270,28 @@ class ClusterStore(RedisStore):
             ]
 
         return RedisTracker(connections, prefix, self.where)
+
+
+class _Seeds(dict):  # type: ignore[type-arg]
+    """A cluster client's startup nodes (where it reads the slot map), never left empty.
+
+    redis-py < 8 drops a node from them on each connection error or timeout it meets there;
+    once every node had one (redis-py closes every connection itself to re-read the map
+    after a few MOVED, failing the calls in flight on each node), the client can never read
+    the map again ("Redis Cluster cannot be connected. Please provide at least one
+    reachable node: None") and the cache would stay degraded for good. Emptied, they are
+    the nodes the client was given again.
+    """
+
+    def __init__(self, nodes: dict[str, Any]) -> None:
+        super().__init__(nodes)
+        self._given = dict(nodes)
+
+    def pop(self, name: str, *default: Any) -> Any:
+        node = super().pop(name, *default)
+        if not self:
+            self.update(self._given)
+        return node
 
 
 async def _channel_node(client: Any, channel: str) -> Any:
@@ -309,13 +391,19 @@ class SentinelStore(RedisStore):
         self._watcher: asyncio.Task[None] | None = None
         self._closing = False
         self._trackers: weakref.WeakSet[RedisTracker] = weakref.WeakSet()
+        self._following: tuple[str, int] | None = None  # the primary last switched to
+        if pool is not None:
+            _follow_the_sentinels(pool)
         #: How many switches of the primary this store has followed.
         self.switches = 0
 
     async def connect(self) -> None:
-        await super().connect()
+        # Watching starts whether or not the primary answers now: a store whose first
+        # contact failed (the sentinels do not know the service yet, the primary is down)
+        # recovers without connect() being called again, and must follow switches then too.
         if self._watcher is None and self._watched and self._service is not None:
             self._watcher = asyncio.ensure_future(self._watch_switches())
+        await super().connect()
 
     async def _watch_switches(self) -> None:
         """Follow ``+switch-master`` on the sentinels, one at a time, for ever (cancelled by
@@ -324,20 +412,27 @@ class SentinelStore(RedisStore):
         while not self._closing:
             sentinel = self._watched[turn % len(self._watched)]
             turn += 1
-            pubsub = sentinel.pubsub(ignore_subscribe_messages=True)
+            pubsub = sentinel.pubsub()
             try:
                 await pubsub.subscribe(_SWITCH_MASTER)
-                # A switch announced before this subscription (or while the last sentinel
-                # was unreachable) was missed: compare the primary the sentinel names now
-                # with the one the pool connects to.
-                named = await sentinel.sentinel_get_master_addr_by_name(self._service)
-                known = getattr(self._client.connection_pool, "master_address", None)
-                if named and known and _address(named) != _address(known):
-                    await self._moved(f"{self._service} now at {named[0]}:{named[1]}")
+                await self._confirmed(pubsub)
+                # A switch announced before this subscription took effect (or while the
+                # last sentinel was unreachable) was missed: compare the primary the
+                # sentinel names now with the one the pool connects to. Done again every
+                # _WATCH_CHECK seconds, so a lost announcement (or a sentinel connection
+                # that died silently) costs seconds, not the ~10 s until the demoted
+                # primary refuses writes.
+                await self._compare(sentinel)
+                checked = time.monotonic()
                 while not self._closing:
-                    message = await pubsub.get_message(timeout=_WATCH_POLL)
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=_WATCH_POLL
+                    )
                     if isinstance(message, dict) and message.get("type") == "message":
                         await self._switched(message.get("data"))
+                    if time.monotonic() - checked >= _WATCH_CHECK:
+                        await self._compare(sentinel)
+                        checked = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a sentinel down: try the next one shortly
@@ -347,10 +442,38 @@ class SentinelStore(RedisStore):
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
 
+    async def _confirmed(self, pubsub: Any) -> None:
+        """Until the sentinel confirms the subscription: from then on, no announcement can
+        be missed (SUBSCRIBE travels on a connection of its own, which the sentinel may
+        read after a command sent later on another one)."""
+        deadline = time.monotonic() + _WATCH_CONFIRM
+        while time.monotonic() < deadline:
+            message = await pubsub.get_message(timeout=_WATCH_POLL)
+            if isinstance(message, dict) and message.get("type") == "subscribe":
+                return
+            if isinstance(message, dict) and message.get("type") == "message":
+                await self._switched(message.get("data"))
+        raise BackendError(f"the sentinel did not confirm SUBSCRIBE {_SWITCH_MASTER}")
+
+    async def _compare(self, sentinel: Any) -> None:
+        named = await sentinel.sentinel_get_master_addr_by_name(self._service)
+        known = getattr(self._client.connection_pool, "master_address", None)
+        if not named or not known:
+            return
+        address = _address(named)
+        # (Once followed, the pool still names the old primary until a call reconnects.)
+        if address not in (_address(known), self._following):
+            self._following = address
+            await self._moved(f"{self._service} now at {address[0]}:{address[1]}")
+
     async def _switched(self, data: object) -> None:
         text = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
-        if text.split(" ", 1)[0] != self._service:
+        fields = text.split(" ")
+        if fields[0] != self._service:
             return
+        # "<service> <old ip> <old port> <new ip> <new port>"
+        if len(fields) == 5 and fields[4].isdigit():
+            self._following = (fields[3], int(fields[4]))
         await self._moved(text)
 
     async def _moved(self, what: str) -> None:
@@ -382,6 +505,51 @@ class SentinelStore(RedisStore):
                     await sentinel.aclose()
 
 
+class _SentinelConnection(SentinelManagedConnection):
+    """A connection to the primary that asks the sentinels where it is on every
+    (re)connection.
+
+    redis-py's own :class:`SentinelManagedConnection` does so only in ``connect()``; a command
+    re-sent after its connection dropped (a retry) reconnects through ``connect_check_health``
+    to the address the connection had. When the store drops its connections on
+    ``+switch-master`` while a call is in flight, that address is the demoted primary, which
+    keeps taking writes until the sentinels reconfigure it (~10 s, and those writes are
+    lost). Seen in 5 of 95 failovers (redis-py 6.1).
+    """
+
+    _resolving = False
+
+    async def connect_to(self, address: Any) -> None:
+        self._resolving = True
+        try:
+            await super().connect_to(address)  # type: ignore[no-untyped-call,unused-ignore]
+        finally:
+            self._resolving = False
+
+    async def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        if self.is_connected or self._resolving:
+            await super().connect_check_health(*args, **kwargs)
+        else:
+            # Asks the sentinels for the primary, then connect_to() it.
+            await self.connect()  # type: ignore[no-untyped-call,unused-ignore]
+
+
+class _SentinelSSLConnection(_SentinelConnection, SSLConnection):
+    """:class:`_SentinelConnection` over TLS."""
+
+
+def _follow_the_sentinels(pool: Any) -> None:
+    """Have ``pool`` make a :class:`_SentinelConnection` instead of redis-py's own for each
+    new connection (connections already made keep their class)."""
+    replacements: dict[Any, Any] = {
+        SentinelManagedConnection: _SentinelConnection,
+        SentinelManagedSSLConnection: _SentinelSSLConnection,
+    }
+    replacement = replacements.get(getattr(pool, "connection_class", None))
+    if replacement is not None:
+        pool.connection_class = replacement
+
+
 def _address(pair: Any) -> tuple[str, int]:
     host, port = pair
     return (host.decode() if isinstance(host, bytes) else str(host), int(port))
@@ -393,3 +561,11 @@ _WATCH_POLL = 0.5
 between waits)."""
 _WATCH_PAUSE = 0.5
 """Seconds between attempts to listen to a sentinel."""
+_REREAD_PAUSE = 0.1
+"""Seconds between two fresh slot maps a cluster store asks for (a slot missing from its
+map fails every call for it until one is read)."""
+_WATCH_CHECK = 2.0
+"""Seconds between two comparisons of the primary the sentinel names with the one the pool
+connects to (one round trip to the sentinel)."""
+_WATCH_CONFIRM = 5.0
+"""Seconds a sentinel has to confirm the subscription before the next one is tried."""
