@@ -381,18 +381,41 @@ class CacheCore:
             return self._read_near(near, namespace, key, judge)
         return self.guarded("get", namespace, self.store.get, key, judge=judge)
 
+    def lookup(self, namespace: str, key: str, judge: Judge) -> Any:
+        """:meth:`read` without a coroutine frame on a near-cache hit: the value itself
+        when the near cache holds ``key`` (the hit reported like any read), else the
+        coroutine of the read (a :data:`~types.CoroutineType`, for the caller to await).
+        Only for a domain whose judge never yields a coroutine (decoded values never are)."""
+        near = self.near
+        if near is not None and near.serving and namespace in near.namespaces:
+            started = perf_counter()
+            data = near.get(key, started)
+            if data is not None:
+                return self._near_hit(namespace, judge, data, started)
+            return self._read_store(near, namespace, key, judge)
+        return self.guarded("get", namespace, self.store.get, key, judge=judge)
+
     async def _read_near(self, near: NearCache, namespace: str, key: str, judge: Judge) -> Any:
         started = perf_counter()
         data = near.get(key, started)
         if data is None:
-            epoch = near.epoch  # a value read while an invalidation arrives is not kept
+            return await self._read_store(near, namespace, key, judge)
+        return self._near_hit(namespace, judge, data, started)
 
-            def keep(reply: Any) -> tuple[Any, int, int, int]:
-                if type(reply) is bytes:
-                    near.put(key, reply, epoch)
-                return judge(reply)
+    def _read_store(
+        self, near: NearCache, namespace: str, key: str, judge: Judge
+    ) -> Coroutine[Any, Any, Any]:
+        """A read the near cache missed: from the store, kept by the near cache."""
+        epoch = near.epoch  # a value read while an invalidation arrives is not kept
 
-            return await self.guarded("get", namespace, self.store.get, key, judge=keep)
+        def keep(reply: Any) -> tuple[Any, int, int, int]:
+            if type(reply) is bytes:
+                near.put(key, reply, epoch)
+            return judge(reply)
+
+        return self.guarded("get", namespace, self.store.get, key, judge=keep)
+
+    def _near_hit(self, namespace: str, judge: Judge, data: bytes, started: float) -> Any:
         # A hit: decoded again (the caller gets a value of its own, never the state held),
         # and reported like any read. The Operation's slots are filled here rather than by
         # its __init__, and emit() is inlined: a hit costs ~2 us in all, this is most of it.
