@@ -15,16 +15,12 @@ from gathering_cache.errors import ArgumentTypeError
 __all__ = ["CircleCache"]
 
 
-def _is_dict(value: Any) -> bool:
-    return isinstance(value, dict)
-
-
 class CircleCache:
     """Get, set and invalidate circle context through the core."""
 
     def __init__(self, core: CacheCore) -> None:
         self._engine = core
-        self._judge = core.decoder(_is_dict)
+        self._judge = core.decoder(dict)  # a JSON object
 
     def get(self, circle_id: int) -> Any:
         """The context when the near cache holds it, else the coroutine reading it (see
