@@ -12,6 +12,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from time import monotonic, perf_counter
+from types import CoroutineType
 from typing import Any, Final
 
 from gathering_cache.backends import Progress, Store, create_store
@@ -408,7 +409,7 @@ class CacheCore:
         by the near cache when it holds the key for a namespace it serves."""
         near = self.near
         if near is not None and near.serving and namespace in near.namespaces:
-            return self._read_near(near, namespace, key, judge)
+            return self._read_near(namespace, key, judge)
         return self.guarded("get", namespace, self.store.get, key, judge=judge)
 
     def lookup(self, namespace: str, key: str, judge: Judge) -> Any:
@@ -417,35 +418,19 @@ class CacheCore:
         coroutine of the read (a :data:`~types.CoroutineType`, for the caller to await).
         Only for a domain whose judge never yields a coroutine (decoded values never are)."""
         near = self.near
-        if near is not None and near.serving and namespace in near.namespaces:
-            started = perf_counter()
-            data = near.get(key, started)
-            if data is not None:
-                return self._near_hit(namespace, judge, data, started)
-            return self._read_store(near, namespace, key, judge)
-        return self.guarded("get", namespace, self.store.get, key, judge=judge)
-
-    async def _read_near(self, near: NearCache, namespace: str, key: str, judge: Judge) -> Any:
+        if near is None or not near.serving or namespace not in near.namespaces:
+            return self.guarded("get", namespace, self.store.get, key, judge=judge)
         started = perf_counter()
         data = near.get(key, started)
         if data is None:
-            return await self._read_store(near, namespace, key, judge)
-        return self._near_hit(namespace, judge, data, started)
+            epoch = near.epoch  # a value read while an invalidation arrives is not kept
 
-    def _read_store(
-        self, near: NearCache, namespace: str, key: str, judge: Judge
-    ) -> Coroutine[Any, Any, Any]:
-        """A read the near cache missed: from the store, kept by the near cache."""
-        epoch = near.epoch  # a value read while an invalidation arrives is not kept
+            def keep(reply: Any) -> tuple[Any, int, int, int]:
+                if type(reply) is bytes:
+                    near.put(key, reply, epoch)
+                return judge(reply)
 
-        def keep(reply: Any) -> tuple[Any, int, int, int]:
-            if type(reply) is bytes:
-                near.put(key, reply, epoch)
-            return judge(reply)
-
-        return self.guarded("get", namespace, self.store.get, key, judge=keep)
-
-    def _near_hit(self, namespace: str, judge: Judge, data: bytes, started: float) -> Any:
+            return self.guarded("get", namespace, self.store.get, key, judge=keep)
         # A hit: decoded again (the caller gets a value of its own, never the state held),
         # and reported like any read. The Operation's slots are filled here rather than by
         # its __init__, and emit() is inlined: a hit costs ~2 us in all, this is most of it.
@@ -465,6 +450,10 @@ class CacheCore:
             except Exception:
                 self._drop(observer)
         return result
+
+    async def _read_near(self, namespace: str, key: str, judge: Judge) -> Any:
+        found = self.lookup(namespace, key, judge)
+        return await found if type(found) is CoroutineType else found
 
     async def _read_many_near(
         self,

@@ -79,11 +79,13 @@ index and the deletion of what it listed that follow are not counted again."""
 class Counts:
     """The counters of one namespace: hits, misses, sets, errors, cost saved, latencies."""
 
-    __slots__ = ("cost", "errors", "hits", "invalidations", "latency", "misses", "sets")
+    __slots__ = ("cost", "errors", "hits", "invalidations", "latency", "misses", "saving", "sets")
 
-    def __init__(self) -> None:
+    def __init__(self, saving: float = 0.0) -> None:
         self.hits = self.misses = self.sets = self.errors = self.invalidations = 0
         self.cost = 0.0
+        self.saving = saving
+        """Dollars one hit saves (:data:`HIT_SAVINGS` of its namespace): not a counter."""
         self.latency = [0] * (len(BUCKETS) + 1)
 
     def add(self, other: Counts) -> None:
@@ -162,7 +164,7 @@ def percentile(histogram: Sequence[int], q: float) -> float | None:
 
 
 def _table() -> dict[str, Counts]:
-    return {name: Counts() for name in NAMESPACES}
+    return {name: Counts(HIT_SAVINGS.get(name, 0.0)) for name in NAMESPACES}
 
 
 def _process_id() -> str:
@@ -224,7 +226,7 @@ class FleetRecorder:
             hits = operation.hits
             if hits:
                 counts.hits += hits
-                saving = HIT_SAVINGS[operation.namespace]
+                saving = counts.saving
                 if saving:
                     counts.cost += hits * saving
             counts.misses += operation.keys - hits
