@@ -47,7 +47,7 @@ def test_checked_circle_keys_are_kept_but_still_checked() -> None:
             keys.checked_circle(bad)
     for circle_id in range(5000):  # bounded: the keys of many ids do not pile up
         assert keys.checked_circle(circle_id) == f"gathering:circle:{circle_id}"
-    assert len(keys._circle_keys) <= 4096
+    assert len(keys.circle_keys) <= 4096
 
 
 def test_pattern_check() -> None:

@@ -21,11 +21,15 @@ class CircleCache:
     def __init__(self, core: CacheCore) -> None:
         self._engine = core
         self._judge = core.decoder(dict)  # a JSON object
+        self._kept = core.keys.circle_keys
 
     def get(self, circle_id: int) -> Any:
         """The context when the near cache holds it, else the coroutine reading it (see
         :meth:`CacheCore.lookup`: no coroutine frame at all on a near-cache hit)."""
-        return self._engine.lookup(CIRCLE, self._engine.keys.checked_circle(circle_id), self._judge)
+        key = self._kept.get(circle_id) if type(circle_id) is int else None  # checked before
+        if key is None:
+            key = self._engine.keys.checked_circle(circle_id)
+        return self._engine.lookup(CIRCLE, key, self._judge)
 
     async def set(self, circle_id: int, context: dict[str, Any], ttl: int | None) -> bool:
         key = self._engine.keys.checked_circle(circle_id)

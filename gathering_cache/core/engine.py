@@ -421,8 +421,9 @@ class CacheCore:
         if near is None or not near.serving or namespace not in near.namespaces:
             return self.guarded("get", namespace, self.store.get, key, judge=judge)
         started = perf_counter()
-        data = near.get(key, started)
-        if data is None:
+        entry = near.entries.get(key)  # NearCache.get inlined: held and fresh is a hit
+        if entry is None or entry[1] < started:
+            near.get(key, started)  # a miss: counted (and an expired entry dropped) there
             epoch = near.epoch  # a value read while an invalidation arrives is not kept
 
             def keep(reply: Any) -> tuple[Any, int, int, int]:
@@ -431,10 +432,12 @@ class CacheCore:
                 return judge(reply)
 
             return self.guarded("get", namespace, self.store.get, key, judge=keep)
+        near.entries.move_to_end(key)
+        near.hits += 1
         # A hit: decoded again (the caller gets a value of its own, never the state held),
         # and reported like any read. The Operation's slots are filled here rather than by
         # its __init__, and emit() is inlined: a hit costs ~2 us in all, this is most of it.
-        result, hits, invalid, nbytes = judge(data)
+        result, hits, invalid, nbytes = judge(entry[0])
         report = _new_operation(Operation)
         report.op = "get"
         report.namespace = namespace

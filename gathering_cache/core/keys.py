@@ -228,12 +228,13 @@ _KEPT_KEYS: Final = 4096
 class KeySpace:
     """Builds the keys and patterns of every domain under one prefix."""
 
-    __slots__ = ("_circle_keys", "prefix")
+    __slots__ = ("circle_keys", "prefix")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self._circle_keys: dict[int, str] = {}
-        """Keys of :meth:`checked_circle`, by id (at most :data:`_KEPT_KEYS`)."""
+        self.circle_keys: dict[int, str] = {}
+        """Keys of :meth:`checked_circle`, by id (at most :data:`_KEPT_KEYS`); a hit path
+        may look an exact ``int`` up here before calling it."""
 
     def embedding(self, text: str, model: str | None = None, dimensions: int | None = None) -> str:
         """``<prefix>embedding:<hash>`` with no model (the original design's), else
@@ -287,11 +288,11 @@ class KeySpace:
         ArgumentTypeError), the keys of recent ids kept: a near-cache hit neither checks nor
         formats again (only an exact ``int`` is looked up: ``True`` and ``1.0`` equal ``1``)."""
         if type(circle_id) is int:
-            key = self._circle_keys.get(circle_id)
+            key = self.circle_keys.get(circle_id)
             if key is not None:
                 return key
             key = f"{self.prefix}{CIRCLE}:{circle_id}"
-            kept = self._circle_keys
+            kept = self.circle_keys
             if len(kept) >= _KEPT_KEYS:
                 kept.clear()  # bounded; the ids in use come back at once
             kept[circle_id] = key
