@@ -200,7 +200,7 @@ class FleetRecorder:
         self.flushes = 0
         self._closed = _table()
         self._minute = int(self.started // 60)
-        self._next_minute = (self._minute + 1) * 60
+        self._next_minute = float((self._minute + 1) * 60)  # a float: compared with the clock
         self._current = _table()
         self._pending: dict[int, dict[str, Counts]] = {}
         self._due = self.started + interval
@@ -263,7 +263,7 @@ class FleetRecorder:
             self._closed[name].add(counts)
         self._current = _table()
         self._minute = minute
-        self._next_minute = (minute + 1) * 60
+        self._next_minute = float((minute + 1) * 60)
 
     @property
     def total(self) -> dict[str, Counts]:
