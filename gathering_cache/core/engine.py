@@ -62,6 +62,13 @@ UNAVAILABLE: Final = Unavailable.UNAVAILABLE
 """Returned by the ``*_raw`` reads when the store could not answer, unlike ``None`` (a miss)."""
 
 _HIT, _MISS = Outcome.HIT, Outcome.MISS  # module globals: found faster than enum attributes
+
+
+async def _ready(value: Any) -> Any:
+    """``value``, as a coroutine (what :meth:`CacheCore.read` returns for a near-cache hit)."""
+    return value
+
+
 _new_operation = object.__new__  # an Operation whose slots the near cache's hit path fills
 
 DeletionListener = Callable[[Sequence[str] | None], None]
@@ -408,9 +415,10 @@ class CacheCore:
         call's coroutine, here and below: one coroutine frame less on every read.) Served
         by the near cache when it holds the key for a namespace it serves."""
         near = self.near
-        if near is not None and near.serving and namespace in near.namespaces:
-            return self._read_near(namespace, key, judge)
-        return self.guarded("get", namespace, self.store.get, key, judge=judge)
+        if near is None or not near.serving or namespace not in near.namespaces:
+            return self.guarded("get", namespace, self.store.get, key, judge=judge)
+        found = self.lookup(namespace, key, judge)  # the near cache's hit, served now
+        return found if type(found) is CoroutineType else _ready(found)
 
     def lookup(self, namespace: str, key: str, judge: Judge) -> Any:
         """:meth:`read` without a coroutine frame on a near-cache hit: the value itself
@@ -453,10 +461,6 @@ class CacheCore:
             except Exception:
                 self._drop(observer)
         return result
-
-    async def _read_near(self, namespace: str, key: str, judge: Judge) -> Any:
-        found = self.lookup(namespace, key, judge)
-        return await found if type(found) is CoroutineType else found
 
     async def _read_many_near(
         self,
