@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
-from types import TracebackType
+from types import CoroutineType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from gathering_cache.backends.base import Capabilities
@@ -479,7 +479,10 @@ class AsyncCacheManager:
 
     async def get_circle_context(self, circle_id: int) -> dict[str, Any] | None:
         """Get the cached context of a circle."""
-        return await self._circles.get(circle_id)
+        context = self._circles.get(circle_id)  # a near-cache hit: the value, no coroutine
+        if type(context) is CoroutineType:
+            return await context  # type: ignore[no-any-return]
+        return context  # type: ignore[no-any-return]
 
     async def set_circle_context(
         self, circle_id: int, context: dict[str, Any], ttl: int | None = None

@@ -21,6 +21,7 @@ import redis.asyncio as redis_asyncio
 from gathering_cache import AsyncCacheManager, CacheConfig
 from gathering_cache.backends.base import Tracker
 from gathering_cache.core import encoding
+from gathering_cache.core.engine import UNAVAILABLE, CacheCore
 from gathering_cache.core.near import NearCache
 from gathering_cache.core.observe import Operation, Outcome
 from tests.conftest import topology_settings
@@ -69,6 +70,26 @@ def test_invalidate_none_forgets_everything() -> None:
     near.invalidate(None)
     assert near.get("a") is None
     assert near.snapshot()["invalidations"] == 1
+
+
+def test_the_inlined_json_judge_decides_as_decode_does() -> None:
+    judge = CacheCore._json_decoder(dict)
+    good = encoding.encode({"v": [1, 2]})
+    for raw, expected in (
+        (good, ({"v": [1, 2]}, 1, 0, len(good))),
+        (encoding.encode([1]), (None, 0, 1, len(encoding.encode([1])))),  # another shape
+        (good[:-1], (None, 0, 1, len(good) - 1)),  # a corrupt payload
+        (b"\x09j{}", (None, 0, 1, 4)),  # an unknown envelope
+        (b"", (None, 0, 1, 0)),
+        (None, (None, 0, 0, 0)),
+        (UNAVAILABLE, (None, 0, 0, 0)),
+    ):
+        assert judge(raw) == expected, raw
+        if isinstance(raw, bytes) and expected[1]:
+            assert encoding.decode(raw) == expected[0]
+    first, second = judge(good)[0], judge(good)[0]
+    assert first == second
+    assert first is not second  # each call decodes a value of its own
 
 
 def test_near_cache_is_off_by_default_and_never_on_the_memory_backend() -> None:

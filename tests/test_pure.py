@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gathering_cache import Operation, Outcome, PatternError, SerializationError
+from gathering_cache import (
+    ArgumentTypeError,
+    Operation,
+    Outcome,
+    PatternError,
+    SerializationError,
+)
 from gathering_cache.core.encoding import DecodeError, decode, encode, prepend
 from gathering_cache.core.globmatch import compile_glob
 from gathering_cache.core.keys import KeySpace, check_id, check_key, check_ttl, text_hash
@@ -29,6 +35,19 @@ def test_key_layout() -> None:
     assert keys.rag_agent_pattern(7) == "gathering:rag:agent:7:*"
     assert keys.circle(5) == "gathering:circle:5"
     assert keys.everything() == "gathering:*"
+
+
+def test_checked_circle_keys_are_kept_but_still_checked() -> None:
+    keys = KeySpace("gathering:")
+    assert keys.checked_circle(1) == "gathering:circle:1"
+    assert keys.checked_circle(1) is keys.checked_circle(1)  # kept, not formatted again
+    # True and 1.0 equal the kept 1: they must still be refused, not served its key.
+    for bad in (True, 1.0, "1", None):
+        with pytest.raises(ArgumentTypeError, match="circle_id must be an int"):
+            keys.checked_circle(bad)
+    for circle_id in range(5000):  # bounded: the keys of many ids do not pile up
+        assert keys.checked_circle(circle_id) == f"gathering:circle:{circle_id}"
+    assert len(keys.circle_keys) <= 4096
 
 
 def test_pattern_check() -> None:

@@ -12,6 +12,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from time import monotonic, perf_counter
+from types import CoroutineType
 from typing import Any, Final
 
 from gathering_cache.backends import Progress, Store, create_store
@@ -61,6 +62,13 @@ UNAVAILABLE: Final = Unavailable.UNAVAILABLE
 """Returned by the ``*_raw`` reads when the store could not answer, unlike ``None`` (a miss)."""
 
 _HIT, _MISS = Outcome.HIT, Outcome.MISS  # module globals: found faster than enum attributes
+
+
+async def _ready(value: Any) -> Any:
+    """``value``, as a coroutine (what :meth:`CacheCore.read` returns for a near-cache hit)."""
+    return value
+
+
 _new_operation = object.__new__  # an Operation whose slots the near cache's hit path fills
 
 DeletionListener = Callable[[Sequence[str] | None], None]
@@ -339,9 +347,14 @@ class CacheCore:
 
     # -- reads --------------------------------------------------------------------------------
 
-    def decoder(self, accept: Callable[[Any], bool] | None) -> Judge:
+    def decoder(self, accept: Callable[[Any], bool] | type | None) -> Judge:
         """The judge of one encoded value: decoded, and when ``accept`` is given, of the
-        shape it accepts (a domain's own type); anything else is a miss, counted invalid."""
+        shape it accepts (a domain's own type); anything else is a miss, counted invalid.
+        ``accept`` a JSON type (``dict``, ``list``): a value of exactly that type (what the
+        decoder makes of a JSON object, array ...), checked inline: every near-cache hit
+        passes here."""
+        if isinstance(accept, type):
+            return self._json_decoder(accept)
 
         decode, undecodable = encoding.decode, encoding.DecodeError
 
@@ -354,6 +367,31 @@ class CacheCore:
                 logger.debug("undecodable entry treated as a miss: %s", exc)
                 return None, 0, 1, len(raw)
             if accept is not None and not accept(value):
+                logger.debug("entry of unexpected shape treated as a miss")
+                return None, 0, 1, len(raw)
+            return value, 1, 0, len(raw)
+
+        return judge
+
+    @staticmethod
+    def _json_decoder(kind: type) -> Judge:
+        """:meth:`decoder` accepting JSON values of type ``kind``, :func:`encoding.decode`
+        inlined (the same checks, in the same order)."""
+        head, parse, corrupt = encoding.json_parts()
+        skip = len(head)
+
+        def judge(raw: Any) -> tuple[Any, int, int, int]:
+            if raw is None or raw is UNAVAILABLE:
+                return None, 0, 0, 0
+            if raw[:skip] != head:
+                logger.debug("undecodable entry treated as a miss: unknown envelope")
+                return None, 0, 1, len(raw)
+            try:
+                value = parse(raw[skip:])
+            except corrupt as exc:
+                logger.debug("undecodable entry treated as a miss: corrupt payload: %s", exc)
+                return None, 0, 1, len(raw)
+            if type(value) is not kind:
                 logger.debug("entry of unexpected shape treated as a miss")
                 return None, 0, 1, len(raw)
             return value, 1, 0, len(raw)
@@ -377,14 +415,23 @@ class CacheCore:
         call's coroutine, here and below: one coroutine frame less on every read.) Served
         by the near cache when it holds the key for a namespace it serves."""
         near = self.near
-        if near is not None and near.serving and namespace in near.namespaces:
-            return self._read_near(near, namespace, key, judge)
-        return self.guarded("get", namespace, self.store.get, key, judge=judge)
+        if near is None or not near.serving or namespace not in near.namespaces:
+            return self.guarded("get", namespace, self.store.get, key, judge=judge)
+        found = self.lookup(namespace, key, judge)  # the near cache's hit, served now
+        return found if type(found) is CoroutineType else _ready(found)
 
-    async def _read_near(self, near: NearCache, namespace: str, key: str, judge: Judge) -> Any:
+    def lookup(self, namespace: str, key: str, judge: Judge) -> Any:
+        """:meth:`read` without a coroutine frame on a near-cache hit: the value itself
+        when the near cache holds ``key`` (the hit reported like any read), else the
+        coroutine of the read (a :data:`~types.CoroutineType`, for the caller to await).
+        Only for a domain whose judge never yields a coroutine (decoded values never are)."""
+        near = self.near
+        if near is None or not near.serving or namespace not in near.namespaces:
+            return self.guarded("get", namespace, self.store.get, key, judge=judge)
         started = perf_counter()
-        data = near.get(key, started)
-        if data is None:
+        entry = near.entries.get(key)  # NearCache.get inlined: held and fresh is a hit
+        if entry is None or entry[1] < started:
+            near.get(key, started)  # a miss: counted (and an expired entry dropped) there
             epoch = near.epoch  # a value read while an invalidation arrives is not kept
 
             def keep(reply: Any) -> tuple[Any, int, int, int]:
@@ -392,11 +439,13 @@ class CacheCore:
                     near.put(key, reply, epoch)
                 return judge(reply)
 
-            return await self.guarded("get", namespace, self.store.get, key, judge=keep)
+            return self.guarded("get", namespace, self.store.get, key, judge=keep)
+        near.entries.move_to_end(key)
+        near.hits += 1
         # A hit: decoded again (the caller gets a value of its own, never the state held),
         # and reported like any read. The Operation's slots are filled here rather than by
         # its __init__, and emit() is inlined: a hit costs ~2 us in all, this is most of it.
-        result, hits, invalid, nbytes = judge(data)
+        result, hits, invalid, nbytes = judge(entry[0])
         report = _new_operation(Operation)
         report.op = "get"
         report.namespace = namespace

@@ -221,13 +221,20 @@ def _llm_space(namespace: str | None) -> str:
     return "shared" if namespace is None else f"ns-{quote(namespace, safe='')}"
 
 
+_KEPT_KEYS: Final = 4096
+"""How many circle keys a :class:`KeySpace` keeps (about 0.4 MB at most)."""
+
+
 class KeySpace:
     """Builds the keys and patterns of every domain under one prefix."""
 
-    __slots__ = ("prefix",)
+    __slots__ = ("circle_keys", "prefix")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+        self.circle_keys: dict[int, str] = {}
+        """Keys of :meth:`checked_circle`, by id (at most :data:`_KEPT_KEYS`); a hit path
+        may look an exact ``int`` up here before calling it."""
 
     def embedding(self, text: str, model: str | None = None, dimensions: int | None = None) -> str:
         """``<prefix>embedding:<hash>`` with no model (the original design's), else
@@ -275,6 +282,22 @@ class KeySpace:
 
     def circle(self, circle_id: int) -> str:
         return f"{self.prefix}{CIRCLE}:{circle_id}"
+
+    def checked_circle(self, circle_id: object) -> str:
+        """:meth:`circle` of ``circle_id`` checked by :func:`check_id` (which raises
+        ArgumentTypeError), the keys of recent ids kept: a near-cache hit neither checks nor
+        formats again (only an exact ``int`` is looked up: ``True`` and ``1.0`` equal ``1``)."""
+        if type(circle_id) is int:
+            key = self.circle_keys.get(circle_id)
+            if key is not None:
+                return key
+            key = f"{self.prefix}{CIRCLE}:{circle_id}"
+            kept = self.circle_keys
+            if len(kept) >= _KEPT_KEYS:
+                kept.clear()  # bounded; the ids in use come back at once
+            kept[circle_id] = key
+            return key
+        return self.circle(check_id(circle_id, "circle_id"))
 
     def llm(self, namespace: str | None, digest: str) -> str:
         """``<prefix>llm:shared:<digest>``, or ``<prefix>llm:ns-<namespace>:<digest>`` with the

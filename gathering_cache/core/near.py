@@ -28,7 +28,7 @@ class NearCache:
     is :func:`time.perf_counter` (monotonic, and what the core times operations with)."""
 
     __slots__ = (
-        "_entries",
+        "entries",
         "epoch",
         "hits",
         "invalidations",
@@ -44,7 +44,9 @@ class NearCache:
         self.max_entries = max_entries
         self.ttl = ttl
         self.namespaces = frozenset(namespaces)
-        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self.entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        """Key -> (encoded value, expiry), least recently used first. Read directly only by
+        the core's single-key hit path (:meth:`get` inlined there); changed only here."""
         self.epoch = 0
         """Counts invalidations and flushes: a read keeps its value only if none came."""
         self.serving = False
@@ -61,16 +63,16 @@ class NearCache:
         read less on the hit path)."""
         if not self.serving:
             return None
-        entry = self._entries.get(key)
+        entry = self.entries.get(key)
         if entry is None:
             self.misses += 1
             return None
         data, expires = entry
         if expires < (perf_counter() if now is None else now):
-            del self._entries[key]
+            del self.entries[key]
             self.misses += 1
             return None
-        self._entries.move_to_end(key)
+        self.entries.move_to_end(key)
         self.hits += 1
         return data
 
@@ -78,25 +80,25 @@ class NearCache:
         """Keep ``data`` read under ``key`` by a read that started at ``epoch``."""
         if not self.serving or epoch != self.epoch:
             return
-        self._entries[key] = (data, perf_counter() + self.ttl)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self.entries[key] = (data, perf_counter() + self.ttl)
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
 
     def invalidate(self, keys: Iterable[str] | None) -> None:
         """Forget ``keys`` (``None``: everything), changed elsewhere or here."""
         self.epoch += 1
         self.invalidations += 1
         if keys is None:
-            self._entries.clear()
+            self.entries.clear()
             return
         for key in keys:
-            self._entries.pop(key, None)
+            self.entries.pop(key, None)
 
     def flush(self, serving: bool) -> None:
         """Forget everything; serve again only if ``serving`` (tracking established)."""
         self.epoch += 1
-        self._entries.clear()
+        self.entries.clear()
         self.serving = serving
 
     def snapshot(self) -> dict[str, int | bool]:
@@ -105,6 +107,6 @@ class NearCache:
             "serving": self.serving,
             "hits": self.hits,
             "misses": self.misses,
-            "size": len(self._entries),
+            "size": len(self.entries),
             "invalidations": self.invalidations,
         }

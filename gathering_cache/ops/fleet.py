@@ -79,11 +79,13 @@ index and the deletion of what it listed that follow are not counted again."""
 class Counts:
     """The counters of one namespace: hits, misses, sets, errors, cost saved, latencies."""
 
-    __slots__ = ("cost", "errors", "hits", "invalidations", "latency", "misses", "sets")
+    __slots__ = ("cost", "errors", "hits", "invalidations", "latency", "misses", "saving", "sets")
 
-    def __init__(self) -> None:
+    def __init__(self, saving: float = 0.0) -> None:
         self.hits = self.misses = self.sets = self.errors = self.invalidations = 0
         self.cost = 0.0
+        self.saving = saving
+        """Dollars one hit saves (:data:`HIT_SAVINGS` of its namespace): not a counter."""
         self.latency = [0] * (len(BUCKETS) + 1)
 
     def add(self, other: Counts) -> None:
@@ -162,7 +164,7 @@ def percentile(histogram: Sequence[int], q: float) -> float | None:
 
 
 def _table() -> dict[str, Counts]:
-    return {name: Counts() for name in NAMESPACES}
+    return {name: Counts(HIT_SAVINGS.get(name, 0.0)) for name in NAMESPACES}
 
 
 def _process_id() -> str:
@@ -198,7 +200,7 @@ class FleetRecorder:
         self.flushes = 0
         self._closed = _table()
         self._minute = int(self.started // 60)
-        self._next_minute = (self._minute + 1) * 60
+        self._next_minute = float((self._minute + 1) * 60)  # a float: compared with the clock
         self._current = _table()
         self._pending: dict[int, dict[str, Counts]] = {}
         self._due = self.started + interval
@@ -224,7 +226,7 @@ class FleetRecorder:
             hits = operation.hits
             if hits:
                 counts.hits += hits
-                saving = HIT_SAVINGS[operation.namespace]
+                saving = counts.saving
                 if saving:
                     counts.cost += hits * saving
             counts.misses += operation.keys - hits
@@ -261,7 +263,7 @@ class FleetRecorder:
             self._closed[name].add(counts)
         self._current = _table()
         self._minute = minute
-        self._next_minute = (minute + 1) * 60
+        self._next_minute = float((minute + 1) * 60)
 
     @property
     def total(self) -> dict[str, Counts]:
