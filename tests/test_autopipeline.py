@@ -4,6 +4,7 @@ reply, and nothing else about a call changes (deadline, cancellation, error repl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gathering_cache import AsyncCacheManager, CacheConfig, Outcome
-from gathering_cache.backends.autopipeline import AutoPipeline
+from gathering_cache.backends.autopipeline import CLUSTER_BATCHES, AutoPipeline
 from gathering_cache.backends.redis_store import RedisStore
 from tests.servers import RedisServer
 
@@ -377,6 +378,10 @@ async def test_on_a_cluster_concurrent_callers_share_round_trips_across_slots(
     assert (
         await asyncio.gather(*(cluster_cache.set(k, i) for i, k in enumerate(keys))) == [True] * 96
     )
+    if not CLUSTER_BATCHES:  # a redis-py whose cluster pipelines leak when cancelled
+        assert cluster_cache._core.store.pipeline is None  # type: ignore[attr-defined]
+        assert await asyncio.gather(*(cluster_cache.get(k) for k in keys)) == list(range(96))
+        return
     pipeline = _pipeline(cluster_cache)
     before = pipeline.batches, pipeline.batched
     values = await asyncio.gather(*(cluster_cache.get(k) for k in keys))
@@ -423,3 +428,52 @@ async def test_on_a_cluster_cancelling_one_caller_leaves_the_others_their_replie
         else:
             assert result == i
     assert await cluster_cache.get("gathering:cc3") == 3
+
+
+async def test_closing_the_cache_gives_the_kept_connection_back_to_an_injected_pool(
+    redis_url: str,
+) -> None:
+    """The application's own client (its pool of 3): managers opened and closed on it one
+    after the other leave no connection checked out, and the client keeps working."""
+    client = redis_asyncio.Redis.from_url(redis_url, max_connections=3)
+    try:
+        for i in range(5):
+            async with AsyncCacheManager(CacheConfig(), client=client) as cache:
+                assert await cache.set(f"gathering:inj{i}", i)
+                assert await cache.get(f"gathering:inj{i}") == i
+            assert not client.connection_pool._in_use_connections
+        assert await client.get("gathering:inj4") is not None
+    finally:
+        await client.aclose()
+
+
+async def test_batches_whose_callers_gave_up_do_not_exhaust_the_pool() -> None:
+    """Callers that give up early (the application's own timeout, shorter than the cache's)
+    free their places at once; the batches they leave are cancelled at once too, so new
+    calls never find the pool exhausted (which would count as a Redis fault)."""
+    with RedisServer() as server:
+        config = CacheConfig(
+            url=server.url, max_connections=4, operation_timeout=0.5, failure_threshold=1000
+        )
+        async with AsyncCacheManager(config) as cache:
+            await cache.set("gathering:ab", 1)
+            pool = cache._core.store.client.connection_pool  # type: ignore[attr-defined]
+            peak = 0
+
+            async def impatient() -> None:
+                nonlocal peak
+                for _ in range(30):
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(cache.get("gathering:ab"), 0.02)
+                    peak = max(peak, len(pool._in_use_connections))
+
+            assert server.process is not None
+            server.process.send_signal(signal.SIGSTOP)
+            try:
+                await asyncio.gather(*(impatient() for _ in range(4)))
+            finally:
+                server.process.send_signal(signal.SIGCONT)
+            stats = await cache.get_stats()
+            assert "MaxConnections" not in str(stats["breaker"]["last_error"])
+            assert peak <= 4 + 1
+            assert await cache.get("gathering:ab") == 1

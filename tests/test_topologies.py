@@ -192,3 +192,22 @@ async def test_a_sentinel_that_does_not_know_the_service_degrades(
         )
     finally:
         await cache.aclose()
+
+
+@pytest.mark.integration
+async def test_an_injected_cluster_client_gets_its_own_methods_back_on_close(
+    redis_cluster: LocalCluster,
+) -> None:
+    """The cluster store wraps the client's execute_command while it uses it (a fresh slot
+    map when a slot is missing); the application's client is left as it was given."""
+    host, port = redis_cluster.addresses[0].rsplit(":", 1)
+    client = RedisCluster(startup_nodes=[ClusterNode(host, int(port))])
+    try:
+        async with AsyncCacheManager(CacheConfig(), client=client) as cache:
+            assert "execute_command" in vars(client)  # wrapped while in use
+            assert await cache.set("gathering:injected", 1)
+            assert await cache.get("gathering:injected") == 1
+        assert "execute_command" not in vars(client)
+        assert await client.get("gathering:injected") is not None
+    finally:
+        await client.aclose()

@@ -24,8 +24,9 @@ How it works (the idea of ioredis's ``enableAutoPipelining``, written for asynci
   the client itself would. A timeout is never retried.
 * Bounded: the policy's limiter keeps the calls in flight (so the queue) within
   ``max_connections``, and a call alone or a batch holds one connection; the kept one is
-  lent to a batch when no call alone needs it, so the pipeline never holds more connections
-  than it has calls in flight, plus the one it keeps.
+  lent to a batch when no call alone needs it. A batch whose callers have all given up is
+  cancelled at once (its connection dropped and given back), so abandoned batches do not
+  pile up connections while new calls take the callers' places.
 * Commands are written and replies read without a timeout of their own (not even the
   socket timeout): the caller's deadline (a call alone) or the batch's (a batch) cancels a
   write or a read that overruns, and a cancelled one drops its connection. (redis-py's
@@ -42,12 +43,13 @@ import sys
 from collections.abc import Awaitable, Coroutine
 from typing import Any, Final, TypeVar
 
+from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AutoPipeline", "ClusterAutoPipeline"]
+__all__ = ["CLUSTER_BATCHES", "AutoPipeline", "ClusterAutoPipeline"]
 
 T = TypeVar("T")
 
@@ -157,10 +159,30 @@ class AutoPipeline:
             task = loop.create_task(self._run(batch))
             self._batches.add(task)
             task.add_done_callback(self._batch_done)
+            watch = _Abandonment(task, len(batch))
+            for _, future in batch:
+                future.add_done_callback(watch.settled)
 
     def _batch_done(self, task: asyncio.Task[None]) -> None:
         self._batches.discard(task)
         self._inflight -= 1
+
+    async def aclose(self) -> None:
+        """Stop the batches still running (their callers are answered with the
+        cancellation) and give the kept connection back to the pool (it may be an
+        application's own, passed in with its client). Never raises."""
+        running = asyncio.get_running_loop()
+        batches = [task for task in self._batches if task.get_loop() is running]
+        for task in batches:
+            task.cancel()
+        if batches:
+            await asyncio.wait(batches, timeout=self._timeout)
+        connection, self._idle = self._idle, None
+        if connection is not None and self._pool is not None:
+            try:
+                await self._pool.release(connection)
+            except Exception as exc:  # a pool already closed, or of another loop
+                logger.debug("kept connection not given back: %s", exc)
 
     async def _run(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
         loop = asyncio.get_running_loop()
@@ -227,6 +249,14 @@ class AutoPipeline:
         return []
 
 
+CLUSTER_BATCHES: Final = hasattr(ClusterNode, "release")
+"""Whether cluster batches are safe with this redis-py: its cluster nodes give a pipeline's
+connection back when the pipeline is cancelled (the versions whose nodes have
+``release()``, redis-py 8; redis-py 6.1 keeps it for good, so each batch cut off at its
+deadline would cost the node one connection). Without it, a cluster is not
+auto-pipelined."""
+
+
 class ClusterAutoPipeline(AutoPipeline):
     """Auto-pipelining on a ``redis.asyncio.RedisCluster``: a call alone goes through the
     cluster client (its routing, redirections and topology refresh); the commands queued
@@ -266,6 +296,27 @@ class ClusterAutoPipeline(AutoPipeline):
             pipe.execute_command(*args)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
+
+
+class _Abandonment:
+    """Cancels a batch whose callers have all given up (cancelled: their own deadline, or
+    the application's) while it still waits for the server: its connection is dropped and
+    given back at once, rather than held until the batch's own deadline while new calls,
+    admitted in the callers' place, take more connections (the pool would run out)."""
+
+    __slots__ = ("_cancelled", "_left", "_task")
+
+    def __init__(self, task: asyncio.Task[None], size: int) -> None:
+        self._task = task
+        self._left = size
+        self._cancelled = False
+
+    def settled(self, future: asyncio.Future[Any]) -> None:
+        self._left -= 1
+        if future.cancelled():
+            self._cancelled = True
+        if not self._left and self._cancelled and not self._task.done():
+            self._task.cancel()
 
 
 def _fail(batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]], exc: BaseException) -> None:

@@ -58,7 +58,11 @@ try:
         TryAgainError,
     )
 
-    from gathering_cache.backends.autopipeline import AutoPipeline, ClusterAutoPipeline
+    from gathering_cache.backends.autopipeline import (
+        CLUSTER_BATCHES,
+        AutoPipeline,
+        ClusterAutoPipeline,
+    )
 
     # What a redis call raises when Redis (or the path to it) fails: RedisClusterException
     # (cluster unreachable, slots not covered) is not a RedisError; sockets raise OSError.
@@ -378,7 +382,8 @@ class RedisStore(Store):
         # one batch per node).
         cluster = hasattr(client, "get_nodes")
         pipelining = ClusterAutoPipeline if cluster else AutoPipeline
-        self.pipeline = pipelining(client, operation_timeout) if auto_pipeline else None
+        batching = auto_pipeline and (CLUSTER_BATCHES or not cluster)
+        self.pipeline = pipelining(client, operation_timeout) if batching else None
         self._send: Callable[..., Awaitable[Any]] = (
             client.execute_command if self.pipeline is None else self.pipeline.execute
         )
@@ -414,6 +419,8 @@ class RedisStore(Store):
             raise self._malformed("PING", pong)
 
     async def aclose(self) -> None:
+        if self.pipeline is not None:
+            await self.pipeline.aclose()  # its kept connection back to the (maybe injected) pool
         if not self._owned:
             return
         try:

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as redis_asyncio
@@ -154,10 +154,21 @@ class ClusterStore(RedisStore):
         seeds = getattr(manager, "startup_nodes", None)
         if isinstance(seeds, dict) and not isinstance(seeds, _Seeds):
             manager.startup_nodes = _Seeds(seeds)
-        # Before the store binds the client's execute_command (its hot path does).
+        # Before the store binds the client's execute_command (its hot path does). An
+        # injected client gets its own method back when the store closes.
+        self._unpatch: Callable[[], None] | None = None
         execute = getattr(client, "execute_command", None)
         if callable(execute) and not getattr(execute, "_rereads", False):
+            own = "execute_command" in vars(client)
             client.execute_command = self._with_reread(execute)
+
+            def unpatch() -> None:
+                if own:
+                    client.execute_command = execute
+                else:
+                    del client.execute_command
+
+            self._unpatch = unpatch
         super().__init__(client, **kwargs)
 
     def _with_reread(self, execute: Any) -> Any:
@@ -189,12 +200,16 @@ class ClusterStore(RedisStore):
         if self._rereading is None or self._rereading.done():
             self._reread_at = now
             self._rereading = asyncio.ensure_future(self._client.aclose())
+            self._rereading.add_done_callback(_retrieved)
 
     async def aclose(self) -> None:
         rereading, self._rereading = self._rereading, None
         if rereading is not None:
             with contextlib.suppress(Exception):
                 await rereading
+        unpatch, self._unpatch = self._unpatch, None
+        if unpatch is not None:
+            unpatch()
         await super().aclose()
 
     async def _scan(self, pattern: str, progress: Progress) -> AsyncIterator[list[bytes]]:
@@ -548,6 +563,12 @@ def _follow_the_sentinels(pool: Any) -> None:
     replacement = replacements.get(getattr(pool, "connection_class", None))
     if replacement is not None:
         pool.connection_class = replacement
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Mark a background task's outcome seen (a failure there is no one's to raise)."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("slot map re-read failed: %s", task.exception())
 
 
 def _address(pair: Any) -> tuple[str, int]:

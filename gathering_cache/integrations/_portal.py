@@ -81,10 +81,12 @@ def run_sync(
             value = compute()
         except BaseException as exc:
             loop.call_soon_threadsafe(_fail, answer, exc)
-            # The shared run ends with this error: let it end (its waiters told, its
-            # single-flight entry gone) before raising, or this thread's next call could
-            # join it and get this error again.
-            concurrent.futures.wait([outer], timeout=_settling(cache))
+            if isinstance(exc, Exception):
+                # The shared run ends with this error: let it end (its waiters told, its
+                # single-flight entry gone) before raising, or this thread's next call
+                # could join it and get this error again. (A KeyboardInterrupt does not
+                # wait.)
+                concurrent.futures.wait([outer], timeout=_settling(cache))
             raise
         loop.call_soon_threadsafe(_settle, answer, value)
     return outer.result()
@@ -120,7 +122,8 @@ async def run_async(
             # The shared run fails with it too: mark that outcome seen, ours is raised,
             # once that run has ended (see run_sync).
             waiting.add_done_callback(_seen)
-            await asyncio.wait([waiting], timeout=_settling(cache))
+            if isinstance(exc, Exception):  # a cancellation goes through at once
+                await asyncio.wait([waiting], timeout=_settling(cache))
             raise
         loop.call_soon_threadsafe(_settle, answer, value)
     else:
