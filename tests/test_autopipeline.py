@@ -423,8 +423,12 @@ async def test_on_a_cluster_cancelling_one_caller_leaves_the_others_their_replie
     tasks[21].cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     for i, result in enumerate(results):
-        if i in (3, 21):
+        if i in (3, 21) and CLUSTER_BATCHES:
             assert isinstance(result, asyncio.CancelledError)
+        elif i in (3, 21):
+            # Not batched (redis-py 6.1): the cluster client itself may let its own call
+            # finish despite the cancel; never another caller's value.
+            assert isinstance(result, asyncio.CancelledError) or result == i
         else:
             assert result == i
     assert await cluster_cache.get("gathering:cc3") == 3
