@@ -215,10 +215,13 @@ FORK_SCRIPT = textwrap.dedent(
     pid = os.fork()
     if pid == 0:
         start = time.monotonic()
-        ok = cache.set("fork:child", 2) and cache.get("fork:parent") == 1
+        stored = cache.set("fork:child", 2)
+        seen = cache.get("fork:parent")
         print(f"child: {time.monotonic() - start:.4f} s", file=sys.stderr)  # a figure, not a bound
+        # What the child saw, for a failure to say which step went wrong.
+        print(f"child: stored={stored} seen={seen!r} stats={cache.get_stats()}", file=sys.stderr)
         cache.close()
-        os._exit(0 if ok and cache.get("fork:x") is None else 1)
+        os._exit(0 if stored and seen == 1 and cache.get("fork:x") is None else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, status
     assert cache.get("fork:child") == 2
