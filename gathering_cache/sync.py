@@ -40,6 +40,9 @@ __all__ = ["CacheManager"]
 
 logger = logging.getLogger(__name__)
 
+_INHERITED: list[Any] = []
+"""In a forked child: the managers of the parent, kept (see ``CacheManager._after_fork``)."""
+
 T = TypeVar("T")
 
 # Extra seconds a caller waits on the portal beyond the core's own bound: a backstop only.
@@ -322,6 +325,11 @@ class CacheManager:
             self._finalizer.detach()  # the parent's portal is not ours to stop
             config = self._async.config
             observers = self._async.observers
+            # The parent's manager is kept alive, never finalized here: its connections'
+            # finalizers would unregister their sockets from the parent's event loop, whose
+            # epoll instance this process shares, and the parent would never hear a reply
+            # on them again (its next call on the kept connection answered degraded).
+            _INHERITED.append(self._async)
             if self._injected:
                 logger.warning(
                     "CacheManager used after fork with an injected client; "

@@ -207,7 +207,7 @@ async def test_burst_beyond_the_pool_is_shed_not_an_outage(
 
 FORK_SCRIPT = textwrap.dedent(
     """
-    import os, sys, time
+    import gc, os, sys, time
     from gathering_cache import CacheConfig, CacheManager
 
     cache = CacheManager(CacheConfig(url=sys.argv[1], key_prefix="fork:"))
@@ -220,6 +220,11 @@ FORK_SCRIPT = textwrap.dedent(
         print(f"child: {time.monotonic() - start:.4f} s", file=sys.stderr)  # a figure, not a bound
         # What the child saw, for a failure to say which step went wrong.
         print(f"child: stored={stored} seen={seen!r} stats={cache.get_stats()}", file=sys.stderr)
+
+        async def collect():  # the parent's objects, garbage here, finalized on this loop
+            gc.collect()
+
+        cache.submit(collect()).result(5)
         cache.close()
         os._exit(0 if stored and seen == 1 and cache.get("fork:x") is None else 1)
     _, status = os.waitpid(pid, 0)
