@@ -419,7 +419,9 @@ async def test_moved_and_ask_while_slots_move(bare_cluster: LocalCluster) -> Non
     wrong = [item for writer in writers for item in writer.wrong]
     unacknowledged = sum(writer.unacknowledged for writer in writers)
     missed = sum(writer.missed for writer in writers)
-    faults = outcomes["fault"] + outcomes["timeout"] + outcomes["shed"]
+    # Calls the open breaker answered at once (skipped) count as failed too: their degraded
+    # answer was reported, not silent. (On Python 3.10 the breaker opened in one CI run.)
+    faults = outcomes["fault"] + outcomes["timeout"] + outcomes["shed"] + outcomes["skipped"]
     record(
         "cluster_resharding",
         slots_moved=moved,
