@@ -20,6 +20,27 @@ FIGURES: dict[str, dict[str, Any]] = {}
 OUT = Path(__file__).resolve().parent.parent / "build" / "reliability.json"
 
 
+class Probe:
+    """Cache calls made while a topology changes or a fault lasts: the longest, how many,
+    and what leaked out of them (nothing may)."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.calls = 0
+        self.leaked: list[BaseException] = []
+
+    async def call(self, operation: Awaitable[Any]) -> Any:
+        started = time.monotonic()
+        try:
+            return await operation
+        except BaseException as exc:  # what we measure: nothing may leak
+            self.leaked.append(exc)
+            return None
+        finally:
+            self.calls += 1
+            self.longest = max(self.longest, time.monotonic() - started)
+
+
 @dataclass
 class Load:
     """Calls made by a load driver: how long each took, what it returned, what it raised."""

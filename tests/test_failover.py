@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
-from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from gathering_cache import AsyncCacheManager, CacheConfig
-from tests.faults import record
+from tests.faults import Probe, record
 from tests.servers import LocalCluster, LocalSentinel
 
 pytestmark = pytest.mark.integration
@@ -31,26 +29,6 @@ SLACK = 0.25
 """What a loaded 2-core machine may add to a call bounded by TIMEOUT (scheduling)."""
 SETTLE = 15.0
 """The longest the tests wait for the cache to serve again (measured: a few seconds)."""
-
-
-class Probe:
-    """Calls made while a topology changes: the longest, what leaked, when it served."""
-
-    def __init__(self) -> None:
-        self.longest = 0.0
-        self.calls = 0
-        self.leaked: list[BaseException] = []
-
-    async def call(self, operation: Awaitable[Any]) -> Any:
-        started = time.monotonic()
-        try:
-            return await operation
-        except BaseException as exc:  # what we measure: nothing may leak
-            self.leaked.append(exc)
-            return None
-        finally:
-            self.calls += 1
-            self.longest = max(self.longest, time.monotonic() - started)
 
 
 async def serve_until_recovered(cache: AsyncCacheManager, key: str, probe: Probe) -> float:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,6 +24,7 @@ import redis.asyncio as redis_asyncio
 from redis.crc import key_slot
 
 from gathering_cache import AsyncCacheManager, CacheConfig
+from tests import faults
 from tests.conftest import require_redis_cli
 from tests.faults import record
 from tests.servers import SENTINEL_SERVICE, LocalCluster, LocalSentinel, RedisServer
@@ -45,30 +46,28 @@ def fast(**settings: Any) -> CacheConfig:
     return CacheConfig(operation_timeout=TIMEOUT, recovery_interval=RECOVERY, **settings)
 
 
-class Probe:
-    """Cache calls made during a fault: the longest, and what leaked out of them."""
-
-    def __init__(self) -> None:
-        self.longest = 0.0
-        self.calls = 0
-        self.leaked: list[BaseException] = []
-
-    async def call(self, operation: Awaitable[Any]) -> Any:
-        started = time.monotonic()
-        try:
-            return await operation
-        except BaseException as exc:  # what we measure: nothing may leak
-            self.leaked.append(exc)
-            return None
-        finally:
-            self.calls += 1
-            self.longest = max(self.longest, time.monotonic() - started)
+class Probe(faults.Probe):
+    """:class:`tests.faults.Probe`, with every public operation at once."""
 
     async def every_operation(self, cache: AsyncCacheManager) -> list[Any]:
         """Each public operation once (tests/test_degradation.py's list), timed."""
         results = [await self.call(OPERATIONS[name].call(cache)) for name in public_operations()]
         await self.call(cache.get_stats())
         return results
+
+
+def outage_over(name: str, probe: Probe, longest_down: float, recovered: float) -> None:
+    """Record an outage's figures; nothing leaked, and every call while it lasted was
+    bounded by the timeout."""
+    record(
+        name,
+        longest_call_s=longest_down,
+        recovered_s=recovered,
+        calls=probe.calls,
+        leaked=len(probe.leaked),
+    )
+    assert probe.leaked == []
+    assert longest_down <= TIMEOUT + SLACK
 
 
 def warnings_in(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -155,15 +154,7 @@ async def test_cluster_nodes_none_reachable_then_started(
     finally:
         await cache.aclose()
         cluster.cleanup()
-    record(
-        "cluster_no_reachable_node",
-        longest_call_s=longest_down,
-        recovered_s=recovered,
-        calls=probe.calls,
-        leaked=len(probe.leaked),
-    )
-    assert probe.leaked == []
-    assert longest_down <= TIMEOUT + SLACK
+    outage_over("cluster_no_reachable_node", probe, longest_down, recovered)
 
 
 # -- (b) a sentinel that does not know the service ---------------------------------------------
@@ -207,15 +198,7 @@ async def test_sentinel_unknown_service_then_monitored(
         await cache.aclose()
         redis_sentinel.cli(redis_sentinel.port, "sentinel", "remove", service)
         server.cleanup()
-    record(
-        "sentinel_unknown_service",
-        longest_call_s=longest_down,
-        recovered_s=recovered,
-        calls=probe.calls,
-        leaked=len(probe.leaked),
-    )
-    assert probe.leaked == []
-    assert longest_down <= TIMEOUT + SLACK
+    outage_over("sentinel_unknown_service", probe, longest_down, recovered)
 
 
 # -- (c) CLUSTERDOWN ------------------------------------------------------------------------------
