@@ -242,15 +242,7 @@ async def test_clusterdown_degrades_then_recovers(
         if not restored:
             bare_cluster.cli(serving, "cluster", "addslots", str(slot))
         bare_cluster.wait_ok()
-    record(
-        "cluster_down",
-        longest_call_s=longest_down,
-        recovered_s=recovered,
-        calls=probe.calls,
-        leaked=len(probe.leaked),
-    )
-    assert probe.leaked == []
-    assert longest_down <= TIMEOUT + SLACK
+    outage_over("cluster_down", probe, longest_down, recovered)
 
 
 # -- (d) MOVED / ASK while slots move between primaries ---------------------------------------
