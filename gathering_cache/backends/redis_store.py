@@ -666,13 +666,22 @@ class RedisStore(Store):
         # ZPOPMIN of every member: read and delete in one command on one key, so atomic on
         # every topology without MULTI (redis-py's cluster pipelines refuse or mishandle
         # transactions, depending on the version) or a script. An emptied set is deleted.
+        # Sent as is (auto-pipelined where the store batches): the reply is the flat RESP2
+        # list (member, score, member, ...), or redis-py's (member, score) pairs, scores
+        # converted to floats, when the client's own execute_command answers. Members only
+        # are wanted; scores are never parsed.
         try:
-            reply: object = await self._client.zpopmin(index, _POP_ALL)
+            reply: object = await self._send("ZPOPMIN", index, _POP_ALL)
         except _MALFORMED as exc:
             raise self._malformed("ZPOPMIN", exc) from exc
         if not isinstance(reply, list):
             raise self._malformed("ZPOPMIN", reply)
-        members = [pair[0] if isinstance(pair, (list, tuple)) and pair else pair for pair in reply]
+        if reply and isinstance(reply[0], (list, tuple)):
+            members = [
+                pair[0] if isinstance(pair, (list, tuple)) and pair else pair for pair in reply
+            ]
+        else:
+            members = reply[::2]
         # Anyone who can write the index chose its members: never raise on them.
         return [m.decode(errors="replace") if isinstance(m, bytes) else str(m) for m in members]
 

@@ -31,6 +31,7 @@ of its live entries.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -188,7 +189,20 @@ class RagCache:
         """Make every entry of the agent unreadable, then delete them; how many were live."""
         agent_id = check_id(agent_id, "agent_id")
         keys = self._engine.keys
-        if not await self._bump(agent_id):
+        # The increment and the pop of the index go out together: entries written under the
+        # old generation are unreadable once the increment lands, whichever reached Redis
+        # first (one the pop missed is written after it, under a generation now stale, and
+        # expires with its TTL). If the increment fails, the entries popped are left to
+        # expire: this process reads none of them until the invalidation is paid.
+        index = keys.rag_index(agent_id)
+        if self._engine.policy.available:
+            bumped, members = await asyncio.gather(
+                self._bump(agent_id), self._engine.pop_index(RAG, index)
+            )
+        else:  # nothing to overlap (and a closed cache answers with no event loop)
+            bumped = await self._bump(agent_id)
+            members = await self._engine.pop_index(RAG, index) if bumped else []
+        if not bumped:
             if not self._owed and not self._owed_all:  # once per outage, not per call
                 # During an outage the breaker has said so already; otherwise say it here.
                 log = logger.warning if self._engine.policy.available else logger.debug
@@ -203,10 +217,9 @@ class RagCache:
             else:
                 self._owed.add(agent_id)
             return 0
-        members = await self._engine.pop_index(RAG, keys.rag_index(agent_id))
         # Only this agent's own entries: never a counter, another agent's or another
         # application's key, whatever someone wrote into the set.
-        own = [key for key in members if keys.is_rag(agent_id, key)]
+        own = keys.own_rag(agent_id, members)
         return await self._engine.delete(own, RAG) if own else 0
 
     async def invalidate_all(self) -> bool:

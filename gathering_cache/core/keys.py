@@ -30,6 +30,7 @@ import functools
 import hashlib
 import math
 import re
+from collections.abc import Iterable
 from typing import Final
 from urllib.parse import quote
 
@@ -253,19 +254,25 @@ class KeySpace:
     def rag(self, agent_id: int, query: str) -> str:
         return f"{self.prefix}{RAG}:agent:{agent_id}:{text_hash(query)}"
 
-    def is_rag(self, agent_id: int, key: object) -> bool:
-        """Whether ``key`` is a RAG entry key of ``agent_id`` (as :meth:`rag` builds them).
+    def own_rag(self, agent_id: int, keys: Iterable[object]) -> list[str]:
+        """Those of ``keys`` that are RAG entry keys of ``agent_id`` (as :meth:`rag` builds
+        them), in order.
 
         What comes back from the store (an index set's members) was written by whoever can
         write under the prefix: only keys that pass this check may be acted upon.
         """
         head = f"{self.prefix}{RAG}:agent:{agent_id}:"
-        return (
-            isinstance(key, str)
-            and len(key) == len(head) + 16
+        start = len(head)
+        size = start + 16
+        match = _HEX16.fullmatch
+        return [
+            key
+            for key in keys
+            if isinstance(key, str)
+            and len(key) == size
             and key.startswith(head)
-            and _HEX16.fullmatch(key, len(head)) is not None
-        )
+            and match(key, start) is not None
+        ]
 
     def rag_generation(self, agent_id: int | None) -> str:
         """The counter whose increment invalidates one agent's (or, for None, every) entry."""
