@@ -136,7 +136,7 @@ class AutoPipeline:
         self._idle = None
         if not connection.is_connected:
             try:
-                await connection.connect()  # as the pool would (see _exchange)
+                await connection.connect()  # as the pool would (see _exchange_through_redis_py)
             except BaseException:
                 await self._give(connection)
                 raise
@@ -346,10 +346,19 @@ def _fail(batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]], exc: BaseExc
             future.set_exception(exc)
 
 
-async def _exchange(connection: Any, args: tuple[Any, ...]) -> Any:
+def _exchange(connection: Any, args: tuple[Any, ...]) -> Coroutine[Any, Any, Any]:
     """Send one command on ``connection`` and read its reply. A fault or a cancellation
     while sending or reading drops the connection (redis-py does, and so it never carries
-    an unread reply to the next call); an error reply is raised and leaves it in sync."""
+    an unread reply to the next call); an error reply is raised and leaves it in sync.
+    (A plain function returning the exchange's coroutine: on an open connection, the
+    direct one, with no frame of its own on the path of every call alone.)"""
+    if _direct(connection):
+        return _direct_io(connection, _pack(connection, args), read=True)
+    return _exchange_through_redis_py(connection, args)
+
+
+async def _exchange_through_redis_py(connection: Any, args: tuple[Any, ...]) -> Any:
+    """:func:`_exchange` on a connection not (yet) :func:`_direct`."""
     if not connection.is_connected:
         # connect() itself, as the pool does: a sentinel-managed connection asks the
         # sentinels for the primary there (sending would reconnect to the old address).

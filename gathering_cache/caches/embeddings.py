@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from array import array
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from gathering_cache.core import encoding
@@ -199,24 +199,30 @@ class EmbeddingCache:
         return out, hits, invalid, nbytes
 
     def _judge_one(
-        self, key: str, dimensions: int | None, raw: Any
-    ) -> tuple[array[float] | None, int, int, int]:
+        self, key: str, dimensions: int | None, as_numpy: bool, raw: Any
+    ) -> tuple[Any, int, int, int]:
+        """:meth:`get`'s answer (the vector as the caller wants it) given what Redis answered
+        (see :meth:`_resolve`), hit, refused, bytes."""
         vector, _, refused = self._resolve(key, raw, dimensions)
-        return vector, vector is not None, refused, len(raw) if isinstance(raw, bytes) else 0
+        size = len(raw) if type(raw) is bytes else 0
+        if vector is None:
+            return None, 0, refused, size
+        return self._output(vector, as_numpy), 1, refused, size
 
-    async def get(
+    def get(
         self,
         text: str,
         model: str | None = None,
         dimensions: int | None = None,
         as_numpy: bool = False,
-    ) -> list[float] | npt.NDArray[np.floating[Any]] | None:
+    ) -> Coroutine[Any, Any, list[float] | npt.NDArray[np.floating[Any]] | None]:
+        """The read of one embedding (see the manager's ``get_embedding``): a plain function
+        returning the read's coroutine, the vector converted by the judge, so that no frame
+        of its own sits on the path of every hit."""
         key = self.key(text, model, dimensions)
-        judge = functools.partial(self._judge_one, key, dimensions)
-        vector: array[float] | None = await self._engine.read(EMBEDDING, key, judge)
-        if vector is None:
-            return None
-        return self._output(vector, as_numpy)  # type: ignore[no-any-return]
+        judge = functools.partial(self._judge_one, key, dimensions, as_numpy)
+        read: Coroutine[Any, Any, Any] = self._engine.read(EMBEDDING, key, judge)
+        return read
 
     async def get_many(
         self,
