@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import logging
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -150,6 +152,34 @@ def test_call_from_the_portal_thread_is_a_clear_error() -> None:
     assert done.wait(5)
     assert len(outcome) == 1
     assert "own event-loop thread" in str(outcome[0])
+    cache.close()
+
+
+def test_a_starved_portal_answers_degraded_after_the_backstop_and_cancels_the_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The facade's own bound (operation timeout + 1 s) when the portal loop cannot run the
+    call (user code blocking it): the degraded answer, and the call cancelled, not run late."""
+    cache = CacheManager(CacheConfig(backend="memory", operation_timeout=0.1))
+    cache.set("k", 1)
+    ran: list[str] = []
+    original = cache.async_manager.set
+
+    async def recording_set(*args: Any, **kwargs: Any) -> bool:
+        ran.append("set")
+        return await original(*args, **kwargs)
+
+    cache.async_manager.set = recording_set  # type: ignore[method-assign]
+    cache._portal.loop.call_soon_threadsafe(time.sleep, 1.6)
+    began = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="gathering_cache.sync"):
+        assert cache.set("k", 2) is False
+    waited = time.monotonic() - began
+    assert 1.0 <= waited < 1.6, waited
+    assert any("did not finish in time" in r.getMessage() for r in caplog.records)
+    time.sleep(0.7)  # the loop runs again: the late call was cancelled before it began
+    assert cache.get("k") == 1
+    assert ran == []
     cache.close()
 
 
