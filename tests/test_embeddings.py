@@ -77,6 +77,26 @@ async def test_models_and_dimensions_never_share_an_entry(cache: AsyncCacheManag
     assert await cache.exists(f"gathering:embedding:org/model%3Ab%2A:{sha16('t')}")
 
 
+async def test_keys_and_errors_are_the_same_once_a_models_key_head_is_kept(
+    cache: AsyncCacheManager,
+) -> None:
+    """The second call with a model takes the kept key head: the same keys (ASCII or not),
+    and the same errors for a text UTF-8 cannot encode or a model of the wrong type."""
+    for model in (None, "text-embedding-3-small", "org/model:b*"):
+        await cache.set_embedding("first", [1.0], model=model)  # keeps the model's head
+        for text in ("doc", "café ☕", ""):
+            await cache.set_embedding(text, [2.0, 3.0], model=model)
+            segment = "" if model is None else model.replace(":", "%3A").replace("*", "%2A") + ":"
+            assert await cache.exists(f"gathering:embedding:{segment}{sha16(text)}")
+            assert await cache.get_embedding(text, model=model) == [2.0, 3.0]
+        with pytest.raises(InvalidArgumentError, match="text is not valid Unicode"):
+            await cache.get_embedding("lone \ud800", model=model)
+    with pytest.raises(ArgumentTypeError, match="model must be a str"):
+        await cache.get_embedding("doc", model=["text-embedding-3-small"])  # type: ignore[arg-type]
+    with pytest.raises(ArgumentTypeError, match="text must be a str"):
+        await cache.get_embedding(b"doc", model="text-embedding-3-small")  # type: ignore[arg-type]
+
+
 async def test_value_with_another_length_or_format_is_a_miss(cache: AsyncCacheManager) -> None:
     key = cache._embeddings.key("t", "m", 4)
     await cache._core.store.set(key, b"\x01f" + struct.pack("<3f", 1, 2, 3), None)

@@ -22,7 +22,7 @@ import functools
 import math
 from array import array
 from collections.abc import Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from gathering_cache.core import encoding
 from gathering_cache.core.engine import UNAVAILABLE, CacheCore, Unavailable
@@ -32,6 +32,7 @@ from gathering_cache.core.keys import (
     check_model,
     check_text,
     check_ttl,
+    text_hash,
 )
 from gathering_cache.core.lru import LRU
 from gathering_cache.errors import ArgumentTypeError, InvalidArgumentError
@@ -126,6 +127,10 @@ def _numpy() -> Any:
     return numpy
 
 
+_HEADS: Final = 256
+"""How many models' key heads an :class:`EmbeddingCache` keeps."""
+
+
 class EmbeddingCache:
     """Get and set embeddings through the core, with the in-process fallback LRU."""
 
@@ -135,11 +140,21 @@ class EmbeddingCache:
         size = core.config.embedding_lru_size if core.store.capabilities.networked else 0
         self.lru = LRU(size)
         core.on_delete(self.lru.forget)
+        # Key heads (``<prefix>embedding:<model segment>:``) by model, for :meth:`key`.
+        self._heads: dict[str | None, str] = {}
 
     def key(self, text: str, model: str | None, dimensions: int | None) -> str:
-        return self._engine.keys.embedding(
-            check_text(text), check_model(model), check_dimensions(dimensions)
-        )
+        if dimensions is None and type(text) is str and (model is None or type(model) is str):
+            # The common case (every get and set passes here): a model already seen, whose
+            # key head is kept; text_hash refuses a text UTF-8 cannot encode.
+            head = self._heads.get(model)
+            if head is not None:
+                return head + text_hash(text)
+        keys = self._engine.keys
+        key = keys.embedding(check_text(text), check_model(model), check_dimensions(dimensions))
+        if dimensions is None and len(self._heads) < _HEADS:
+            self._heads[model] = keys.embedding_head(model)
+        return key
 
     @staticmethod
     def _unpack(raw: bytes, dimensions: int | None) -> array[float] | None:
@@ -204,10 +219,10 @@ class EmbeddingCache:
         """:meth:`get`'s answer (the vector as the caller wants it) given what Redis answered
         (see :meth:`_resolve`), hit, refused, bytes."""
         vector, _, refused = self._resolve(key, raw, dimensions)
-        size = len(raw) if type(raw) is bytes else 0
+        size = len(raw) if type(raw) is bytes else 0  # an LRU answer (Redis down) sent none
         if vector is None:
             return None, 0, refused, size
-        return self._output(vector, as_numpy), 1, refused, size
+        return self._output(vector, as_numpy), 1, 0, size
 
     def get(
         self,

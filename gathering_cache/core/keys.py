@@ -244,12 +244,16 @@ class KeySpace:
         The model is percent-encoded (``:`` and glob metacharacters included), so two models,
         or one model at two sizes, never share an entry.
         """
+        return self.embedding_head(model, dimensions) + text_hash(text)
+
+    def embedding_head(self, model: str | None = None, dimensions: int | None = None) -> str:
+        """What :meth:`embedding` puts before the text's digest (it ends with ``:``)."""
         if model is None:
-            return f"{self.prefix}{EMBEDDING}:{text_hash(text)}"
+            return f"{self.prefix}{EMBEDDING}:"
         name = _model_segment(model)
         if dimensions is None:
-            return f"{self.prefix}{EMBEDDING}:{name}:{text_hash(text)}"
-        return f"{self.prefix}{EMBEDDING}:{name}:{dimensions}:{text_hash(text)}"
+            return f"{self.prefix}{EMBEDDING}:{name}:"
+        return f"{self.prefix}{EMBEDDING}:{name}:{dimensions}:"
 
     def rag(self, agent_id: int, query: str) -> str:
         return f"{self.prefix}{RAG}:agent:{agent_id}:{text_hash(query)}"
