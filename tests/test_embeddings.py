@@ -92,9 +92,9 @@ async def test_keys_and_errors_are_the_same_once_a_models_key_head_is_kept(
         with pytest.raises(InvalidArgumentError, match="text is not valid Unicode"):
             await cache.get_embedding("lone \ud800", model=model)
     with pytest.raises(ArgumentTypeError, match="model must be a str"):
-        await cache.get_embedding("doc", model=["text-embedding-3-small"])  # type: ignore[arg-type]
+        await cache.get_embedding("doc", model=["text-embedding-3-small"])  # type: ignore[call-overload]
     with pytest.raises(ArgumentTypeError, match="text must be a str"):
-        await cache.get_embedding(b"doc", model="text-embedding-3-small")  # type: ignore[arg-type]
+        await cache.get_embedding(b"doc", model="text-embedding-3-small")  # type: ignore[call-overload]
 
 
 async def test_value_with_another_length_or_format_is_a_miss(cache: AsyncCacheManager) -> None:
