@@ -27,7 +27,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence, Sized
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, overload
 
 from gathering_cache.config import CacheConfig
 from gathering_cache.core.observe import Observer
@@ -46,6 +46,7 @@ _INHERITED: list[Any] = []
 """In a forked child: the managers of the parent, kept (see ``CacheManager._after_fork``)."""
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Extra seconds a caller waits on the portal beyond the core's own bound: a backstop only.
 _MARGIN = 1.0
@@ -76,12 +77,6 @@ def _nones(items: object) -> list[Any]:
     argument (``get_many(5)``) raises the library's error rather than ``len()``'s TypeError.
     """
     return [None] * len(items) if isinstance(items, Sized) else []
-
-
-_ON_PORTAL_THREAD: Final = (
-    "CacheManager was called from its own event-loop thread (for example from a callback "
-    "running on that loop); use the AsyncCacheManager there instead"
-)
 
 
 class _Call(Generic[T]):
@@ -189,28 +184,36 @@ class _Portal:
         Raises:
             RuntimeError: called from the portal thread itself (it would deadlock).
         """
-        if not self._accepting:  # it never turns back: closed calls skip the lock
-            return None
-        if self.on_portal_thread():
-            coro.close()
-            raise RuntimeError(_ON_PORTAL_THREAD)
-        with self._gate:
-            if not self._accepting:
-                return None
-            return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return self._hand(coro, self._submit)
 
     def start(self, coro: Coroutine[Any, Any, T]) -> _Call[T] | None:
         """:meth:`submit` for the facade's own calls: a :class:`_Call` to wait on."""
+        return self._hand(coro, self._schedule)
+
+    def _hand(
+        self, coro: Coroutine[Any, Any, T], schedule: Callable[[Coroutine[Any, Any, T]], R]
+    ) -> R | None:
+        """``schedule(coro)``, which hands ``coro`` to the loop, under the gate; ``None``
+        (``coro`` untouched) once the portal refuses calls."""
         if not self._accepting:  # it never turns back: closed calls skip the lock
             return None
         if self.on_portal_thread():
             coro.close()
-            raise RuntimeError(_ON_PORTAL_THREAD)
-        call = _Call(coro, self.loop)
+            raise RuntimeError(
+                "CacheManager was called from its own event-loop thread (for example from a "
+                "callback running on that loop); use the AsyncCacheManager there instead"
+            )
         with self._gate:
             if not self._accepting:
                 return None
-            self.loop.call_soon_threadsafe(call.start)
+            return schedule(coro)
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def _schedule(self, coro: Coroutine[Any, Any, T]) -> _Call[T]:
+        call = _Call(coro, self.loop)
+        self.loop.call_soon_threadsafe(call.start)
         return call
 
     def refuse(self) -> None:

@@ -52,6 +52,7 @@ try:
     from hiredis import pack_command as _hiredis_pack
 except ImportError:  # pragma: no cover - hiredis comes with redis[hiredis]
     _hiredis_pack = None
+"""hiredis's packer (see :func:`_pack`), or None."""
 
 logger = logging.getLogger(__name__)
 
@@ -377,9 +378,9 @@ def _pack(connection: Any, args: tuple[Any, ...]) -> Any:
     Python first: ~2 us of a GET, ~0.5 ms of an UNLINK of 1,000 keys. Anything else, or a
     connection that encodes otherwise, goes through the connection's own packer (and its
     errors)."""
-    if _HIREDIS_PACK is not None and connection.encoder.encoding in _UTF8:
+    if _hiredis_pack is not None and connection.encoder.encoding in _UTF8:
         try:
-            return _HIREDIS_PACK(args)
+            return _hiredis_pack(args)
         except Exception:  # what redis-py refuses, it refuses with its own error
             return connection.pack_command(*args)
     return connection.pack_command(*args)
@@ -457,8 +458,6 @@ async def _dropped(connection: Any, exc: BaseException) -> BaseException:
         return RedisConnectionError(f"Error on the connection: {exc}")
     return exc
 
-
-_HIREDIS_PACK: Final = _hiredis_pack
 
 _UNBOUNDED: Final = math.inf
 """A read's own timeout: none (the deadline that cancels it is the bound)."""
